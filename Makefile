@@ -1,0 +1,96 @@
+# regmirror build.
+#   make            release build (build/release/regmirror)
+#   make run        install deps, build, serve conf/config.yml on :5000
+#   make test       install deps, build release + asan, run unit, fuzz smoke and integration tests
+#   make fuzz       build the libFuzzer targets (clang)
+#   make bench      benchmark harness (test/bench)
+
+CC      ?= cc
+PYTHON  ?= /usr/bin/python3
+PKGS    := libevent libevent_openssl libcurl yaml-0.1 hiredis jansson openssl
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lcrypt -lpthread
+WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+INC     := -Icommon -Imirror
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+COMMON_SRC := $(wildcard common/*.c common/storage/*.c common/cache/*.c)
+MIRROR_SRC := $(filter-out mirror/main.c,$(wildcard mirror/*.c))
+UNIT_SRC   := $(wildcard test/unit/test_*.c)
+FUZZ_SRC   := $(wildcard test/fuzz/fuzz_*.c)
+
+release_CFLAGS := -O2 -g
+asan_CFLAGS    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+debug_CFLAGS   := -O0 -g
+
+define variant
+build/$(1)/%.o: %.c
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(WARN) $$($(1)_CFLAGS) $$(INC) $$(PKG_CFLAGS) -DREGMIRROR_VERSION=\"$$(VERSION)\" -MMD -MP -c $$< -o $$@
+
+build/$(1)/libregmirror.a: $$(patsubst %.c,build/$(1)/%.o,$$(COMMON_SRC) $$(MIRROR_SRC))
+	@rm -f $$@
+	ar rcs $$@ $$^
+
+build/$(1)/regmirror: build/$(1)/mirror/main.o build/$(1)/libregmirror.a
+	$$(CC) $$($(1)_CFLAGS) -o $$@ $$^ $$(PKG_LIBS)
+
+build/$(1)/unit/%: build/$(1)/test/unit/%.o build/$(1)/libregmirror.a
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$($(1)_CFLAGS) -o $$@ $$^ $$(PKG_LIBS) -lcmocka
+
+$(1): build/$(1)/regmirror $$(patsubst test/unit/%.c,build/$(1)/unit/%,$$(UNIT_SRC))
+endef
+$(eval $(call variant,release))
+$(eval $(call variant,asan))
+$(eval $(call variant,debug))
+
+-include $(shell find build -name '*.d' 2>/dev/null)
+
+.DEFAULT_GOAL := release
+.PHONY: release asan debug deps run test unit integration fuzz fuzz-smoke bench format lint clean
+.SECONDARY:
+
+deps:
+	@bash scripts/deps.sh
+
+run: deps
+	@$(MAKE) --no-print-directory release
+	@mkdir -p data
+	./build/release/regmirror serve conf/config.yml
+
+unit: asan
+	@set -e; for t in build/asan/unit/test_*; do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 $$t; done
+
+# libFuzzer targets: clang, linked against the same sources.
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined
+build/fuzz/%: test/fuzz/%.c $(COMMON_SRC) $(MIRROR_SRC)
+	@mkdir -p build/fuzz
+	clang $(filter-out -Werror,$(WARN)) $(FUZZ_FLAGS) $(INC) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)
+fuzz: $(patsubst test/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
+fuzz-smoke: fuzz
+	@set -e; for f in build/fuzz/fuzz_*; do n=$$(basename $$f); mkdir -p build/fuzz-corpus/$$n; \
+	  seeds=test/fuzz/corpus/$$n; [ -d $$seeds ] || seeds=; \
+	  echo "== $$n"; $$f -max_total_time=$${FUZZ_SECONDS:-10} -print_final_stats=0 build/fuzz-corpus/$$n $$seeds 2>&1 | tail -n 1; done
+
+integration: release asan
+	cd test/integration && REGMIRROR_BIN=$(CURDIR)/build/asan/regmirror $(PYTHON) -m pytest -q -ra .
+
+test: deps
+	@$(MAKE) --no-print-directory release asan
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory fuzz-smoke
+	@$(MAKE) --no-print-directory integration
+
+bench: deps release
+	$(PYTHON) test/bench/bench.py
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+lint:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr $(INC) common mirror
+	clang-tidy --quiet $$(git ls-files 'common/*.c' 'mirror/*.c') -- $(WARN) $(INC) $(PKG_CFLAGS)
+
+clean:
+	rm -rf build

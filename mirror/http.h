@@ -1,0 +1,153 @@
+#ifndef REGMIRROR_HTTP_H
+#define REGMIRROR_HTTP_H
+/*
+ * http: an HTTP/1.1 server on libevent bufferevents, parsing with http_parser.
+ *
+ * The server owns connections and requests; the application sees one struct http_req per
+ * request through http_server_handler.on_request and answers with the http_resp_* calls,
+ * at once or later (asynchronously). Requests on one connection are answered in order
+ * (pipelining): the next request is parsed only after the previous response is complete.
+ *
+ * Ownership:
+ *  - struct http_req belongs to the server. It stays valid from on_request until the
+ *    response is complete (http_resp_body_*, http_resp_stream_end/abort) or until the
+ *    abort callback has run, whichever comes first. Never touch it after that.
+ *  - Strings returned by accessors live as long as the request.
+ *  - Data passed to http_resp_* is copied, except file descriptors, which the server takes.
+ *
+ * The server writes the status line, Content-Length or Transfer-Encoding: chunked,
+ * Connection, and never sends body bytes for HEAD requests (Content-Length stays as the
+ * application set it). It answers malformed requests with 400, oversized headers with 431,
+ * over-long URLs with 414, sends "100 Continue" when the application accepts a body, and
+ * closes idle connections after the idle timeout. A streaming download is never cut by a
+ * timeout while the client keeps reading. One access log line is written per request.
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <event2/event.h>
+#include <http_parser.h>
+
+struct http_server;
+struct http_req;
+
+struct http_limits {
+    size_t max_header_bytes; /* request line + headers; 431 above. Default 64 KiB */
+    size_t max_url_bytes;    /* 414 above. Default 8 KiB */
+    int header_timeout_ms;   /* time to receive a full header block. Default 30 s */
+    int idle_timeout_ms;     /* keep-alive idle time between requests. Default 60 s */
+    int body_timeout_ms;     /* max silence while reading a request body. Default 60 s */
+    int send_timeout_ms;     /* max time without any write progress to a client. Default 300 s */
+};
+
+struct http_server_handler {
+    /*
+     * Called once the request line and headers are parsed. The application must eventually
+     * answer with exactly one response, or accept a body first (http_req_read_body /
+     * http_req_buffer_body) and answer from its end callback.
+     */
+    void (*on_request)(struct http_req *req, void *arg);
+    void *arg;
+};
+
+/* Creates a server on base. Zero fields in limits take the defaults. NULL on error. */
+struct http_server *http_server_new(struct event_base *base, const struct http_limits *limits,
+                                    const struct http_server_handler *handler);
+/* Listens on "host:port", ":port" or "[v6]:port"; several calls add listeners. 0 or -1 (errno). */
+int http_server_listen(struct http_server *srv, const char *addr);
+/* Listens on an already bound, listening socket (tests). The server takes the fd. */
+int http_server_listen_fd(struct http_server *srv, int fd);
+/* The port of the first listener (for ":0" in tests), or -1. */
+int http_server_port(const struct http_server *srv);
+/* Closes listeners and every connection, aborting requests in flight; frees srv. */
+void http_server_free(struct http_server *srv);
+
+/* ---- the request ---- */
+enum http_method http_req_method(const struct http_req *req);
+const char *http_req_method_str(const struct http_req *req);
+/* The path part of the request target, percent-decoding NOT applied; without the query. */
+const char *http_req_path(const struct http_req *req);
+/* The raw query string without '?', or "" when none. */
+const char *http_req_query(const struct http_req *req);
+/* The value of the first header named name (case-insensitive), or NULL. */
+const char *http_req_header(const struct http_req *req, const char *name);
+/* The idx-th (0-based) header named name, or NULL past the last: for repeated headers. */
+const char *http_req_header_n(const struct http_req *req, const char *name, size_t idx);
+/* Content-Length of the request body, or -1 when chunked or absent. */
+int64_t http_req_content_length(const struct http_req *req);
+/* True when the request carries a body (Content-Length > 0 or chunked). */
+bool http_req_has_body(const struct http_req *req);
+/* The peer's address as text ("127.0.0.1"). */
+const char *http_req_remote_addr(const struct http_req *req);
+
+/*
+ * Called when the connection goes away before the response is complete. After it returns
+ * req is gone: release everything tied to it, and do not call http_resp_* on it.
+ */
+typedef void (*http_abort_cb)(struct http_req *req, void *ctx);
+void http_req_on_abort(struct http_req *req, http_abort_cb cb, void *ctx);
+
+/*
+ * Streams the request body. on_data gets each piece as it arrives (chunked framing removed);
+ * returning non-zero stops reading (the application then answers with an error, and the
+ * connection is closed after that response). on_end runs once the whole body has arrived;
+ * the application answers from there (or later). Sends 100 Continue when asked for.
+ */
+typedef int (*http_body_data_cb)(struct http_req *req, void *ctx, const char *data, size_t len);
+typedef void (*http_body_end_cb)(struct http_req *req, void *ctx);
+void http_req_read_body(struct http_req *req, http_body_data_cb on_data, http_body_end_cb on_end,
+                        void *ctx);
+/* Stops and restarts reading the body from the socket (backpressure). */
+void http_req_pause_body(struct http_req *req);
+void http_req_resume_body(struct http_req *req);
+
+/*
+ * Reads the whole body into memory, at most max bytes; above that the server answers 413
+ * itself (the callback is not called). data is valid during the callback only and is
+ * NUL-terminated for convenience (len excludes the NUL).
+ */
+typedef void (*http_body_buffered_cb)(struct http_req *req, void *ctx, const char *data,
+                                      size_t len);
+void http_req_buffer_body(struct http_req *req, size_t max, http_body_buffered_cb cb, void *ctx);
+
+/* ---- the response ----
+ * http_resp_start, then any http_resp_header calls, then exactly one of:
+ *   http_resp_body_mem, http_resp_body_file, http_resp_no_body, or a stream.
+ * If the application answers before reading a request body, the server discards the body
+ * (or closes the connection after the response when the body is large or unknown).
+ */
+void http_resp_start(struct http_req *req, int status);
+void http_resp_header(struct http_req *req, const char *name, const char *value);
+void http_resp_headerf(struct http_req *req, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Sends len bytes copied from data with Content-Length: len. Completes the response. */
+void http_resp_body_mem(struct http_req *req, const void *data, size_t len);
+/* Sends len bytes of fd from offset off (sendfile on plain connections). Takes fd. */
+void http_resp_body_file(struct http_req *req, int fd, off_t off, off_t len);
+/*
+ * Completes a response without body bytes. content_length >= 0 is sent as Content-Length
+ * (HEAD answers, 202s); -1 sends "Content-Length: 0" unless status is 204 or 1xx/304.
+ */
+void http_resp_no_body(struct http_req *req, int64_t content_length);
+
+/*
+ * Streamed body: content_length >= 0 sends Content-Length, -1 uses chunked encoding.
+ * on_writable is called whenever the output buffer drained below the low watermark and
+ * more data may be written; write with http_resp_stream_write, finish with _end, or
+ * cut the connection with _abort (the client then sees a truncated or unterminated body,
+ * never a complete-looking one).
+ */
+typedef void (*http_writable_cb)(struct http_req *req, void *ctx);
+void http_resp_stream_begin(struct http_req *req, int64_t content_length, http_writable_cb cb,
+                            void *ctx);
+void http_resp_stream_write(struct http_req *req, const void *data, size_t len);
+/* Appends a file range to the stream (sendfile where possible). Takes fd. */
+void http_resp_stream_file(struct http_req *req, int fd, off_t off, off_t len);
+/* Bytes queued in the output buffer, for the producer to bound its own pace. */
+size_t http_resp_stream_pending(const struct http_req *req);
+void http_resp_stream_end(struct http_req *req);
+void http_resp_stream_abort(struct http_req *req);
+
+#endif
