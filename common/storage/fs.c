@@ -1,0 +1,404 @@
+/* The filesystem storage driver: distribution's layout under a local root directory. */
+#include "storage.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+
+struct fs_storage {
+    struct storage base;
+    char *root;
+};
+
+struct storage_writer {
+    int fd;
+    uint64_t size;
+    char *path; /* for messages */
+};
+
+static enum regerr errno_to_regerr(int err)
+{
+    return (err == ENOENT || err == ENOTDIR) ? REG_ERR_NOT_FOUND : REG_ERR_INTERNAL;
+}
+
+static int full_path(struct fs_storage *fs, const char *path, char *buf, size_t size)
+{
+    int n = snprintf(buf, size, "%s%s", fs->root, path);
+    return (n < 0 || (size_t)n >= size) ? -1 : 0;
+}
+
+#define FS_PATH(fs, path, buf)                                                                     \
+    char buf[PATH_MAX];                                                                            \
+    if (full_path(fs, path, buf, sizeof(buf)) != 0) {                                              \
+        log_error("storage: path too long: %s", path);                                             \
+        return REG_ERR_INTERNAL;                                                                   \
+    }
+
+/* mkdir -p of the directory part of p (p itself is a file path). */
+static int mkdirs_parent(const char *p)
+{
+    char tmp[PATH_MAX];
+    size_t n = strlen(p);
+    if (n >= sizeof(tmp))
+        return -1;
+    memcpy(tmp, p, n + 1);
+    char *slash = strrchr(tmp, '/');
+    if (!slash || slash == tmp)
+        return 0;
+    *slash = '\0';
+    for (char *c = tmp + 1; *c; c++) {
+        if (*c != '/')
+            continue;
+        *c = '\0';
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+            return -1;
+        *c = '/';
+    }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+static enum regerr fs_get_content(struct storage *s, const char *path, size_t max, char **out,
+                                  size_t *len)
+{
+    struct fs_storage *fs = (struct fs_storage *)s;
+    FS_PATH(fs, path, p);
+    enum regerr result = REG_OK;
+    char *buf = NULL;
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno_to_regerr(errno);
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        result = S_ISDIR(st.st_mode) ? REG_ERR_NOT_FOUND : REG_ERR_INTERNAL;
+        goto out;
+    }
+    if ((uint64_t)st.st_size > max) {
+        result = REG_ERR_TOO_LARGE;
+        goto out;
+    }
+    buf = malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        result = REG_ERR_INTERNAL;
+        goto out;
+    }
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            log_error("storage: read %s: %s", p, r < 0 ? strerror(errno) : "short read");
+            result = REG_ERR_INTERNAL;
+            goto out;
+        }
+        got += (size_t)r;
+    }
+    buf[got] = '\0';
+    *out = buf;
+    *len = got;
+    buf = NULL;
+out:
+    free(buf);
+    close(fd);
+    return result;
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
+    const char *c = data;
+    while (len > 0) {
+        ssize_t w = write(fd, c, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -1;
+        c += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+static enum regerr fs_put_content(struct storage *s, const char *path, const void *data,
+                                  size_t len)
+{
+    struct fs_storage *fs = (struct fs_storage *)s;
+    FS_PATH(fs, path, p);
+    char tmp[PATH_MAX + 32];
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", p, (long)getpid());
+    if (mkdirs_parent(p) != 0) {
+        log_error("storage: mkdir for %s: %s", p, strerror(errno));
+        return REG_ERR_INTERNAL;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        log_error("storage: create %s: %s", tmp, strerror(errno));
+        return REG_ERR_INTERNAL;
+    }
+    if (write_all(fd, data, len) != 0 || close(fd) != 0) {
+        log_error("storage: write %s: %s", tmp, strerror(errno));
+        unlink(tmp);
+        return REG_ERR_INTERNAL;
+    }
+    if (rename(tmp, p) != 0) {
+        log_error("storage: rename %s: %s", p, strerror(errno));
+        unlink(tmp);
+        return REG_ERR_INTERNAL;
+    }
+    return REG_OK;
+}
+
+static enum regerr fs_stat(struct storage *s, const char *path, struct storage_stat *out)
+{
+    struct fs_storage *fs = (struct fs_storage *)s;
+    FS_PATH(fs, path, p);
+    struct stat st;
+    if (stat(p, &st) != 0)
+        return errno_to_regerr(errno);
+    out->size = (uint64_t)st.st_size;
+    out->is_dir = S_ISDIR(st.st_mode);
+    out->mtime = st.st_mtime;
+    return REG_OK;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static enum regerr fs_list(struct storage *s, const char *path, struct storage_list *out)
+{
+    struct fs_storage *fs = (struct fs_storage *)s;
+    FS_PATH(fs, path, p);
+    enum regerr result = REG_OK;
+    struct storage_list l = {0};
+    size_t cap = 0;
+    DIR *d = opendir(p);
+    if (!d)
+        return errno_to_regerr(errno);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        /* Temporary files of an interrupted put_content are not entries. */
+        if (strstr(e->d_name, ".tmp."))
+            continue;
+        if (l.n == cap) {
+            cap = cap ? cap * 2 : 16;
+            char **nn = realloc(l.names, cap * sizeof(*nn));
+            if (!nn) {
+                result = REG_ERR_INTERNAL;
+                goto out;
+            }
+            l.names = nn;
+        }
+        l.names[l.n] = strdup(e->d_name);
+        if (!l.names[l.n]) {
+            result = REG_ERR_INTERNAL;
+            goto out;
+        }
+        l.n++;
+    }
+    if (l.n)
+        qsort(l.names, l.n, sizeof(*l.names), cmp_str);
+    *out = l;
+    l = (struct storage_list){0};
+out:
+    storage_list_free(&l);
+    closedir(d);
+    return result;
+}
+
+static enum regerr fs_move(struct storage *s, const char *src, const char *dst)
+{
+    struct fs_storage *fs = (struct fs_storage *)s;
+    FS_PATH(fs, src, ps);
+    FS_PATH(fs, dst, pd);
+    if (mkdirs_parent(pd) != 0) {
+        log_error("storage: mkdir for %s: %s", pd, strerror(errno));
+        return REG_ERR_INTERNAL;
+    }
+    if (rename(ps, pd) != 0) {
+        int err = errno;
+        if (err != ENOENT)
+            log_error("storage: rename %s -> %s: %s", ps, pd, strerror(err));
+        return errno_to_regerr(err);
+    }
+    return REG_OK;
+}
+
+static int remove_tree(int parent, const char *name)
+{
+    if (unlinkat(parent, name, 0) == 0)
+        return 0;
+    if (errno != EISDIR && errno != EPERM)
+        return errno == ENOENT ? 0 : -1;
+    int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -1;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return -1;
+    }
+    int rc = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if (remove_tree(dirfd(d), e->d_name) != 0)
+            rc = -1;
+    }
+    closedir(d);
+    if (rc == 0 && unlinkat(parent, name, AT_REMOVEDIR) != 0 && errno != ENOENT)
+        rc = -1;
+    return rc;
+}
+
+static enum regerr fs_remove(struct storage *s, const char *path)
+{
+    struct fs_storage *fs = (struct fs_storage *)s;
+    FS_PATH(fs, path, p);
+    struct stat st;
+    if (lstat(p, &st) != 0)
+        return errno_to_regerr(errno);
+    if (remove_tree(AT_FDCWD, p) != 0) {
+        log_error("storage: remove %s: %s", p, strerror(errno));
+        return REG_ERR_INTERNAL;
+    }
+    return REG_OK;
+}
+
+static enum regerr fs_open_read(struct storage *s, const char *path, int *fd, uint64_t *size)
+{
+    struct fs_storage *fs = (struct fs_storage *)s;
+    FS_PATH(fs, path, p);
+    int f = open(p, O_RDONLY | O_CLOEXEC);
+    if (f < 0)
+        return errno_to_regerr(errno);
+    struct stat st;
+    if (fstat(f, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(f);
+        return REG_ERR_NOT_FOUND;
+    }
+    *fd = f;
+    *size = (uint64_t)st.st_size;
+    return REG_OK;
+}
+
+static enum regerr fs_open_writer(struct storage *s, const char *path, bool append,
+                                  struct storage_writer **out)
+{
+    struct fs_storage *fs = (struct fs_storage *)s;
+    FS_PATH(fs, path, p);
+    if (mkdirs_parent(p) != 0) {
+        log_error("storage: mkdir for %s: %s", p, strerror(errno));
+        return REG_ERR_INTERNAL;
+    }
+    int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC);
+    int fd = open(p, flags, 0644);
+    if (fd < 0) {
+        log_error("storage: open %s: %s", p, strerror(errno));
+        return REG_ERR_INTERNAL;
+    }
+    struct stat st;
+    struct storage_writer *w = calloc(1, sizeof(*w));
+    if (!w || fstat(fd, &st) != 0 || !(w->path = strdup(p))) {
+        free(w);
+        close(fd);
+        return REG_ERR_INTERNAL;
+    }
+    w->fd = fd;
+    w->size = (uint64_t)st.st_size;
+    *out = w;
+    return REG_OK;
+}
+
+enum regerr storage_writer_write(struct storage_writer *w, const void *data, size_t len)
+{
+    if (write_all(w->fd, data, len) != 0) {
+        log_error("storage: write %s: %s", w->path, strerror(errno));
+        return REG_ERR_INTERNAL;
+    }
+    w->size += len;
+    return REG_OK;
+}
+
+uint64_t storage_writer_size(const struct storage_writer *w)
+{
+    return w->size;
+}
+
+enum regerr storage_writer_close(struct storage_writer *w)
+{
+    enum regerr result = REG_OK;
+    if (close(w->fd) != 0) {
+        log_error("storage: close %s: %s", w->path, strerror(errno));
+        result = REG_ERR_INTERNAL;
+    }
+    free(w->path);
+    free(w);
+    return result;
+}
+
+static void fs_free(struct storage *s)
+{
+    struct fs_storage *fs = (struct fs_storage *)s;
+    free(fs->root);
+    free(fs);
+}
+
+static const struct storage_ops fs_ops = {
+    .name = "filesystem",
+    .get_content = fs_get_content,
+    .put_content = fs_put_content,
+    .stat = fs_stat,
+    .list = fs_list,
+    .move = fs_move,
+    .remove = fs_remove,
+    .open_read = fs_open_read,
+    .open_writer = fs_open_writer,
+    .free = fs_free,
+};
+
+struct storage *storage_fs_new(const char *root)
+{
+    char probe[PATH_MAX];
+    if (snprintf(probe, sizeof(probe), "%s/x", root) >= (int)sizeof(probe) ||
+        mkdirs_parent(probe) != 0) {
+        log_error("storage: cannot create root directory %s: %s", root, strerror(errno));
+        return NULL;
+    }
+    struct fs_storage *fs = calloc(1, sizeof(*fs));
+    if (!fs)
+        return NULL;
+    fs->base.ops = &fs_ops;
+    /* Strip trailing slashes so that root + "/docker/..." has no "//". */
+    fs->root = strdup(root);
+    if (!fs->root) {
+        free(fs);
+        return NULL;
+    }
+    size_t n = strlen(fs->root);
+    while (n > 1 && fs->root[n - 1] == '/')
+        fs->root[--n] = '\0';
+    return &fs->base;
+}
+
+void storage_list_free(struct storage_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->names[i]);
+    free(l->names);
+    l->names = NULL;
+    l->n = 0;
+}

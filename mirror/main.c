@@ -1,0 +1,153 @@
+/* regmirror: serve | check-config | version. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "log.h"
+#include "registry.h"
+#include "server.h"
+#include "storage.h"
+
+#ifndef REGMIRROR_VERSION
+#define REGMIRROR_VERSION "dev"
+#endif
+
+extern char **environ;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: regmirror serve [CONFIG]\n"
+               "       regmirror check-config [CONFIG]\n"
+               "       regmirror version\n"
+               "\n"
+               "CONFIG is a registry config.yml; without it the embedded default is used.\n"
+               "REGISTRY_* environment variables override its keys, as for registry:2.\n");
+}
+
+/* Loads the config (file or embedded default) and prints every warning and error. */
+static int load_config(const char *path, struct config *cfg)
+{
+    struct config_diag diag = {0};
+    const char *def = config_default_yaml();
+    int rc = path ? config_load_file(path, environ, cfg, &diag)
+                  : config_load_string(def, strlen(def), "embedded default", environ, cfg, &diag);
+    for (size_t i = 0; i < diag.nwarnings; i++)
+        fprintf(stderr, "warning: %s\n", diag.warnings[i]);
+    for (size_t i = 0; i < diag.nerrors; i++)
+        fprintf(stderr, "error: %s\n", diag.errors[i]);
+    config_diag_free(&diag);
+    return rc;
+}
+
+static void on_signal(evutil_socket_t sig, short events, void *arg)
+{
+    struct event_base *base = arg;
+    log_info("signal %d: shutting down", (int)sig);
+    event_base_loopexit(base, NULL);
+}
+
+static struct storage *open_storage(const struct config *cfg)
+{
+    switch (cfg->storage.driver) {
+    case CONFIG_STORAGE_FILESYSTEM:
+        return storage_fs_new(cfg->storage.filesystem.rootdirectory);
+    default:
+        log_error("storage driver %s is not available in this build yet",
+                  cfg->storage.driver_name ? cfg->storage.driver_name : "(unknown)");
+        return NULL;
+    }
+}
+
+static int serve(const char *path)
+{
+    int rc = 1;
+    struct config cfg;
+    struct event_base *base = NULL;
+    struct event *sigint = NULL, *sigterm = NULL;
+    struct storage *st = NULL;
+    struct registry *reg = NULL;
+    struct server *srv = NULL;
+    if (load_config(path, &cfg) != 0)
+        return 1;
+    log_setup(cfg.log.level, cfg.log.formatter);
+    for (size_t i = 0; i < cfg.log.nfields; i++)
+        log_add_field(cfg.log.fields[i].key, cfg.log.fields[i].value);
+    signal(SIGPIPE, SIG_IGN);
+    base = event_base_new();
+    if (!base)
+        goto out;
+    st = open_storage(&cfg);
+    if (!st)
+        goto out;
+    struct registry_opts opts = {.delete_enabled = cfg.storage.delete_enabled};
+    reg = registry_new(st, &opts);
+    if (!reg)
+        goto out;
+    srv = server_new(base, &cfg, reg);
+    if (!srv)
+        goto out;
+    sigint = evsignal_new(base, SIGINT, on_signal, base);
+    sigterm = evsignal_new(base, SIGTERM, on_signal, base);
+    if (!sigint || !sigterm || evsignal_add(sigint, NULL) != 0 || evsignal_add(sigterm, NULL) != 0)
+        goto out;
+    log_info("regmirror %s serving, storage %s", REGMIRROR_VERSION, st->ops->name);
+    event_base_dispatch(base);
+    rc = 0;
+out:
+    if (sigint)
+        event_free(sigint);
+    if (sigterm)
+        event_free(sigterm);
+    server_free(srv);
+    registry_free(reg);
+    storage_free(st);
+    if (base)
+        event_base_free(base);
+    config_free(&cfg);
+    log_reset();
+    return rc;
+}
+
+static int check_config(const char *path)
+{
+    struct config cfg;
+    if (load_config(path, &cfg) != 0) {
+        fprintf(stderr, "configuration is not valid\n");
+        return 1;
+    }
+    config_print(&cfg, stdout);
+    config_free(&cfg);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    const char *path = argc > 2 ? argv[2] : NULL;
+    if (argc > 3) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(cmd, "serve") == 0)
+        return serve(path);
+    if (strcmp(cmd, "check-config") == 0)
+        return check_config(path);
+    if (strcmp(cmd, "version") == 0) {
+        printf("regmirror %s\n", REGMIRROR_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,743 @@
+#include "registry.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "layout.h"
+#include "log.h"
+#include "reference.h"
+
+/* Link files hold "algo:hex"; anything longer is not a link we wrote. */
+#define LINK_MAX 256
+/* Upload sessions whose hash state is kept in memory; older ones are re-hashed on commit. */
+#define UPLOAD_STATES_MAX 1024
+
+/* Hash state of an upload session between requests. */
+struct upload_state {
+    struct upload_state *next;
+    char *name;
+    char id[37];
+    struct digest_hasher *hasher[2]; /* sha256, sha512 */
+    uint64_t hashed;                 /* bytes fed to the hashers */
+};
+
+struct registry {
+    struct storage *st;
+    struct registry_opts opts;
+    struct upload_state *states;
+    size_t nstates;
+};
+
+struct registry_upload {
+    struct registry *reg;
+    struct upload_state *state; /* owned by reg->states */
+    struct storage_writer *w;
+    char *name;
+    char id[37];
+};
+
+struct registry *registry_new(struct storage *st, const struct registry_opts *opts)
+{
+    struct registry *reg = calloc(1, sizeof(*reg));
+    if (!reg)
+        return NULL;
+    reg->st = st;
+    reg->opts = *opts;
+    return reg;
+}
+
+static void state_free(struct upload_state *s)
+{
+    digest_hasher_free(s->hasher[0]);
+    digest_hasher_free(s->hasher[1]);
+    free(s->name);
+    free(s);
+}
+
+void registry_free(struct registry *reg)
+{
+    if (!reg)
+        return;
+    while (reg->states) {
+        struct upload_state *s = reg->states;
+        reg->states = s->next;
+        state_free(s);
+    }
+    free(reg);
+}
+
+bool registry_delete_enabled(const struct registry *reg)
+{
+    return reg->opts.delete_enabled;
+}
+
+/* ---- links ---- */
+
+static enum regerr read_link(struct registry *reg, const char *path, struct digest *out)
+{
+    char *body = NULL;
+    size_t len = 0;
+    enum regerr result = storage_get_content(reg->st, path, LINK_MAX, &body, &len);
+    if (result == REG_ERR_TOO_LARGE)
+        result = REG_ERR_INTERNAL;
+    if (result != REG_OK)
+        return result;
+    if (digest_parse(body, len, out) != 0) {
+        log_error("registry: corrupt link %s", path);
+        result = REG_ERR_INTERNAL;
+    }
+    free(body);
+    return result;
+}
+
+static enum regerr write_link(struct registry *reg, const char *path, const struct digest *d)
+{
+    char s[DIGEST_STR_MAX];
+    digest_str(d, s);
+    return storage_put_content(reg->st, path, s, strlen(s));
+}
+
+static bool path_exists(struct registry *reg, const char *path)
+{
+    struct storage_stat st;
+    return storage_stat(reg->st, path, &st) == REG_OK;
+}
+
+/* ---- blobs ---- */
+
+enum regerr registry_blob_stat(struct registry *reg, const char *name, const struct digest *d,
+                               uint64_t *size)
+{
+    char path[LAYOUT_PATH_MAX];
+    struct digest linked;
+    enum regerr result = read_link(reg, layout_layer_link(path, name, d), &linked);
+    if (result == REG_ERR_NOT_FOUND)
+        return REG_ERR_BLOB_UNKNOWN;
+    if (result != REG_OK)
+        return result;
+    struct storage_stat st;
+    result = storage_stat(reg->st, layout_blob_data(path, d), &st);
+    if (result == REG_ERR_NOT_FOUND)
+        return REG_ERR_BLOB_UNKNOWN;
+    if (result == REG_OK)
+        *size = st.size;
+    return result;
+}
+
+enum regerr registry_blob_open(struct registry *reg, const char *name, const struct digest *d,
+                               int *fd, uint64_t *size)
+{
+    uint64_t linked_size;
+    enum regerr result = registry_blob_stat(reg, name, d, &linked_size);
+    if (result != REG_OK)
+        return result;
+    char path[LAYOUT_PATH_MAX];
+    result = storage_open_read(reg->st, layout_blob_data(path, d), fd, size);
+    return result == REG_ERR_NOT_FOUND ? REG_ERR_BLOB_UNKNOWN : result;
+}
+
+enum regerr registry_blob_delete(struct registry *reg, const char *name, const struct digest *d)
+{
+    char path[LAYOUT_PATH_MAX];
+    layout_layer_link(path, name, d);
+    /* Remove the link's directory, as distribution does, so no empty dirs pile up. */
+    char *slash = strrchr(path, '/');
+    *slash = '\0';
+    enum regerr result = storage_remove(reg->st, path);
+    return result == REG_ERR_NOT_FOUND ? REG_ERR_BLOB_UNKNOWN : result;
+}
+
+enum regerr registry_blob_mount(struct registry *reg, const char *name, const char *from,
+                                const struct digest *d)
+{
+    uint64_t size;
+    enum regerr result = registry_blob_stat(reg, from, d, &size);
+    if (result != REG_OK)
+        return result;
+    char path[LAYOUT_PATH_MAX];
+    return write_link(reg, layout_layer_link(path, name, d), d);
+}
+
+/* ---- uploads ---- */
+
+static struct upload_state *state_find(struct registry *reg, const char *name, const char *id,
+                                       bool unlink_it)
+{
+    for (struct upload_state **p = &reg->states; *p; p = &(*p)->next) {
+        struct upload_state *s = *p;
+        if (strcmp(s->id, id) == 0 && strcmp(s->name, name) == 0) {
+            if (unlink_it) {
+                *p = s->next;
+                reg->nstates--;
+            }
+            return s;
+        }
+    }
+    return NULL;
+}
+
+static void state_drop(struct registry *reg, const char *name, const char *id)
+{
+    struct upload_state *s = state_find(reg, name, id, true);
+    if (s)
+        state_free(s);
+}
+
+static struct upload_state *state_add(struct registry *reg, const char *name, const char *id)
+{
+    if (reg->nstates >= UPLOAD_STATES_MAX) {
+        /* Drop the oldest (the tail): its commit will re-hash the data from storage. */
+        struct upload_state **p = &reg->states;
+        while ((*p)->next)
+            p = &(*p)->next;
+        state_free(*p);
+        *p = NULL;
+        reg->nstates--;
+    }
+    struct upload_state *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->name = strdup(name);
+    s->hasher[0] = digest_hasher_new(DIGEST_SHA256);
+    s->hasher[1] = digest_hasher_new(DIGEST_SHA512);
+    if (!s->name || !s->hasher[0] || !s->hasher[1]) {
+        state_free(s);
+        return NULL;
+    }
+    snprintf(s->id, sizeof(s->id), "%s", id);
+    s->next = reg->states;
+    reg->states = s;
+    reg->nstates++;
+    return s;
+}
+
+static void new_upload_id(char id[37])
+{
+    unsigned char r[16];
+    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r)) {
+        /* getrandom on Linux does not fail for 16 bytes once booted; keep ids unique anyway. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        memcpy(r, &ts, sizeof(ts) < sizeof(r) ? sizeof(ts) : sizeof(r));
+    }
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    snprintf(id, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0],
+             r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
+             r[14], r[15]);
+}
+
+enum regerr registry_upload_start(struct registry *reg, const char *name, char id[37])
+{
+    new_upload_id(id);
+    char path[LAYOUT_PATH_MAX];
+    char ts[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    enum regerr result =
+        storage_put_content(reg->st, layout_upload_startedat(path, name, id), ts, strlen(ts));
+    if (result != REG_OK)
+        return result;
+    result = storage_put_content(reg->st, layout_upload_data(path, name, id), "", 0);
+    if (result != REG_OK)
+        return result;
+    if (!state_add(reg, name, id))
+        return REG_ERR_INTERNAL;
+    return REG_OK;
+}
+
+enum regerr registry_upload_size(struct registry *reg, const char *name, const char *id,
+                                 uint64_t *size)
+{
+    char path[LAYOUT_PATH_MAX];
+    struct storage_stat st;
+    enum regerr result = storage_stat(reg->st, layout_upload_data(path, name, id), &st);
+    if (result == REG_ERR_NOT_FOUND)
+        return REG_ERR_BLOB_UPLOAD_UNKNOWN;
+    if (result == REG_OK)
+        *size = st.size;
+    return result;
+}
+
+enum regerr registry_upload_open(struct registry *reg, const char *name, const char *id,
+                                 struct registry_upload **out)
+{
+    char path[LAYOUT_PATH_MAX];
+    struct storage_stat st;
+    enum regerr result = storage_stat(reg->st, layout_upload_data(path, name, id), &st);
+    if (result == REG_ERR_NOT_FOUND)
+        return REG_ERR_BLOB_UPLOAD_UNKNOWN;
+    if (result != REG_OK)
+        return result;
+    struct registry_upload *up = calloc(1, sizeof(*up));
+    if (!up || !(up->name = strdup(name))) {
+        free(up);
+        return REG_ERR_INTERNAL;
+    }
+    up->reg = reg;
+    snprintf(up->id, sizeof(up->id), "%s", id);
+    up->state = state_find(reg, name, id, false);
+    /* A state that missed bytes (restart, eviction) is useless: commit re-hashes instead. */
+    if (up->state && up->state->hashed != st.size) {
+        state_drop(reg, name, id);
+        up->state = NULL;
+    }
+    result = storage_open_writer(reg->st, path, true, &up->w);
+    if (result != REG_OK) {
+        free(up->name);
+        free(up);
+        return result;
+    }
+    *out = up;
+    return REG_OK;
+}
+
+uint64_t registry_upload_offset(const struct registry_upload *up)
+{
+    return storage_writer_size(up->w);
+}
+
+enum regerr registry_upload_write(struct registry_upload *up, const void *data, size_t len)
+{
+    enum regerr result = storage_writer_write(up->w, data, len);
+    if (result != REG_OK)
+        return result;
+    if (up->state) {
+        if (digest_hasher_update(up->state->hasher[0], data, len) != 0 ||
+            digest_hasher_update(up->state->hasher[1], data, len) != 0)
+            return REG_ERR_INTERNAL;
+        up->state->hashed += len;
+    }
+    return REG_OK;
+}
+
+static void upload_release(struct registry_upload *up)
+{
+    if (up->w)
+        storage_writer_close(up->w);
+    free(up->name);
+    free(up);
+}
+
+void registry_upload_close(struct registry_upload *up)
+{
+    upload_release(up);
+}
+
+/* Digest of what an upload holds, from the in-memory state or by reading the data back. */
+static enum regerr upload_digest(struct registry_upload *up, enum digest_algo algo,
+                                 struct digest *out)
+{
+    char path[LAYOUT_PATH_MAX];
+    enum regerr result = REG_OK;
+    struct digest_hasher *h = NULL;
+    int fd = -1;
+    uint64_t size = 0;
+    if (up->state && up->state->hashed == storage_writer_size(up->w)) {
+        h = up->state->hasher[algo == DIGEST_SHA256 ? 0 : 1];
+        return digest_hasher_final(h, out) == 0 ? REG_OK : REG_ERR_INTERNAL;
+    }
+    result = storage_open_read(up->reg->st, layout_upload_data(path, up->name, up->id), &fd, &size);
+    if (result != REG_OK)
+        return result;
+    h = digest_hasher_new(algo);
+    if (!h) {
+        result = REG_ERR_INTERNAL;
+        goto out;
+    }
+    char buf[65536];
+    for (;;) {
+        ssize_t r = read(fd, buf, sizeof(buf));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            result = REG_ERR_INTERNAL;
+            goto out;
+        }
+        if (r == 0)
+            break;
+        digest_hasher_update(h, buf, (size_t)r);
+    }
+    if (digest_hasher_final(h, out) != 0)
+        result = REG_ERR_INTERNAL;
+out:
+    digest_hasher_free(h);
+    if (fd >= 0)
+        close(fd);
+    return result;
+}
+
+enum regerr registry_upload_commit(struct registry_upload *up, const struct digest *d)
+{
+    struct registry *reg = up->reg;
+    char src[LAYOUT_PATH_MAX], dst[LAYOUT_PATH_MAX];
+    struct digest got;
+    enum regerr result = upload_digest(up, d->algo, &got);
+    /* A finalized hasher cannot take more bytes: forget the state either way. */
+    state_drop(reg, up->name, up->id);
+    up->state = NULL;
+    enum regerr closed = storage_writer_close(up->w);
+    up->w = NULL;
+    if (result == REG_OK)
+        result = closed;
+    if (result != REG_OK)
+        goto out;
+    layout_upload_data(src, up->name, up->id);
+    if (!digest_equal(&got, d)) {
+        result = REG_ERR_DIGEST_INVALID;
+        goto out;
+    }
+    struct storage_stat st;
+    if (storage_stat(reg->st, layout_blob_data(dst, d), &st) == REG_OK) {
+        /* Same digest, same bytes: keep the stored copy. */
+        result = REG_OK;
+    } else {
+        result = storage_move(reg->st, src, dst);
+    }
+    if (result != REG_OK)
+        goto out;
+    result = write_link(reg, layout_layer_link(dst, up->name, d), d);
+    if (result != REG_OK)
+        goto out;
+    storage_remove(reg->st, layout_upload_dir(src, up->name, up->id));
+out:
+    upload_release(up);
+    return result;
+}
+
+enum regerr registry_upload_cancel(struct registry *reg, const char *name, const char *id)
+{
+    char path[LAYOUT_PATH_MAX];
+    state_drop(reg, name, id);
+    enum regerr result = storage_remove(reg->st, layout_upload_dir(path, name, id));
+    return result == REG_ERR_NOT_FOUND ? REG_ERR_BLOB_UPLOAD_UNKNOWN : result;
+}
+
+/* ---- manifests ---- */
+
+void registry_manifest_release(struct registry_manifest *m)
+{
+    free(m->body);
+    m->body = NULL;
+}
+
+/* Resolves ref (tag or digest) to a manifest digest linked in name. */
+static enum regerr resolve(struct registry *reg, const char *name, const char *ref,
+                           struct digest *out)
+{
+    char path[LAYOUT_PATH_MAX];
+    enum regerr result;
+    if (digest_parse(ref, strlen(ref), out) == 0) {
+        struct digest linked;
+        result = read_link(reg, layout_revision_link(path, name, out), &linked);
+    } else {
+        result = read_link(reg, layout_tag_current(path, name, ref), out);
+    }
+    return result == REG_ERR_NOT_FOUND ? REG_ERR_MANIFEST_UNKNOWN : result;
+}
+
+static enum regerr media_type_of(const char *body, size_t len, char *buf, size_t size)
+{
+    struct manifest m;
+    char err[256];
+    enum regerr result = manifest_parse(body, len, NULL, &m, err, sizeof(err));
+    if (result != REG_OK) {
+        log_error("registry: stored manifest does not parse: %s", err);
+        return REG_ERR_INTERNAL;
+    }
+    snprintf(buf, size, "%s", m.media_type);
+    manifest_free(&m);
+    return REG_OK;
+}
+
+enum regerr registry_manifest_get(struct registry *reg, const char *name, const char *ref,
+                                  struct registry_manifest *out)
+{
+    char path[LAYOUT_PATH_MAX];
+    memset(out, 0, sizeof(*out));
+    enum regerr result = resolve(reg, name, ref, &out->digest);
+    if (result != REG_OK)
+        return result;
+    result = storage_get_content(reg->st, layout_blob_data(path, &out->digest),
+                                 REGISTRY_MANIFEST_MAX, &out->body, &out->len);
+    if (result == REG_ERR_NOT_FOUND)
+        return REG_ERR_MANIFEST_UNKNOWN;
+    if (result == REG_OK)
+        result = media_type_of(out->body, out->len, out->media_type, sizeof(out->media_type));
+    if (result != REG_OK)
+        registry_manifest_release(out);
+    return result;
+}
+
+/* Every blob and child manifest the manifest references must be in the repository. */
+static enum regerr check_references(struct registry *reg, const char *name,
+                                    const struct manifest *m, char *errbuf, size_t errlen)
+{
+    char path[LAYOUT_PATH_MAX];
+    char ds[DIGEST_STR_MAX];
+    bool index = m->kind == MANIFEST_OCI_INDEX || m->kind == MANIFEST_DOCKER_LIST;
+    uint64_t size;
+    if (m->has_config && registry_blob_stat(reg, name, &m->config.digest, &size) != REG_OK) {
+        snprintf(errbuf, errlen, "config blob %s unknown", digest_str(&m->config.digest, ds));
+        return REG_ERR_MANIFEST_BLOB_UNKNOWN;
+    }
+    for (size_t i = 0; i < m->nlayers; i++) {
+        const struct digest *d = &m->layers[i].digest;
+        bool ok = index ? path_exists(reg, layout_revision_link(path, name, d))
+                        : registry_blob_stat(reg, name, d, &size) == REG_OK;
+        if (!ok) {
+            snprintf(errbuf, errlen, "%s %s unknown", index ? "manifest" : "blob",
+                     digest_str(d, ds));
+            return REG_ERR_MANIFEST_BLOB_UNKNOWN;
+        }
+    }
+    return REG_OK;
+}
+
+enum regerr registry_manifest_put(struct registry *reg, const char *name, const char *ref,
+                                  const char *body, size_t len, const char *content_type,
+                                  struct digest *digest_out, bool *has_subject,
+                                  struct digest *subject_out, char *errbuf, size_t errlen)
+{
+    char path[LAYOUT_PATH_MAX];
+    struct manifest m;
+    struct digest by_ref;
+    bool is_digest = digest_parse(ref, strlen(ref), &by_ref) == 0;
+    enum regerr result = manifest_parse(body, len, content_type, &m, errbuf, errlen);
+    if (result != REG_OK)
+        return result;
+    if (digest_compute(is_digest ? by_ref.algo : DIGEST_SHA256, body, len, digest_out) != 0) {
+        result = REG_ERR_INTERNAL;
+        goto out;
+    }
+    if (is_digest && !digest_equal(digest_out, &by_ref)) {
+        snprintf(errbuf, errlen, "manifest digest does not match %s", ref);
+        result = REG_ERR_DIGEST_INVALID;
+        goto out;
+    }
+    result = check_references(reg, name, &m, errbuf, errlen);
+    if (result != REG_OK)
+        goto out;
+    struct storage_stat st;
+    if (storage_stat(reg->st, layout_blob_data(path, digest_out), &st) != REG_OK) {
+        result = storage_put_content(reg->st, path, body, len);
+        if (result != REG_OK)
+            goto out;
+    }
+    result = write_link(reg, layout_revision_link(path, name, digest_out), digest_out);
+    if (result != REG_OK)
+        goto out;
+    if (!is_digest) {
+        result = write_link(reg, layout_tag_index_link(path, name, ref, digest_out), digest_out);
+        if (result == REG_OK)
+            result = write_link(reg, layout_tag_current(path, name, ref), digest_out);
+        if (result != REG_OK)
+            goto out;
+    }
+    *has_subject = m.has_subject;
+    if (m.has_subject)
+        *subject_out = m.subject.digest;
+out:
+    manifest_free(&m);
+    return result;
+}
+
+static enum regerr untag(struct registry *reg, const char *name, const char *tag)
+{
+    char path[LAYOUT_PATH_MAX];
+    enum regerr result = storage_remove(reg->st, layout_tag_dir(path, name, tag));
+    return result == REG_ERR_NOT_FOUND ? REG_ERR_MANIFEST_UNKNOWN : result;
+}
+
+enum regerr registry_manifest_delete(struct registry *reg, const char *name, const char *ref)
+{
+    char path[LAYOUT_PATH_MAX];
+    struct digest d;
+    if (digest_parse(ref, strlen(ref), &d) != 0)
+        return untag(reg, name, ref);
+    layout_revision_link(path, name, &d);
+    if (!path_exists(reg, path))
+        return REG_ERR_MANIFEST_UNKNOWN;
+    /* Tags first: a crash in between leaves a revision without tags, never a dangling tag. */
+    struct storage_list tags = {0};
+    if (storage_list(reg->st, layout_tags_dir(path, name), &tags) == REG_OK) {
+        for (size_t i = 0; i < tags.n; i++) {
+            struct digest cur;
+            if (read_link(reg, layout_tag_current(path, name, tags.names[i]), &cur) == REG_OK &&
+                digest_equal(&cur, &d))
+                untag(reg, name, tags.names[i]);
+        }
+        storage_list_free(&tags);
+    }
+    layout_revision_link(path, name, &d);
+    *strrchr(path, '/') = '\0';
+    enum regerr result = storage_remove(reg->st, path);
+    return result == REG_ERR_NOT_FOUND ? REG_ERR_MANIFEST_UNKNOWN : result;
+}
+
+/* ---- discovery ---- */
+
+enum regerr registry_tags(struct registry *reg, const char *name, struct storage_list *out)
+{
+    char path[LAYOUT_PATH_MAX];
+    enum regerr result = storage_list(reg->st, layout_tags_dir(path, name), out);
+    if (result == REG_ERR_NOT_FOUND) {
+        /* A repository with manifests but no tags left exists and has an empty list. */
+        char mpath[LAYOUT_PATH_MAX];
+        snprintf(mpath, sizeof(mpath), "%s/_manifests", layout_repo(path, name));
+        if (path_exists(reg, mpath)) {
+            *out = (struct storage_list){0};
+            return REG_OK;
+        }
+        return REG_ERR_NAME_UNKNOWN;
+    }
+    return result;
+}
+
+struct name_vec {
+    char **v;
+    size_t n, cap;
+};
+
+static int vec_push(struct name_vec *vec, const char *s)
+{
+    if (vec->n == vec->cap) {
+        size_t cap = vec->cap ? vec->cap * 2 : 32;
+        char **nv = realloc(vec->v, cap * sizeof(*nv));
+        if (!nv)
+            return -1;
+        vec->v = nv;
+        vec->cap = cap;
+    }
+    if (!(vec->v[vec->n] = strdup(s)))
+        return -1;
+    vec->n++;
+    return 0;
+}
+
+/* Repository names can nest 128 levels at most within 255 characters; stop well before. */
+#define CATALOG_DEPTH_MAX 64
+
+static enum regerr walk_repos(struct registry *reg, const char *dir, const char *prefix,
+                              int depth, struct name_vec *vec)
+{
+    struct storage_list l = {0};
+    enum regerr result = storage_list(reg->st, dir, &l);
+    if (result == REG_ERR_NOT_FOUND)
+        return REG_OK;
+    if (result != REG_OK)
+        return result;
+    for (size_t i = 0; i < l.n && result == REG_OK; i++) {
+        const char *e = l.names[i];
+        if (strcmp(e, "_manifests") == 0 && *prefix) {
+            if (vec_push(vec, prefix) != 0)
+                result = REG_ERR_INTERNAL;
+            continue;
+        }
+        if (e[0] == '_' || depth >= CATALOG_DEPTH_MAX)
+            continue;
+        char sub[LAYOUT_PATH_MAX], name[LAYOUT_PATH_MAX];
+        snprintf(sub, sizeof(sub), "%s/%s", dir, e);
+        snprintf(name, sizeof(name), "%s%s%s", prefix, *prefix ? "/" : "", e);
+        struct storage_stat st;
+        if (storage_stat(reg->st, sub, &st) == REG_OK && st.is_dir)
+            result = walk_repos(reg, sub, name, depth + 1, vec);
+    }
+    storage_list_free(&l);
+    return result;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+enum regerr registry_catalog(struct registry *reg, struct storage_list *out)
+{
+    char path[LAYOUT_PATH_MAX];
+    struct name_vec vec = {0};
+    enum regerr result = walk_repos(reg, layout_repositories(path), "", 0, &vec);
+    if (result != REG_OK) {
+        struct storage_list l = {vec.v, vec.n};
+        storage_list_free(&l);
+        return result;
+    }
+    if (vec.n)
+        qsort(vec.v, vec.n, sizeof(*vec.v), cmp_name);
+    out->names = vec.v;
+    out->n = vec.n;
+    return REG_OK;
+}
+
+static json_t *referrer_descriptor(const struct manifest *m, const struct digest *d, size_t len)
+{
+    char ds[DIGEST_STR_MAX];
+    json_t *desc = json_pack("{s:s, s:s, s:I}", "mediaType", m->media_type, "digest",
+                             digest_str(d, ds), "size", (json_int_t)len);
+    if (!desc)
+        return NULL;
+    if (m->artifact_type)
+        json_object_set_new(desc, "artifactType", json_string(m->artifact_type));
+    if (m->annotations_json) {
+        json_t *ann = json_loads(m->annotations_json, 0, NULL);
+        if (ann)
+            json_object_set_new(desc, "annotations", ann);
+    }
+    return desc;
+}
+
+enum regerr registry_referrers(struct registry *reg, const char *name, const struct digest *subject,
+                               const char *artifact_type, json_t **out)
+{
+    char path[LAYOUT_PATH_MAX];
+    enum regerr result = REG_OK;
+    struct storage_list revs = {0};
+    json_t *list = json_array();
+    json_t *index = json_pack("{s:i, s:s, s:o}", "schemaVersion", 2, "mediaType",
+                              MANIFEST_MT_OCI_INDEX, "manifests", list);
+    if (!index)
+        return REG_ERR_INTERNAL;
+    /* Every algorithm directory: the subject may be referred to by sha512 manifests too. */
+    for (int algo = DIGEST_SHA256; algo <= DIGEST_SHA512; algo++) {
+        enum regerr lr = storage_list(reg->st, layout_revisions_dir(path, name, algo), &revs);
+        if (lr == REG_ERR_NOT_FOUND)
+            continue;
+        if (lr != REG_OK) {
+            result = lr;
+            goto out;
+        }
+        for (size_t i = 0; i < revs.n; i++) {
+            char ref[DIGEST_STR_MAX];
+            snprintf(ref, sizeof(ref), "%s:%s", digest_algo_name(algo), revs.names[i]);
+            struct registry_manifest rm;
+            if (registry_manifest_get(reg, name, ref, &rm) != REG_OK)
+                continue;
+            struct manifest m;
+            char err[64];
+            if (manifest_parse(rm.body, rm.len, NULL, &m, err, sizeof(err)) == REG_OK) {
+                bool match = m.has_subject && digest_equal(&m.subject.digest, subject) &&
+                             (!artifact_type ||
+                              (m.artifact_type && strcmp(m.artifact_type, artifact_type) == 0));
+                json_t *desc = match ? referrer_descriptor(&m, &rm.digest, rm.len) : NULL;
+                if (desc)
+                    json_array_append_new(list, desc);
+                manifest_free(&m);
+            }
+            registry_manifest_release(&rm);
+        }
+        storage_list_free(&revs);
+    }
+    *out = index;
+    index = NULL;
+out:
+    storage_list_free(&revs);
+    json_decref(index);
+    return result;
+}

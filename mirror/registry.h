@@ -1,0 +1,111 @@
+#ifndef REGMIRROR_REGISTRY_H
+#define REGMIRROR_REGISTRY_H
+/*
+ * registry: repositories, manifests, blobs and uploads on top of a storage driver, in
+ * distribution's layout. No HTTP in here: the api_* files translate requests into these
+ * calls and the enum regerr results into responses.
+ *
+ * Names, tags and digests passed in must have been validated (reference.h, digest.h).
+ * Out-parameters that return memory say who frees it.
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "digest.h"
+#include "manifest.h"
+#include "regerr.h"
+#include "storage.h"
+
+/* Largest manifest accepted or read back (distribution's limit). */
+#define REGISTRY_MANIFEST_MAX (4u * 1024 * 1024)
+
+struct registry;
+struct registry_upload;
+
+struct registry_opts {
+    bool delete_enabled;
+};
+
+/* The registry borrows st; the caller frees st after registry_free. */
+struct registry *registry_new(struct storage *st, const struct registry_opts *opts);
+void registry_free(struct registry *reg);
+bool registry_delete_enabled(const struct registry *reg);
+
+/* ---- blobs ---- */
+/* Size of a blob linked into repository name; BLOB_UNKNOWN when not linked or absent. */
+enum regerr registry_blob_stat(struct registry *reg, const char *name, const struct digest *d,
+                               uint64_t *size);
+/* Opens a linked blob for reading; the caller owns *fd. */
+enum regerr registry_blob_open(struct registry *reg, const char *name, const struct digest *d,
+                               int *fd, uint64_t *size);
+/* Unlinks the blob from the repository (the data stays until garbage collection). */
+enum regerr registry_blob_delete(struct registry *reg, const char *name, const struct digest *d);
+/* Links a blob that repository from has into name; BLOB_UNKNOWN when from lacks it. */
+enum regerr registry_blob_mount(struct registry *reg, const char *name, const char *from,
+                                const struct digest *d);
+
+/* ---- uploads ---- */
+/* Starts an upload session; id receives its id (37 bytes). */
+enum regerr registry_upload_start(struct registry *reg, const char *name, char id[37]);
+/* Current size of the upload; BLOB_UPLOAD_UNKNOWN when there is none. */
+enum regerr registry_upload_size(struct registry *reg, const char *name, const char *id,
+                                 uint64_t *size);
+/*
+ * Opens the session for appending. The handle hashes what is written; release it with
+ * registry_upload_close (keeps the session) or pass it to registry_upload_commit.
+ */
+enum regerr registry_upload_open(struct registry *reg, const char *name, const char *id,
+                                 struct registry_upload **out);
+uint64_t registry_upload_offset(const struct registry_upload *up);
+enum regerr registry_upload_write(struct registry_upload *up, const void *data, size_t len);
+void registry_upload_close(struct registry_upload *up);
+/*
+ * Verifies the content against d (DIGEST_INVALID on mismatch, and the session stays so the
+ * client may retry), moves it into place, links it into the repository, and ends the
+ * session. Consumes up whatever the result.
+ */
+enum regerr registry_upload_commit(struct registry_upload *up, const struct digest *d);
+/* Cancels the session and removes its data. */
+enum regerr registry_upload_cancel(struct registry *reg, const char *name, const char *id);
+
+/* ---- manifests ---- */
+/* A manifest read back: body (malloc'd, caller frees), its digest and media type. */
+struct registry_manifest {
+    char *body;
+    size_t len;
+    struct digest digest;
+    char media_type[128];
+};
+void registry_manifest_release(struct registry_manifest *m);
+
+/* By tag (ref is a tag) or by digest (ref parses as a digest). */
+enum regerr registry_manifest_get(struct registry *reg, const char *name, const char *ref,
+                                  struct registry_manifest *out);
+/*
+ * Validates and stores a manifest, tagging it when ref is a tag. errbuf receives detail for
+ * the error body. *digest_out is the manifest's digest; *has_subject tells whether the
+ * manifest names a subject (subject_out then holds it) for the OCI-Subject header.
+ */
+enum regerr registry_manifest_put(struct registry *reg, const char *name, const char *ref,
+                                  const char *body, size_t len, const char *content_type,
+                                  struct digest *digest_out, bool *has_subject,
+                                  struct digest *subject_out, char *errbuf, size_t errlen);
+/* Deletes by digest (revision and every tag pointing at it) or by tag (the tag only). */
+enum regerr registry_manifest_delete(struct registry *reg, const char *name, const char *ref);
+
+/* ---- discovery ---- */
+/* Sorted tags of name; NAME_UNKNOWN for an unknown repository. storage_list_free the list. */
+enum regerr registry_tags(struct registry *reg, const char *name, struct storage_list *out);
+/* Sorted repository names. */
+enum regerr registry_catalog(struct registry *reg, struct storage_list *out);
+/*
+ * The referrers of subject in name as an OCI image index (new reference, caller
+ * json_decref's), filtered by artifact_type when not NULL.
+ */
+enum regerr registry_referrers(struct registry *reg, const char *name, const struct digest *subject,
+                               const char *artifact_type, json_t **out);
+
+#endif

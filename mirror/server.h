@@ -1,0 +1,19 @@
+#ifndef REGMIRROR_SERVER_H
+#define REGMIRROR_SERVER_H
+/*
+ * server: the listeners of http.addr and the routing of each request to its API handler,
+ * under http.prefix. The server borrows cfg and reg: both must outlive it.
+ */
+#include <event2/event.h>
+
+#include "config.h"
+#include "registry.h"
+
+struct server;
+
+/* Creates the server and listens on cfg->http.addr. NULL on error (logged). */
+struct server *server_new(struct event_base *base, const struct config *cfg,
+                          struct registry *reg);
+void server_free(struct server *srv);
+
+#endif

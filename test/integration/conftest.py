@@ -1,0 +1,153 @@
+"""Server fixtures for the regmirror integration suite.
+
+Target selection (see helpers.target_kind):
+  REGMIRROR_BIN=/path/to/regmirror                  -> regmirror (the default target)
+  REGISTRY_UNDER_TEST=docker-registry               -> /usr/bin/docker-registry (distribution 2.8)
+
+One registry is shared by the whole session; every test uses its own repository names.
+Tests that need a differently configured registry start their own with `make_registry`.
+"""
+
+import os
+import shutil
+
+import pytest
+
+import helpers
+from helpers import Registry
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "regmirror_only: behaviour that only regmirror has "
+                            "(skipped when the target is docker-registry)")
+    config.addinivalue_line("markers", "reference_deviation(reason): the OCI spec requires it and "
+                            "distribution 2.8 does otherwise (skipped on docker-registry)")
+
+
+def pytest_report_header(config):
+    kind = helpers.target_kind()
+    return "registry under test: %s (%s)" % (kind, helpers.binary_for(kind) or "REGMIRROR_BIN unset")
+
+
+def _skip_reason_for_target():
+    kind = helpers.target_kind()
+    binary = helpers.binary_for(kind)
+    if kind == "regmirror" and not binary:
+        return "REGMIRROR_BIN is not set (or set REGISTRY_UNDER_TEST=docker-registry)"
+    if not binary or not os.access(binary, os.X_OK):
+        return "registry binary %r is not executable" % binary
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    if helpers.target_kind() != "docker-registry":
+        return
+    for item in items:
+        m = item.get_closest_marker("regmirror_only")
+        if m is not None:
+            why = m.kwargs.get("reason") or (m.args[0] if m.args else "")
+            item.add_marker(pytest.mark.skip(
+                reason="regmirror extension, not in distribution 2.8" + (": " + why if why else "")))
+            continue
+        m = item.get_closest_marker("reference_deviation")
+        if m is not None:
+            why = m.kwargs.get("reason") or (m.args[0] if m.args else "")
+            item.add_marker(pytest.mark.skip(reason="distribution 2.8 deviates from the spec: " + why))
+
+
+@pytest.fixture(scope="session")
+def target_kind():
+    return helpers.target_kind()
+
+
+@pytest.fixture(scope="session")
+def is_reference(target_kind):
+    return target_kind == "docker-registry"
+
+
+@pytest.fixture(scope="session")
+def _started():
+    """Every Registry started through make_registry / shared_registry, for the failure report."""
+    return []
+
+
+@pytest.fixture(scope="session")
+def shared_registry(tmp_path_factory, _started):
+    reason = _skip_reason_for_target()
+    if reason:
+        pytest.skip(reason)
+    reg = Registry(helpers.target_kind(), tmp_path_factory.mktemp("shared-registry"))
+    _started.append(reg)
+    reg.start()
+    yield reg
+    rc = reg.stop()
+    _started.remove(reg)
+    # A clean shutdown on SIGTERM is expected from both targets (ASan reports leaks here too).
+    if rc not in (0, -15, None):
+        pytest.fail("registry exited with status %s on SIGTERM; log tail:\n%s"
+                    % (rc, reg.log_tail()), pytrace=False)
+
+
+@pytest.fixture
+def reg(shared_registry):
+    """The shared registry, checked to be alive before and after the test."""
+    if not shared_registry.alive():
+        pytest.fail("shared registry is not running; log tail:\n" + shared_registry.log_tail(),
+                    pytrace=False)
+    yield shared_registry
+    if not shared_registry.alive():
+        pytest.fail("shared registry died during this test; log tail:\n"
+                    + shared_registry.log_tail(), pytrace=False)
+
+
+@pytest.fixture
+def make_registry(tmp_path, _started):
+    """Factory: make_registry(kind=None, rootdir=None, delete_enabled=True, start=True, ...)."""
+    regs = []
+
+    def factory(kind=None, rootdir=None, delete_enabled=True, start=True, name=None, **kw):
+        kind = kind or helpers.target_kind()
+        if kind == "regmirror" and not helpers.regmirror_bin():
+            pytest.skip("REGMIRROR_BIN is not set")
+        if kind == "docker-registry" and not os.access(helpers.binary_for(kind), os.X_OK):
+            pytest.skip("docker-registry is not installed")
+        workdir = tmp_path / (name or "reg%d-%s" % (len(regs), kind))
+        r = Registry(kind, workdir, rootdir=rootdir, delete_enabled=delete_enabled, **kw)
+        regs.append(r)
+        _started.append(r)
+        if start:
+            r.start()
+        return r
+
+    yield factory
+    for r in regs:
+        r.stop()
+        if r in _started:
+            _started.remove(r)
+
+
+@pytest.fixture
+def repo():
+    return helpers.unique_repo()
+
+
+@pytest.fixture(scope="session")
+def skopeo():
+    path = shutil.which("skopeo")
+    if not path:
+        pytest.skip("skopeo is not installed")
+    return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when in ("setup", "call", "teardown") and rep.failed:
+        started = item.funcargs.get("_started") if hasattr(item, "funcargs") else None
+        seen = set()
+        for value in list(getattr(item, "funcargs", {}).values()) + list(started or []):
+            if isinstance(value, Registry) and id(value) not in seen:
+                seen.add(id(value))
+                rep.sections.append(("%s log (%s) tail" % (value.kind, value.log_path),
+                                     value.log_tail()))

@@ -1,0 +1,593 @@
+"""Helpers for the regmirror integration suite: starting registries, talking the
+distribution API, building images and OCI layouts, snapshotting storage."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from urllib.parse import urljoin
+
+import requests
+
+# ---------------------------------------------------------------------------
+# media types
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+ALL_MANIFEST_TYPES = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST]
+API_VERSION_HEADER = "Docker-Distribution-API-Version"
+
+REFERENCE_BIN = "/usr/bin/docker-registry"
+
+
+# ---------------------------------------------------------------------------
+# digests and names
+
+def sha256(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def unique_repo(prefix="t"):
+    """A fresh repository name with two path components."""
+    return "it/%s-%s" % (prefix, uuid.uuid4().hex[:12])
+
+
+def random_bytes(n):
+    return os.urandom(n)
+
+
+def canonical_json(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def pretty_json(obj):
+    """A non-canonical serialisation, to catch registries that re-encode."""
+    return (json.dumps(obj, indent=3) + "\n").encode()
+
+
+# ---------------------------------------------------------------------------
+# processes and ports
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_listening(port, host="127.0.0.1"):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def tail(path, nbytes=6000):
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - nbytes))
+            return f.read().decode("utf-8", "replace")
+    except OSError as e:
+        return "(no log: %s)" % e
+
+
+def target_kind():
+    """'regmirror' (REGMIRROR_BIN, default target) or 'docker-registry'
+    (REGISTRY_UNDER_TEST=docker-registry)."""
+    want = os.environ.get("REGISTRY_UNDER_TEST", "").strip()
+    if want in ("docker-registry", "reference"):
+        return "docker-registry"
+    if want and want != "regmirror":
+        raise RuntimeError("REGISTRY_UNDER_TEST must be 'regmirror' or 'docker-registry'")
+    return "regmirror"
+
+
+def regmirror_bin():
+    return os.environ.get("REGMIRROR_BIN", "").strip()
+
+
+def binary_for(kind):
+    if kind == "docker-registry":
+        return os.environ.get("DOCKER_REGISTRY_BIN", REFERENCE_BIN)
+    return regmirror_bin()
+
+
+def render_config(rootdir, addr, delete_enabled=True, extra_yaml=""):
+    """The config.yml both registries understand."""
+    text = (
+        "version: 0.1\n"
+        "log:\n"
+        "  level: info\n"
+        "  fields:\n"
+        "    service: registry\n"
+        "storage:\n"
+        "  filesystem:\n"
+        "    rootdirectory: %s\n"
+        "  delete:\n"
+        "    enabled: %s\n"
+        "http:\n"
+        "  addr: %s\n"
+        "  headers:\n"
+        "    X-Content-Type-Options: [nosniff]\n"
+    ) % (rootdir, "true" if delete_enabled else "false", addr)
+    return text + extra_yaml
+
+
+class Registry:
+    """One registry process on 127.0.0.1:<free port>."""
+
+    def __init__(self, kind, workdir, rootdir=None, delete_enabled=True, extra_yaml="",
+                 env=None, binary=None):
+        self.kind = kind
+        self.binary = binary or binary_for(kind)
+        self.workdir = str(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.rootdir = str(rootdir) if rootdir else os.path.join(self.workdir, "root")
+        os.makedirs(self.rootdir, exist_ok=True)
+        self.delete_enabled = delete_enabled
+        self.extra_yaml = extra_yaml
+        self.env = env or {}
+        self.port = None
+        self.proc = None
+        self.config_path = os.path.join(self.workdir, "config.yml")
+        self.log_path = os.path.join(self.workdir, "registry.log")
+        self.session = requests.Session()
+
+    @property
+    def is_reference(self):
+        return self.kind == "docker-registry"
+
+    @property
+    def host(self):
+        return "127.0.0.1:%d" % self.port
+
+    @property
+    def base(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def url(self, path):
+        return self.base + path
+
+    def start(self, timeout=20.0):
+        if not self.binary or not os.access(self.binary, os.X_OK):
+            raise RuntimeError("registry binary not executable: %r" % self.binary)
+        last_err = None
+        for _ in range(3):  # a port may be taken between free_port() and bind()
+            self.port = free_port()
+            with open(self.config_path, "w") as f:
+                f.write(render_config(self.rootdir, "127.0.0.1:%d" % self.port,
+                                      self.delete_enabled, self.extra_yaml))
+            env = dict(os.environ)
+            for k in list(env):
+                if k.startswith("REGISTRY_") and k != "REGISTRY_UNDER_TEST":
+                    del env[k]
+            env.update(self.env)
+            env.setdefault("OTEL_TRACES_EXPORTER", "none")
+            logf = open(self.log_path, "ab")
+            self.proc = subprocess.Popen([self.binary, "serve", self.config_path],
+                                         stdout=logf, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env,
+                                         cwd=self.workdir)
+            logf.close()
+            try:
+                self._wait_ready(timeout)
+                return self
+            except RuntimeError as e:
+                last_err = e
+                self.stop()
+                if "address already in use" not in tail(self.log_path).lower():
+                    break
+        raise last_err
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited with %s during start-up; log tail:\n%s" % (
+                    self.kind, self.proc.returncode, tail(self.log_path)))
+            try:
+                r = requests.get(self.url("/v2/"), timeout=1)
+                if r.status_code in (200, 401):
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("%s did not answer GET /v2/ within %ss; log tail:\n%s" % (
+            self.kind, timeout, tail(self.log_path)))
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self):
+        """Stops the process (SIGTERM, then SIGKILL). Returns its exit status."""
+        self.session.close()
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def log_tail(self, nbytes=6000):
+        return tail(self.log_path, nbytes)
+
+    # -- HTTP shorthands ----------------------------------------------------
+    def request(self, method, path_or_url, **kw):
+        kw.setdefault("timeout", 30)
+        kw.setdefault("allow_redirects", False)
+        url = path_or_url if path_or_url.startswith("http") else self.url(path_or_url)
+        return self.session.request(method, url, **kw)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def head(self, path, **kw):
+        return self.request("HEAD", path, **kw)
+
+    def put(self, path, **kw):
+        return self.request("PUT", path, **kw)
+
+    def post(self, path, **kw):
+        return self.request("POST", path, **kw)
+
+    def patch(self, path, **kw):
+        return self.request("PATCH", path, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+
+# ---------------------------------------------------------------------------
+# API helpers
+
+def abs_location(reg, resp):
+    loc = resp.headers.get("Location")
+    assert loc, "no Location header in %s answer" % resp.status_code
+    return urljoin(reg.base + "/", loc)
+
+
+def with_query(url, **params):
+    from urllib.parse import urlencode
+    sep = "&" if "?" in url else "?"
+    return url + sep + urlencode(params)
+
+
+def error_codes(resp):
+    """The list of error codes of an error body (asserting its shape)."""
+    body = resp.json()
+    assert isinstance(body, dict) and isinstance(body.get("errors"), list), resp.text
+    codes = []
+    for e in body["errors"]:
+        assert isinstance(e, dict) and isinstance(e.get("code"), str), resp.text
+        assert "message" in e, resp.text
+        codes.append(e["code"])
+    return codes
+
+
+def assert_error(resp, status, code):
+    assert resp.status_code == status, "want %d %s, got %d: %s" % (
+        status, code, resp.status_code, resp.text[:500])
+    assert code in error_codes(resp), resp.text[:500]
+    assert resp.headers.get(API_VERSION_HEADER) == "registry/2.0"
+
+
+def start_upload(reg, repo):
+    r = reg.post("/v2/%s/blobs/uploads/" % repo, data=b"")
+    assert r.status_code == 202, r.text
+    return abs_location(reg, r), r
+
+
+def upload_blob(reg, repo, data, digest=None):
+    """POST then PUT (monolithic). Returns the digest."""
+    digest = digest or sha256(data)
+    loc, _ = start_upload(reg, repo)
+    r = reg.put(with_query(loc, digest=digest), data=data,
+                headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, "blob PUT: %d %s" % (r.status_code, r.text)
+    return digest
+
+
+def upload_blob_chunked(reg, repo, data, chunk=64 * 1024, final_in_put=False):
+    """POST, PATCH chunks with Content-Range, PUT ?digest=. Returns the digest."""
+    digest = sha256(data)
+    loc, _ = start_upload(reg, repo)
+    off = 0
+    end = len(data)
+    last_chunk = b""
+    if final_in_put and end > 0:
+        last_start = ((end - 1) // chunk) * chunk
+        last_chunk = data[last_start:]
+        end = last_start
+    while off < end:
+        piece = data[off:min(off + chunk, end)]
+        r = reg.patch(loc, data=piece, headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Range": "%d-%d" % (off, off + len(piece) - 1)})
+        assert r.status_code == 202, "PATCH: %d %s" % (r.status_code, r.text)
+        assert r.headers.get("Range") == "0-%d" % (off + len(piece) - 1)
+        loc = abs_location(reg, r)
+        off += len(piece)
+    headers = {"Content-Type": "application/octet-stream"}
+    if last_chunk:
+        headers["Content-Range"] = "%d-%d" % (off, off + len(last_chunk) - 1)
+    r = reg.put(with_query(loc, digest=digest), data=last_chunk, headers=headers)
+    assert r.status_code == 201, "PUT: %d %s" % (r.status_code, r.text)
+    return digest
+
+
+def put_manifest(reg, repo, ref, body, media_type):
+    return reg.put("/v2/%s/manifests/%s" % (repo, ref), data=body,
+                   headers={"Content-Type": media_type})
+
+
+def put_manifest_ok(reg, repo, ref, body, media_type):
+    r = put_manifest(reg, repo, ref, body, media_type)
+    assert r.status_code == 201, "manifest PUT %s: %d %s" % (ref, r.status_code, r.text)
+    assert r.headers.get("Docker-Content-Digest") == sha256(body)
+    return r
+
+
+def get_manifest(reg, repo, ref, accept=None, method="GET"):
+    accept = accept or ALL_MANIFEST_TYPES
+    return reg.request(method, "/v2/%s/manifests/%s" % (repo, ref),
+                       headers={"Accept": ", ".join(accept)})
+
+
+# ---------------------------------------------------------------------------
+# image builders
+
+def descriptor(media_type, data, **extra):
+    d = {"mediaType": media_type, "digest": sha256(data), "size": len(data)}
+    d.update(extra)
+    return d
+
+
+def image_config(arch="amd64", os_="linux", diff_ids=None):
+    return canonical_json({
+        "architecture": arch, "os": os_,
+        "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids or []},
+        "history": [{"created_by": "regmirror integration test %s" % uuid.uuid4().hex}],
+    })
+
+
+class Image:
+    """Blobs plus a manifest, not yet pushed."""
+
+    def __init__(self, manifest, media_type, blobs, config=None):
+        self.manifest = manifest
+        self.media_type = media_type
+        self.blobs = blobs  # digest -> bytes
+        self.config = config
+
+    @property
+    def digest(self):
+        return sha256(self.manifest)
+
+    def desc(self, **extra):
+        return descriptor(self.media_type, self.manifest, **extra)
+
+
+def make_image(layer_sizes=(1024, 2048), docker=False, arch="amd64", pretty=True,
+               annotations=None, subject=None, artifact_type=None, config=None,
+               config_type=None):
+    layers = [random_bytes(n) for n in layer_sizes]
+    cfg = config if config is not None else image_config(arch, diff_ids=[sha256(l) for l in layers])
+    if docker:
+        mt, ct, lt = DOCKER_MANIFEST, config_type or DOCKER_CONFIG, DOCKER_LAYER
+    else:
+        mt, ct, lt = OCI_MANIFEST, config_type or OCI_CONFIG, OCI_LAYER
+    m = {"schemaVersion": 2, "mediaType": mt, "config": descriptor(ct, cfg),
+         "layers": [descriptor(lt, l) for l in layers]}
+    if artifact_type:
+        m["artifactType"] = artifact_type
+    if subject:
+        m["subject"] = subject
+    if annotations:
+        m["annotations"] = annotations
+    body = pretty_json(m) if pretty else canonical_json(m)
+    blobs = {sha256(cfg): cfg}
+    for l in layers:
+        blobs[sha256(l)] = l
+    return Image(body, mt, blobs, cfg)
+
+
+def make_index(children, docker=False, platforms=None, annotations=None):
+    mt = DOCKER_LIST if docker else OCI_INDEX
+    platforms = platforms or [{"architecture": "amd64", "os": "linux"},
+                              {"architecture": "arm64", "os": "linux", "variant": "v8"}]
+    m = {"schemaVersion": 2, "mediaType": mt, "manifests": []}
+    for child, plat in zip(children, platforms):
+        m["manifests"].append(child.desc(platform=plat))
+    if annotations:
+        m["annotations"] = annotations
+    return pretty_json(m), mt
+
+
+def push_image(reg, repo, image, ref=None):
+    for d, data in image.blobs.items():
+        upload_blob(reg, repo, data, d)
+    return put_manifest_ok(reg, repo, ref or image.digest, image.manifest, image.media_type)
+
+
+# ---------------------------------------------------------------------------
+# OCI image layout on disk
+
+def write_oci_layout(path, images, indexes=()):
+    """images: list of (tag, Image); indexes: list of (tag, index_bytes, media_type, [Image])."""
+    os.makedirs(os.path.join(path, "blobs", "sha256"), exist_ok=True)
+    with open(os.path.join(path, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+
+    def put_blob(data):
+        p = os.path.join(path, "blobs", "sha256", sha256(data).split(":", 1)[1])
+        with open(p, "wb") as f:
+            f.write(data)
+
+    entries = []
+    for tag, img in images:
+        for data in img.blobs.values():
+            put_blob(data)
+        put_blob(img.manifest)
+        entries.append(img.desc(annotations={"org.opencontainers.image.ref.name": tag}))
+    for tag, body, mt, children in indexes:
+        for img in children:
+            for data in img.blobs.values():
+                put_blob(data)
+            put_blob(img.manifest)
+        put_blob(body)
+        entries.append(descriptor(mt, body,
+                                  annotations={"org.opencontainers.image.ref.name": tag}))
+    with open(os.path.join(path, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, f)
+
+
+def read_oci_layout(path):
+    """Returns (index.json dict, {digest: bytes})."""
+    with open(os.path.join(path, "index.json")) as f:
+        idx = json.load(f)
+    blobs = {}
+    bdir = os.path.join(path, "blobs", "sha256")
+    for name in os.listdir(bdir):
+        with open(os.path.join(bdir, name), "rb") as f:
+            blobs["sha256:" + name] = f.read()
+    return idx, blobs
+
+
+# ---------------------------------------------------------------------------
+# storage snapshots
+
+def snapshot(root):
+    """{relative path: sha256 of content (files) or 'dir'} for everything under root."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        out[rel] = "dir"
+        for fn in filenames:
+            p = os.path.join(dirpath, fn)
+            h = hashlib.sha256()
+            try:
+                with open(p, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                out[os.path.join(rel, fn)] = h.hexdigest()
+            except OSError:
+                out[os.path.join(rel, fn)] = "unreadable"
+    return out
+
+
+def snapshot_diff(before, after):
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    return {"added": added, "removed": removed, "changed": changed}
+
+
+# ---------------------------------------------------------------------------
+# raw HTTP over a socket
+
+def recv_response(sock, head_request=False, timeout=10.0):
+    """Reads one HTTP/1.1 response from sock. Returns (status, headers(dict lower), body, rest)
+    where rest is any bytes read past the response (pipelining)."""
+    sock.settimeout(timeout)
+    buf = getattr(sock, "_pending", b"")
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed before response head: %r" % buf[:200])
+        buf += chunk
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("iso-8859-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    status = int(parts[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers.setdefault(k.strip().lower(), v.strip())
+    body = b""
+    if head_request or status in (204, 304) or 100 <= status < 200:
+        pass
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            while b"\r\n" not in buf:
+                buf += _recv_more(sock)
+            size_line, buf = buf.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            while len(buf) < size + 2:
+                buf += _recv_more(sock)
+            body += buf[:size]
+            buf = buf[size + 2:]
+            if size == 0:
+                break
+    elif "content-length" in headers:
+        n = int(headers["content-length"])
+        while len(buf) < n:
+            buf += _recv_more(sock)
+        body, buf = buf[:n], buf[n:]
+    else:
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            buf += chunk
+        body, buf = buf, b""
+    sock._pending = buf
+    return status, headers, body
+
+
+def _recv_more(sock):
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise ConnectionError("connection closed mid-body")
+    return chunk
+
+
+class RawSocket(socket.socket):
+    """socket with a _pending attribute for recv_response."""
+    _pending = b""
+
+
+def raw_connect(reg, timeout=10.0):
+    s = RawSocket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", reg.port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def raw_request(reg, data, head_request=False, timeout=10.0):
+    """Sends data as is on a new connection; returns (status, headers, body) or raises
+    ConnectionError when the server closed without an answer."""
+    with raw_connect(reg, timeout) as s:
+        s.sendall(data)
+        return recv_response(s, head_request=head_request, timeout=timeout)
+
+
+def which(name):
+    return shutil.which(name)
