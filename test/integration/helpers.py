@@ -391,11 +391,34 @@ class Image:
         return descriptor(self.media_type, self.manifest, **extra)
 
 
+def tar_layer(size, name=None):
+    """A gzip-compressed tar holding one file of `size` random (incompressible) bytes.
+    Returns (compressed bytes, diff_id)."""
+    import gzip
+    import io
+    import tarfile
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo(name or "data-%s.bin" % uuid.uuid4().hex[:8])
+        info.size = size
+        info.mtime = 0
+        info.mode = 0o644
+        tf.addfile(info, io.BytesIO(random_bytes(size)))
+    tar = raw.getvalue()
+    return gzip.compress(tar, compresslevel=1, mtime=0), sha256(tar)
+
+
 def make_image(layer_sizes=(1024, 2048), docker=False, arch="amd64", pretty=True,
                annotations=None, subject=None, artifact_type=None, config=None,
-               config_type=None):
-    layers = [random_bytes(n) for n in layer_sizes]
-    cfg = config if config is not None else image_config(arch, diff_ids=[sha256(l) for l in layers])
+               config_type=None, real_layers=False):
+    if real_layers:
+        pairs = [tar_layer(n) for n in layer_sizes]
+        layers = [p[0] for p in pairs]
+        diff_ids = [p[1] for p in pairs]
+    else:
+        layers = [random_bytes(n) for n in layer_sizes]
+        diff_ids = [sha256(l) for l in layers]
+    cfg = config if config is not None else image_config(arch, diff_ids=diff_ids)
     if docker:
         mt, ct, lt = DOCKER_MANIFEST, config_type or DOCKER_CONFIG, DOCKER_LAYER
     else:

@@ -1,12 +1,13 @@
 """OCI distribution spec v1.1: content discovery — tags/list (end-8a/b), _catalog, and the
 referrers API (end-12a/b)."""
 
+import json
 import re
 from urllib.parse import urljoin
 
 import pytest
 
-from helpers import (OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, assert_error, make_image,
+from helpers import (OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, assert_error, make_image,
                      make_index, push_image, put_manifest_ok, random_bytes, sha256,
                      unique_repo, upload_blob)
 
@@ -196,7 +197,6 @@ def test_referrers(reg, repo):
     idx_children = [make_image(layer_sizes=(10,)), make_image(layer_sizes=(10,), arch="arm64")]
     for c in idx_children:
         push_image(reg, repo, c)
-    import json
     body, mt = make_index(idx_children)
     m = json.loads(body)
     m["subject"] = sdesc
