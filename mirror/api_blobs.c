@@ -39,7 +39,7 @@ static void get_blob(const struct api *api, struct http_req *req, const struct a
         }
     }
     uint64_t len = size ? end - start + 1 : 0;
-    char etag[DIGEST_STR_MAX + 2];
+    char etag[API_REF_MAX + 2];
     snprintf(etag, sizeof(etag), "\"%s\"", rt->ref);
     api_start(api, req, status);
     http_resp_header(req, "Content-Type", "application/octet-stream");

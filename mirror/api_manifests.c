@@ -75,7 +75,8 @@ static void get_manifest(const struct api *api, struct http_req *req, const stru
                        "%s found, but the Accept header does not allow it", m.media_type);
             goto out;
         }
-        if (strcmp(m.media_type, MANIFEST_MT_DOCKER_LIST) == 0 &&
+        /* By digest the client asked for exactly this manifest. */
+        if (strcmp(m.media_type, MANIFEST_MT_DOCKER_LIST) == 0 && !strchr(rt->ref, ':') &&
             pick_default_platform(api, rt->name, &m) != REG_OK) {
             api_error(api, req, REG_ERR_INTERNAL, NULL);
             goto out;

@@ -32,6 +32,7 @@
 
 struct http_server;
 struct http_req;
+struct bufferevent;
 
 struct http_limits {
     size_t max_header_bytes; /* request line + headers; 431 above. Default 64 KiB */
@@ -50,6 +51,13 @@ struct http_server_handler {
      */
     void (*on_request)(struct http_req *req, void *arg);
     void *arg;
+    /*
+     * Optional: renders an error the server decides for a parsed request (today 413 from
+     * http_req_buffer_body), e.g. with the registry's JSON error body. It must answer with the
+     * http_resp_* calls; when NULL (or when it does not answer) a plain-text body is sent.
+     * The connection is closed after that response whatever the application sets.
+     */
+    void (*on_error)(struct http_req *req, int status, void *arg);
 };
 
 /* Creates a server on base. Zero fields in limits take the defaults. NULL on error. */
@@ -61,6 +69,15 @@ int http_server_listen(struct http_server *srv, const char *addr);
 int http_server_listen_fd(struct http_server *srv, int fd);
 /* The port of the first listener (for ":0" in tests), or -1. */
 int http_server_port(const struct http_server *srv);
+/*
+ * Serves an already connected bufferevent: the seam for TLS (bufferevent_openssl) and for
+ * tests. The server takes bev (freed with the connection, also on error); create it with
+ * BEV_OPT_CLOSE_ON_FREE as needed. Files are not sent with sendfile on such connections.
+ * remote is the peer's address as text for logs (may be NULL). 0, or -1.
+ */
+int http_server_adopt(struct http_server *srv, struct bufferevent *bev, const char *remote);
+/* One access log line per request (log_kv at LOG_INFO, "request"): on by default. */
+void http_server_set_access_log(struct http_server *srv, bool enabled);
 /* Closes listeners and every connection, aborting requests in flight; frees srv. */
 void http_server_free(struct http_server *srv);
 

@@ -1,0 +1,1641 @@
+#include "http.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+
+#include "log.h"
+
+#define HTTP_MAX_LISTENERS 16
+#define HTTP_MAX_HEADERS 256
+#define HTTP_MAX_RESP_HEADER_BYTES (64 * 1024)
+/* One recv() per read event takes up to this much: large reads cost far less CPU per byte. */
+#define HTTP_READ_SIZE (256 * 1024)
+/* Reading stops while this much input waits for the parser (app not ready, paused body). */
+#define HTTP_READ_HIGH (512 * 1024)
+#define HTTP_WRITE_SIZE (1024 * 1024)
+/* Streams are refilled below this; pipelined requests wait while more output is queued. */
+#define HTTP_WRITE_LOW (256 * 1024)
+/* An unread request body up to this size is read and dropped to keep the connection. */
+#define HTTP_DISCARD_MAX (64 * 1024)
+#define HTTP_LINGER_MS 2000
+#define HTTP_ACCEPT_RETRY_MS 200
+
+enum body_mode {
+    BODY_UNDECIDED, /* the application has not said what to do with the body yet */
+    BODY_READ,      /* pieces go to on_data */
+    BODY_BUFFER,    /* pieces are collected for http_req_buffer_body */
+    BODY_DISCARD,   /* response done before the body: read and drop the rest */
+    BODY_STOPPED,   /* never read further; the connection closes after the response */
+};
+
+enum resp_state { RESP_NONE, RESP_STARTED, RESP_STREAMING, RESP_DONE };
+
+enum parse_event { PEV_NONE, PEV_HEADERS, PEV_BODY, PEV_COMPLETE };
+
+struct hdr {
+    size_t name;  /* offsets into req->head, stable across reallocations */
+    size_t value; /* SIZE_MAX while the value has not started */
+};
+
+struct conn;
+
+struct http_req {
+    struct conn *conn;
+
+    /* The request head: url, names and values as NUL-terminated strings. */
+    char *head;
+    size_t head_len, head_cap;
+    struct hdr *hdrs;
+    size_t nhdrs, hdrs_cap;
+    size_t url_off;
+    bool url_done, in_field;
+    const char *path, *query; /* set at dispatch, point into head */
+    enum http_method method;
+    int64_t content_length;
+    bool chunked, keep_alive, http10, is_head, expect_continue, continue_sent;
+    bool dispatched;
+    struct timespec started;
+
+    /* The request body. */
+    enum body_mode body_mode;
+    bool body_done, body_paused, end_pending, must_close;
+    http_body_data_cb on_data;
+    http_body_end_cb on_end;
+    http_body_buffered_cb on_buffered;
+    void *body_ctx;
+    char *bbuf;
+    size_t blen, bcap, bmax;
+
+    http_abort_cb on_abort;
+    void *abort_ctx;
+    bool aborting;
+
+    /* The response. */
+    enum resp_state resp;
+    int status;
+    struct evbuffer *resp_hdrs;
+    bool close_after, chunked_out, raw_out, has_held;
+    char held;         /* last byte of a Content-Length stream, sent by stream_end */
+    int64_t out_left;  /* body bytes a Content-Length stream may still queue */
+    uint64_t sent;     /* body bytes queued, for the access log */
+    http_writable_cb on_writable;
+    void *wr_ctx;
+};
+
+struct conn {
+    struct http_server *srv;
+    struct conn *prev, *next;
+    struct bufferevent *bev;
+    struct event *kick;  /* deferred work: never re-enter the application from its own calls */
+    struct event *timer; /* header, idle and linger deadlines */
+    http_parser parser;
+    struct http_req *req;
+    char remote[INET6_ADDRSTRLEN];
+    size_t head_bytes;
+    int parse_status; /* set by parser callbacks that stop parsing: 414, 431, 501, ... */
+    enum parse_event event;
+    const char *ev_data;
+    size_t ev_len;
+    bool plain; /* a socket bufferevent: shutdown() and sendfile apply */
+    bool processing, eof, closing, lingering, closed;
+};
+
+struct http_server {
+    struct event_base *base;
+    struct http_limits limits;
+    struct http_server_handler handler;
+    struct evconnlistener *listeners[HTTP_MAX_LISTENERS];
+    int nlisteners;
+    struct event *accept_retry;
+    struct event *reap;
+    struct conn *conns, *dead;
+    bool access_log, freeing;
+    time_t date_at;
+    char date[64];
+};
+
+static int on_message_begin(http_parser *p);
+static int on_url(http_parser *p, const char *at, size_t len);
+static int on_header_field(http_parser *p, const char *at, size_t len);
+static int on_header_value(http_parser *p, const char *at, size_t len);
+static int on_headers_complete(http_parser *p);
+static int on_body(http_parser *p, const char *at, size_t len);
+static int on_message_complete(http_parser *p);
+
+static const http_parser_settings parser_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+static void conn_process(struct conn *conn);
+static void conn_close(struct conn *conn);
+static void conn_close_after_flush(struct conn *conn);
+static void resp_complete(struct http_req *req);
+
+/* ---- small helpers ---- */
+
+static struct timeval ms_tv(int ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    return tv;
+}
+
+static void conn_kick(struct conn *conn)
+{
+    if (!conn->closed)
+        event_active(conn->kick, EV_TIMEOUT, 0);
+}
+
+static void conn_arm_timer(struct conn *conn, int ms)
+{
+    struct timeval tv = ms_tv(ms);
+    evtimer_add(conn->timer, &tv);
+}
+
+/* The body read timeout runs only while a body is being read; sends are always timed. */
+static void conn_set_read_timeout(struct conn *conn, bool on)
+{
+    struct timeval rd = ms_tv(conn->srv->limits.body_timeout_ms);
+    struct timeval wr = ms_tv(conn->srv->limits.send_timeout_ms);
+    bufferevent_set_timeouts(conn->bev, on ? &rd : NULL, &wr);
+}
+
+static size_t conn_output_len(const struct conn *conn)
+{
+    return evbuffer_get_length(bufferevent_get_output(conn->bev));
+}
+
+static const char *reason_phrase(int status)
+{
+    const char *s = http_status_str((enum http_status)status);
+    if (strcmp(s, "<unknown>") != 0)
+        return s;
+    switch (status / 100) {
+    case 2:
+        return "OK";
+    case 3:
+        return "Redirect";
+    case 4:
+        return "Client Error";
+    default:
+        return "Server Error";
+    }
+}
+
+static const char *http_date(struct http_server *srv)
+{
+    time_t now = time(NULL);
+    if (now != srv->date_at) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(srv->date, sizeof(srv->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        srv->date_at = now;
+    }
+    return srv->date;
+}
+
+static long elapsed_ms(const struct timespec *since)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long)(now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
+}
+
+static void access_log(const struct http_req *req, bool aborted)
+{
+    const struct conn *conn = req->conn;
+    if (!conn->srv->access_log || !log_enabled(LOG_INFO))
+        return;
+    char status[16], bytes[32], ms[32];
+    snprintf(status, sizeof(status), "%d", req->status);
+    snprintf(bytes, sizeof(bytes), "%llu", (unsigned long long)req->sent);
+    snprintf(ms, sizeof(ms), "%ld", elapsed_ms(&req->started));
+    const char *ua = http_req_header(req, "User-Agent");
+    const char *fields[] = {"method",      http_req_method_str(req),
+                            "path",        req->path ? req->path : "",
+                            "status",      status,
+                            "bytes",       bytes,
+                            "duration_ms", ms,
+                            "remote",      conn->remote,
+                            "user_agent",  ua ? ua : "",
+                            aborted ? "aborted" : NULL,
+                            "true",        NULL};
+    log_kv(LOG_INFO, fields, "request");
+}
+
+/* ---- requests ---- */
+
+static struct http_req *req_new(struct conn *conn)
+{
+    struct http_req *req = calloc(1, sizeof(*req));
+    if (!req)
+        return NULL;
+    req->conn = conn;
+    req->content_length = -1;
+    req->status = 200;
+    clock_gettime(CLOCK_MONOTONIC, &req->started);
+    return req;
+}
+
+static void req_free(struct http_req *req)
+{
+    if (!req)
+        return;
+    if (req->resp_hdrs)
+        evbuffer_free(req->resp_hdrs);
+    free(req->bbuf);
+    free(req->hdrs);
+    free(req->head);
+    free(req);
+}
+
+/* Appends to the head buffer; the callers have bounded the total by the header limits. */
+static int head_append(struct http_req *req, const char *data, size_t len)
+{
+    if (req->head_len + len + 1 > req->head_cap) {
+        size_t cap = req->head_cap ? req->head_cap : 512;
+        while (cap < req->head_len + len + 1)
+            cap *= 2;
+        char *p = realloc(req->head, cap);
+        if (!p)
+            return -1;
+        req->head = p;
+        req->head_cap = cap;
+    }
+    memcpy(req->head + req->head_len, data, len);
+    req->head_len += len;
+    return 0;
+}
+
+static int head_terminate(struct http_req *req)
+{
+    return head_append(req, "", 1);
+}
+
+/* Ends the header value being collected: drops trailing blanks, adds the NUL. */
+static int head_end_value(struct http_req *req)
+{
+    struct hdr *h = &req->hdrs[req->nhdrs - 1];
+    if (h->value == SIZE_MAX) {
+        /* "Name:" with an empty value: the parser never called on_header_value */
+        if (head_terminate(req) < 0)
+            return -1;
+        h->value = req->head_len;
+    }
+    while (req->head_len > h->value &&
+           (req->head[req->head_len - 1] == ' ' || req->head[req->head_len - 1] == '\t'))
+        req->head_len--;
+    return head_terminate(req);
+}
+
+static void req_finish(struct http_req *req)
+{
+    struct conn *conn = req->conn;
+    conn->req = NULL;
+    req_free(req);
+    if (conn->closing || conn->closed)
+        return;
+    conn_arm_timer(conn, conn->srv->limits.idle_timeout_ms);
+    conn_kick(conn);
+}
+
+/* ---- parser callbacks: they only record; the application runs from conn_process ---- */
+
+static int count_head(struct conn *conn, size_t len)
+{
+    conn->head_bytes += len;
+    if (conn->head_bytes > conn->srv->limits.max_header_bytes) {
+        conn->parse_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_message_begin(http_parser *p)
+{
+    struct conn *conn = p->data;
+    if (conn->req) {
+        conn->parse_status = 500;
+        return -1;
+    }
+    conn->req = req_new(conn);
+    if (!conn->req) {
+        conn->parse_status = 503;
+        return -1;
+    }
+    conn->head_bytes = 0;
+    conn_arm_timer(conn, conn->srv->limits.header_timeout_ms);
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    struct conn *conn = p->data;
+    struct http_req *req = conn->req;
+    if (req->head_len + len > conn->srv->limits.max_url_bytes) {
+        conn->parse_status = 414;
+        return -1;
+    }
+    if (count_head(conn, len) < 0 || head_append(req, at, len) < 0)
+        return -1;
+    return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    struct conn *conn = p->data;
+    struct http_req *req = conn->req;
+    /* Trailers after a chunked body count against the limit but are not kept. */
+    if (req->dispatched)
+        return count_head(conn, len);
+    if (count_head(conn, len) < 0)
+        return -1;
+    if (!req->in_field) {
+        if (!req->url_done) {
+            if (head_terminate(req) < 0)
+                return -1;
+            req->url_done = true;
+        } else if (head_end_value(req) < 0) {
+            return -1;
+        }
+        if (req->nhdrs == HTTP_MAX_HEADERS) {
+            conn->parse_status = 431;
+            return -1;
+        }
+        if (req->nhdrs == req->hdrs_cap) {
+            size_t cap = req->hdrs_cap ? req->hdrs_cap * 2 : 16;
+            struct hdr *h = realloc(req->hdrs, cap * sizeof(*h));
+            if (!h)
+                return -1;
+            req->hdrs = h;
+            req->hdrs_cap = cap;
+        }
+        req->hdrs[req->nhdrs].name = req->head_len;
+        req->hdrs[req->nhdrs].value = SIZE_MAX;
+        req->nhdrs++;
+        req->in_field = true;
+        /* ": " and CRLF are not passed to callbacks; count them too */
+        if (count_head(conn, 4) < 0)
+            return -1;
+    }
+    return head_append(req, at, len);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    struct conn *conn = p->data;
+    struct http_req *req = conn->req;
+    if (req->dispatched)
+        return count_head(conn, len);
+    if (count_head(conn, len) < 0)
+        return -1;
+    if (req->in_field) {
+        if (head_terminate(req) < 0)
+            return -1;
+        req->hdrs[req->nhdrs - 1].value = req->head_len;
+        req->in_field = false;
+    }
+    return head_append(req, at, len);
+}
+
+/* Splits the request target into path and query, copied after the headers in head. */
+static int split_target(struct conn *conn, struct http_req *req)
+{
+    const char *url = req->head + req->url_off;
+    size_t url_len = strlen(url);
+    size_t path_at = 0, path_len, query_at = 0, query_len = 0;
+    if (url[0] == '/' || strcmp(url, "*") == 0) {
+        path_len = strcspn(url, "?#");
+        if (url[path_len] == '?') {
+            query_at = path_len + 1;
+            query_len = strcspn(url + query_at, "#");
+        }
+    } else {
+        /* absolute-form (or authority-form for CONNECT) */
+        struct http_parser_url u;
+        http_parser_url_init(&u);
+        if (http_parser_parse_url(url, url_len, req->method == HTTP_CONNECT, &u) != 0) {
+            conn->parse_status = 400;
+            return -1;
+        }
+        path_at = u.field_data[UF_PATH].off;
+        path_len = (u.field_set & (1 << UF_PATH)) ? u.field_data[UF_PATH].len : 0;
+        if (u.field_set & (1 << UF_QUERY)) {
+            query_at = u.field_data[UF_QUERY].off;
+            query_len = u.field_data[UF_QUERY].len;
+        }
+    }
+    size_t p_off = req->head_len;
+    if (path_len == 0) {
+        if (head_append(req, "/", 1) < 0)
+            return -1;
+    } else if (head_append(req, req->head + req->url_off + path_at, path_len) < 0) {
+        return -1;
+    }
+    size_t q_off = req->head_len + 1;
+    if (head_terminate(req) < 0 ||
+        head_append(req, req->head + req->url_off + query_at, query_len) < 0 ||
+        head_terminate(req) < 0)
+        return -1;
+    req->path = req->head + p_off;
+    req->query = req->head + q_off;
+    return 0;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    struct conn *conn = p->data;
+    struct http_req *req = conn->req;
+    if (!req->url_done) {
+        if (head_terminate(req) < 0)
+            return -1;
+        req->url_done = true;
+    } else if (req->nhdrs > 0 && head_end_value(req) < 0) {
+        return -1;
+    }
+    if (p->http_major != 1) {
+        conn->parse_status = 505;
+        return -1;
+    }
+    req->method = (enum http_method)p->method;
+    req->is_head = req->method == HTTP_HEAD;
+    req->http10 = p->http_minor == 0;
+    req->keep_alive = http_should_keep_alive(p) != 0;
+    req->chunked = (p->flags & F_CHUNKED) != 0;
+    if (p->flags & F_CONTENTLENGTH) {
+        if (p->content_length > INT64_MAX) {
+            conn->parse_status = 400;
+            return -1;
+        }
+        req->content_length = (int64_t)p->content_length;
+    }
+    /* Only plain chunked framing is understood; anything else cannot be delimited. */
+    for (size_t i = 0; http_req_header_n(req, "Transfer-Encoding", i); i++) {
+        if (i > 0 || strcasecmp(http_req_header_n(req, "Transfer-Encoding", i), "chunked") != 0) {
+            conn->parse_status = 501;
+            return -1;
+        }
+    }
+    const char *expect = http_req_header(req, "Expect");
+    req->expect_continue = expect && strcasecmp(expect, "100-continue") == 0 && !req->http10 &&
+                           http_req_has_body(req);
+    if (split_target(conn, req) < 0)
+        return -1;
+    conn->event = PEV_HEADERS;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+    struct conn *conn = p->data;
+    if (conn->req->body_mode == BODY_DISCARD)
+        return 0;
+    conn->event = PEV_BODY;
+    conn->ev_data = at;
+    conn->ev_len = len;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    struct conn *conn = p->data;
+    conn->event = PEV_COMPLETE;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+/* ---- connection ---- */
+
+/*
+ * Answers a request the parser rejected (or that timed out) and closes. A request the
+ * application already holds is aborted first; if its response has begun, the connection is
+ * just cut.
+ */
+static void conn_fail(struct conn *conn, int status)
+{
+    struct http_req *req = conn->req;
+    if (req && req->dispatched && req->resp != RESP_DONE) {
+        /* a streamed head is on the wire already: only cutting the connection is left */
+        if (req->resp == RESP_STREAMING) {
+            conn_close(conn);
+            return;
+        }
+        req->aborting = true;
+        if (req->on_abort)
+            req->on_abort(req, req->abort_ctx);
+        req->resp = RESP_DONE;
+        if (conn->closed)
+            return;
+    }
+    const char *reason = reason_phrase(status);
+    struct evbuffer *out = bufferevent_get_output(conn->bev);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: text/plain\r\n"
+                        "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+                        status, reason, http_date(conn->srv), strlen(reason) + 1, reason);
+    if (conn->srv->access_log && log_enabled(LOG_INFO)) {
+        char st[16];
+        snprintf(st, sizeof(st), "%d", status);
+        const char *fields[] = {"method", "", "path", "", "status", st, "remote", conn->remote,
+                                NULL};
+        log_kv(LOG_INFO, fields, "request rejected");
+    }
+    conn_close_after_flush(conn);
+}
+
+static int parse_error_status(struct conn *conn, enum http_errno err)
+{
+    if (conn->parse_status)
+        return conn->parse_status;
+    switch (err) {
+    case HPE_HEADER_OVERFLOW:
+        return 431;
+    case HPE_INVALID_TRANSFER_ENCODING:
+        return 501;
+    default:
+        return 400;
+    }
+}
+
+/* Whether the parser may run now: strictly one request at a time, and only when wanted. */
+static bool conn_can_parse(const struct conn *conn)
+{
+    const struct http_req *req = conn->req;
+    if (conn->closed || conn->closing)
+        return false;
+    if (!req)
+        return conn_output_len(conn) < HTTP_WRITE_LOW;
+    if (!req->dispatched)
+        return true;
+    if (req->body_done)
+        return false;
+    switch (req->body_mode) {
+    case BODY_UNDECIDED:
+        /* a bodiless request only lacks its message-complete step */
+        return !http_req_has_body(req);
+    case BODY_READ:
+    case BODY_BUFFER:
+        return !req->body_paused;
+    case BODY_DISCARD:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void deliver_buffered(struct http_req *req)
+{
+    /* Detached first: the callback may complete (and so free) the request. */
+    char *data = req->bbuf;
+    size_t len = req->blen;
+    req->bbuf = NULL;
+    req->blen = req->bcap = 0;
+    req->on_buffered(req, req->body_ctx, data ? data : "", len);
+    free(data);
+}
+
+/* Runs the application's end-of-body callback; req may be gone afterwards. */
+static void deliver_end(struct http_req *req)
+{
+    if (req->body_mode == BODY_READ && req->on_end)
+        req->on_end(req, req->body_ctx);
+    else if (req->body_mode == BODY_BUFFER)
+        deliver_buffered(req);
+}
+
+static void reject_body(struct http_req *req);
+
+static int buffer_piece(struct http_req *req, const char *data, size_t len)
+{
+    if (len > req->bmax - req->blen)
+        return -1;
+    if (req->blen + len + 1 > req->bcap) {
+        size_t cap = req->bcap ? req->bcap : 4096;
+        while (cap < req->blen + len + 1)
+            cap *= 2;
+        char *p = realloc(req->bbuf, cap);
+        if (!p)
+            return -1;
+        req->bbuf = p;
+        req->bcap = cap;
+    }
+    memcpy(req->bbuf + req->blen, data, len);
+    req->blen += len;
+    req->bbuf[req->blen] = '\0';
+    return 0;
+}
+
+static void handle_event(struct conn *conn, enum parse_event ev)
+{
+    struct http_req *req = conn->req;
+    switch (ev) {
+    case PEV_HEADERS:
+        req->dispatched = true;
+        evtimer_del(conn->timer);
+        conn->srv->handler.on_request(req, conn->srv->handler.arg);
+        break;
+    case PEV_BODY:
+        if (req->body_mode == BODY_READ) {
+            int r = req->on_data(req, req->body_ctx, conn->ev_data, conn->ev_len);
+            /* on_data cannot free req: the body is not complete yet */
+            if (r != 0 && !conn->closed && req->resp != RESP_DONE) {
+                req->body_mode = BODY_STOPPED;
+                req->must_close = true;
+                conn_set_read_timeout(conn, false);
+            }
+        } else if (req->body_mode == BODY_BUFFER) {
+            if (buffer_piece(req, conn->ev_data, conn->ev_len) < 0)
+                reject_body(req);
+        }
+        break;
+    case PEV_COMPLETE:
+        req->body_done = true;
+        conn_set_read_timeout(conn, false);
+        if (req->resp == RESP_DONE)
+            req_finish(req);
+        else if (req->body_mode == BODY_READ || req->body_mode == BODY_BUFFER)
+            deliver_end(req);
+        break;
+    default:
+        break;
+    }
+}
+
+/*
+ * Feeds buffered input to the parser while the current request allows it, and runs the
+ * application for each parser event. Never re-entered: calls from the application only
+ * schedule it (conn_kick).
+ */
+static void conn_process(struct conn *conn)
+{
+    if (conn->processing || conn->closed)
+        return;
+    conn->processing = true;
+    struct evbuffer *in = bufferevent_get_input(conn->bev);
+    while (!conn->closed && conn_can_parse(conn)) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+            break;
+        if (HTTP_PARSER_ERRNO(&conn->parser) == HPE_PAUSED)
+            http_parser_pause(&conn->parser, 0);
+        conn->event = PEV_NONE;
+        size_t n = http_parser_execute(&conn->parser, &parser_settings, v.iov_base, v.iov_len);
+        enum http_errno err = HTTP_PARSER_ERRNO(&conn->parser);
+        if ((err != HPE_OK && err != HPE_PAUSED) || (n == 0 && conn->event == PEV_NONE)) {
+            conn_fail(conn, parse_error_status(conn, err));
+            break;
+        }
+        enum parse_event ev = conn->event;
+        conn->event = PEV_NONE;
+        handle_event(conn, ev);
+        /* body data pointed into the buffer: drop it only now */
+        evbuffer_drain(in, n);
+    }
+    conn->processing = false;
+    if (conn->closed || conn->closing || !conn->eof)
+        return;
+    /* The peer sent EOF: answer what could be parsed, abort what waits for an answer. */
+    struct http_req *req = conn->req;
+    if (req && req->dispatched && req->resp != RESP_DONE)
+        conn_close(conn);
+    else if (evbuffer_get_length(in) == 0 || conn_can_parse(conn))
+        conn_close_after_flush(conn);
+    /* else requests wait for queued output to drain; the write callback resumes */
+}
+
+/* Closes now. A request still waiting for its response is aborted (its callback runs once). */
+static void conn_close(struct conn *conn)
+{
+    if (conn->closed)
+        return;
+    conn->closed = true;
+    struct http_req *req = conn->req;
+    if (req && req->dispatched && req->resp != RESP_DONE && !req->aborting) {
+        req->aborting = true;
+        access_log(req, true);
+        if (req->on_abort)
+            req->on_abort(req, req->abort_ctx);
+    }
+    bufferevent_setcb(conn->bev, NULL, NULL, NULL, NULL);
+    bufferevent_disable(conn->bev, EV_READ | EV_WRITE);
+    evtimer_del(conn->timer);
+    event_del(conn->kick);
+
+    struct http_server *srv = conn->srv;
+    if (conn->prev)
+        conn->prev->next = conn->next;
+    else
+        srv->conns = conn->next;
+    if (conn->next)
+        conn->next->prev = conn->prev;
+    conn->prev = NULL;
+    conn->next = srv->dead;
+    if (srv->dead)
+        srv->dead->prev = conn;
+    srv->dead = conn;
+    /* Freed from the loop later: callers up the stack may still hold conn or req. */
+    if (!srv->freeing)
+        event_active(srv->reap, EV_TIMEOUT, 0);
+}
+
+static void conn_free(struct conn *conn)
+{
+    req_free(conn->req);
+    event_free(conn->kick);
+    event_free(conn->timer);
+    bufferevent_free(conn->bev);
+    free(conn);
+}
+
+/* Half-closes and reads what the client still sends for a moment, so it sees our answer
+ * instead of a reset. */
+static void conn_linger(struct conn *conn)
+{
+    evutil_socket_t fd = bufferevent_getfd(conn->bev);
+    if (conn->eof || !conn->plain || fd < 0) {
+        conn_close(conn);
+        return;
+    }
+    conn->lingering = true;
+    shutdown(fd, SHUT_WR);
+    bufferevent_set_timeouts(conn->bev, NULL, NULL);
+    bufferevent_enable(conn->bev, EV_READ);
+    conn_arm_timer(conn, HTTP_LINGER_MS);
+}
+
+/* Stops parsing; closes once everything queued is written. */
+static void conn_close_after_flush(struct conn *conn)
+{
+    if (conn->closing || conn->closed)
+        return;
+    conn->closing = true;
+    evtimer_del(conn->timer);
+    /* keep reading (and dropping) so a client still sending does not block on us */
+    conn_set_read_timeout(conn, false);
+    bufferevent_setwatermark(conn->bev, EV_WRITE, 0, 0);
+    if (!conn->eof)
+        bufferevent_enable(conn->bev, EV_READ);
+    if (conn_output_len(conn) == 0)
+        conn_linger(conn);
+}
+
+static void conn_kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *conn = arg;
+    if (conn->closed)
+        return;
+    if (conn->closing) {
+        if (!conn->lingering && conn_output_len(conn) == 0)
+            conn_linger(conn);
+        return;
+    }
+    struct http_req *req = conn->req;
+    if (req && req->end_pending) {
+        req->end_pending = false;
+        conn_kick(conn);
+        deliver_end(req);
+        return;
+    }
+    conn_process(conn);
+    req = conn->req;
+    if (!conn->closed && req && req->resp == RESP_STREAMING && req->on_writable &&
+        conn_output_len(conn) < HTTP_WRITE_LOW)
+        req->on_writable(req, req->wr_ctx);
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *conn = arg;
+    if (conn->closing) {
+        evbuffer_drain(bufferevent_get_input(bev), (size_t)-1);
+        return;
+    }
+    conn_process(conn);
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+    conn_kick(arg);
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *conn = arg;
+    if (what & BEV_EVENT_EOF) {
+        conn->eof = true;
+        if (conn->lingering || (conn->closing && conn_output_len(conn) == 0)) {
+            conn_close(conn);
+            return;
+        }
+        if (!conn->closing)
+            conn_process(conn);
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT)
+        log_debug("http: %s timeout from %s", (what & BEV_EVENT_READING) ? "body read" : "send",
+                  conn->remote);
+    conn_close(conn);
+}
+
+static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *conn = arg;
+    if (conn->lingering) {
+        conn_close(conn);
+        return;
+    }
+    /* A response still being written is guarded by the send timeout, not by this one. */
+    if (conn_output_len(conn) > 0) {
+        conn_arm_timer(conn, conn->srv->limits.idle_timeout_ms);
+        return;
+    }
+    if (conn->req && !conn->req->dispatched)
+        conn_fail(conn, 408);
+    else if (!conn->req)
+        conn_close(conn);
+}
+
+static int conn_new(struct http_server *srv, struct bufferevent *bev, const char *remote,
+                    bool plain)
+{
+    struct conn *conn = calloc(1, sizeof(*conn));
+    if (!conn)
+        goto fail;
+    conn->srv = srv;
+    conn->bev = bev;
+    conn->plain = plain;
+    snprintf(conn->remote, sizeof(conn->remote), "%s", remote ? remote : "");
+    conn->kick = event_new(srv->base, -1, 0, conn_kick_cb, conn);
+    conn->timer = evtimer_new(srv->base, conn_timer_cb, conn);
+    if (!conn->kick || !conn->timer)
+        goto fail;
+    http_parser_init(&conn->parser, HTTP_REQUEST);
+    conn->parser.data = conn;
+
+    bufferevent_setcb(bev, conn_read_cb, conn_write_cb, conn_event_cb, conn);
+    bufferevent_setwatermark(bev, EV_READ, 0, HTTP_READ_HIGH);
+    bufferevent_setwatermark(bev, EV_WRITE, HTTP_WRITE_LOW, 0);
+    bufferevent_set_max_single_read(bev, HTTP_READ_SIZE);
+    bufferevent_set_max_single_write(bev, HTTP_WRITE_SIZE);
+    conn_set_read_timeout(conn, false);
+    if (bufferevent_enable(bev, EV_READ | EV_WRITE) < 0)
+        goto fail;
+    conn_arm_timer(conn, srv->limits.header_timeout_ms);
+
+    conn->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = conn;
+    srv->conns = conn;
+    return 0;
+fail:
+    if (conn) {
+        if (conn->kick)
+            event_free(conn->kick);
+        if (conn->timer)
+            event_free(conn->timer);
+        free(conn);
+    }
+    bufferevent_free(bev);
+    return -1;
+}
+
+/* ---- server ---- */
+
+static void reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_server *srv = arg;
+    while (srv->dead) {
+        struct conn *conn = srv->dead;
+        srv->dead = conn->next;
+        conn_free(conn);
+    }
+}
+
+static void peer_text(const struct sockaddr *sa, char *out, size_t len)
+{
+    out[0] = '\0';
+    if (sa->sa_family == AF_INET) {
+        evutil_inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, len);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        /* dual-stack listeners see IPv4 clients as ::ffff:a.b.c.d; log them as IPv4 */
+        if (IN6_IS_ADDR_V4MAPPED(a))
+            evutil_inet_ntop(AF_INET, &a->s6_addr[12], out, len);
+        else
+            evutil_inet_ntop(AF_INET6, a, out, len);
+    }
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+    struct http_server *srv = arg;
+    /* Nagle would hold back small writes (response heads) behind unacknowledged data. */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct bufferevent *bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) {
+        close(fd);
+        return;
+    }
+    char remote[INET6_ADDRSTRLEN];
+    peer_text(sa, remote, sizeof(remote));
+    if (conn_new(srv, bev, remote, true) < 0)
+        log_warn("http: cannot set up a connection from %s", remote);
+}
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_server *srv = arg;
+    for (int i = 0; i < srv->nlisteners; i++)
+        evconnlistener_enable(srv->listeners[i]);
+}
+
+/* accept() failing (EMFILE, ENFILE) would spin the loop: pause accepting for a moment. */
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    struct http_server *srv = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    log_warn("http: accept: %s", evutil_socket_error_to_string(err));
+    for (int i = 0; i < srv->nlisteners; i++)
+        evconnlistener_disable(srv->listeners[i]);
+    struct timeval tv = ms_tv(HTTP_ACCEPT_RETRY_MS);
+    evtimer_add(srv->accept_retry, &tv);
+}
+
+struct http_server *http_server_new(struct event_base *base, const struct http_limits *limits,
+                                    const struct http_server_handler *handler)
+{
+    struct http_server *srv = NULL;
+    if (!base || !handler || !handler->on_request)
+        goto fail;
+    srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        goto fail;
+    srv->base = base;
+    srv->handler = *handler;
+    srv->access_log = true;
+    if (limits)
+        srv->limits = *limits;
+    if (!srv->limits.max_header_bytes)
+        srv->limits.max_header_bytes = 64 * 1024;
+    if (!srv->limits.max_url_bytes)
+        srv->limits.max_url_bytes = 8 * 1024;
+    if (srv->limits.header_timeout_ms <= 0)
+        srv->limits.header_timeout_ms = 30 * 1000;
+    if (srv->limits.idle_timeout_ms <= 0)
+        srv->limits.idle_timeout_ms = 60 * 1000;
+    if (srv->limits.body_timeout_ms <= 0)
+        srv->limits.body_timeout_ms = 60 * 1000;
+    if (srv->limits.send_timeout_ms <= 0)
+        srv->limits.send_timeout_ms = 300 * 1000;
+    srv->reap = event_new(base, -1, 0, reap_cb, srv);
+    srv->accept_retry = evtimer_new(base, accept_retry_cb, srv);
+    if (!srv->reap || !srv->accept_retry)
+        goto fail;
+    return srv;
+fail:
+    if (srv) {
+        if (srv->reap)
+            event_free(srv->reap);
+        if (srv->accept_retry)
+            event_free(srv->accept_retry);
+        free(srv);
+    }
+    return NULL;
+}
+
+void http_server_set_access_log(struct http_server *srv, bool enabled)
+{
+    srv->access_log = enabled;
+}
+
+static int add_listener(struct http_server *srv, struct evconnlistener *l)
+{
+    if (!l)
+        return -1;
+    if (srv->nlisteners == HTTP_MAX_LISTENERS) {
+        evconnlistener_free(l);
+        errno = EMFILE;
+        return -1;
+    }
+    evconnlistener_set_error_cb(l, accept_error_cb);
+    srv->listeners[srv->nlisteners++] = l;
+    return 0;
+}
+
+int http_server_listen(struct http_server *srv, const char *addr)
+{
+    int result = -1;
+    struct addrinfo *res = NULL;
+    char host[256];
+    const char *port;
+    const char *colon = strrchr(addr, ':');
+    if (!colon || colon[1] == '\0') {
+        errno = EINVAL;
+        goto out;
+    }
+    port = colon + 1;
+    const char *h = addr;
+    size_t hlen = (size_t)(colon - addr);
+    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
+        h++;
+        hlen -= 2;
+    }
+    if (hlen >= sizeof(host)) {
+        errno = EINVAL;
+        goto out;
+    }
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
+                             .ai_family = AF_UNSPEC};
+    int gai = getaddrinfo(hlen ? host : NULL, port, &hints, &res);
+    if (gai != 0) {
+        log_error("http: cannot resolve listen address %s: %s", addr, gai_strerror(gai));
+        errno = EINVAL;
+        goto out;
+    }
+    /* A wildcard address prefers IPv6, which on Linux also accepts IPv4 (dual stack). */
+    for (int pass = 0; pass < 2; pass++) {
+        for (const struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+            bool preferred = hlen == 0 && ai->ai_family == AF_INET6;
+            if ((pass == 0) != preferred)
+                continue;
+            struct evconnlistener *l = evconnlistener_new_bind(
+                srv->base, accept_cb, srv,
+                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, -1,
+                ai->ai_addr, (int)ai->ai_addrlen);
+            if (l) {
+                result = add_listener(srv, l);
+                goto out;
+            }
+        }
+    }
+    log_error("http: cannot listen on %s: %s", addr, strerror(errno));
+out:
+    if (res)
+        freeaddrinfo(res);
+    return result;
+}
+
+int http_server_listen_fd(struct http_server *srv, int fd)
+{
+    if (evutil_make_socket_nonblocking(fd) < 0) {
+        close(fd);
+        return -1;
+    }
+    struct evconnlistener *l = evconnlistener_new(
+        srv->base, accept_cb, srv, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
+    if (!l) {
+        close(fd);
+        return -1;
+    }
+    return add_listener(srv, l);
+}
+
+int http_server_adopt(struct http_server *srv, struct bufferevent *bev, const char *remote)
+{
+    return conn_new(srv, bev, remote, false);
+}
+
+int http_server_port(const struct http_server *srv)
+{
+    if (srv->nlisteners == 0)
+        return -1;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(evconnlistener_get_fd(srv->listeners[0]), (struct sockaddr *)&ss, &len) < 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return -1;
+}
+
+void http_server_free(struct http_server *srv)
+{
+    if (!srv)
+        return;
+    srv->freeing = true;
+    for (int i = 0; i < srv->nlisteners; i++)
+        evconnlistener_free(srv->listeners[i]);
+    srv->nlisteners = 0;
+    while (srv->conns)
+        conn_close(srv->conns);
+    reap_cb(-1, 0, srv);
+    event_free(srv->reap);
+    event_free(srv->accept_retry);
+    free(srv);
+}
+
+/* ---- request accessors ---- */
+
+enum http_method http_req_method(const struct http_req *req)
+{
+    return req->method;
+}
+
+const char *http_req_method_str(const struct http_req *req)
+{
+    return http_method_str(req->method);
+}
+
+const char *http_req_path(const struct http_req *req)
+{
+    return req->path ? req->path : "";
+}
+
+const char *http_req_query(const struct http_req *req)
+{
+    return req->query ? req->query : "";
+}
+
+const char *http_req_header(const struct http_req *req, const char *name)
+{
+    return http_req_header_n(req, name, 0);
+}
+
+const char *http_req_header_n(const struct http_req *req, const char *name, size_t idx)
+{
+    for (size_t i = 0; i < req->nhdrs; i++) {
+        const struct hdr *h = &req->hdrs[i];
+        if (h->value == SIZE_MAX || strcasecmp(req->head + h->name, name) != 0)
+            continue;
+        if (idx-- == 0)
+            return req->head + h->value;
+    }
+    return NULL;
+}
+
+int64_t http_req_content_length(const struct http_req *req)
+{
+    return req->chunked ? -1 : req->content_length;
+}
+
+bool http_req_has_body(const struct http_req *req)
+{
+    return req->chunked || req->content_length > 0;
+}
+
+const char *http_req_remote_addr(const struct http_req *req)
+{
+    return req->conn->remote;
+}
+
+void http_req_on_abort(struct http_req *req, http_abort_cb cb, void *ctx)
+{
+    req->on_abort = cb;
+    req->abort_ctx = ctx;
+}
+
+/* Whether the application may still act on req. */
+static bool req_live(const struct http_req *req)
+{
+    return req && !req->conn->closed && !req->aborting && req->resp != RESP_DONE;
+}
+
+/* The application takes the body: say 100 Continue if the client waits for it, start reading. */
+static void req_accept_body(struct http_req *req)
+{
+    struct conn *conn = req->conn;
+    if (req->body_done) {
+        req->end_pending = true;
+    } else {
+        if (req->expect_continue && !req->continue_sent && req->resp == RESP_NONE) {
+            evbuffer_add(bufferevent_get_output(conn->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+            req->continue_sent = true;
+        }
+        conn_set_read_timeout(conn, true);
+    }
+    conn_kick(conn);
+}
+
+void http_req_read_body(struct http_req *req, http_body_data_cb on_data, http_body_end_cb on_end,
+                        void *ctx)
+{
+    if (!req_live(req) || req->body_mode != BODY_UNDECIDED || !on_data)
+        return;
+    req->body_mode = BODY_READ;
+    req->on_data = on_data;
+    req->on_end = on_end;
+    req->body_ctx = ctx;
+    req_accept_body(req);
+}
+
+void http_req_pause_body(struct http_req *req)
+{
+    if (!req_live(req) || req->body_paused)
+        return;
+    req->body_paused = true;
+    bufferevent_disable(req->conn->bev, EV_READ);
+}
+
+void http_req_resume_body(struct http_req *req)
+{
+    if (!req_live(req) || !req->body_paused)
+        return;
+    req->body_paused = false;
+    bufferevent_enable(req->conn->bev, EV_READ);
+    conn_kick(req->conn);
+}
+
+/* Answers 413 for a body over the http_req_buffer_body limit, then closes. */
+static void reject_body(struct http_req *req)
+{
+    struct conn *conn = req->conn;
+    req->body_mode = BODY_STOPPED;
+    req->must_close = true;
+    free(req->bbuf);
+    req->bbuf = NULL;
+    req->blen = req->bcap = 0;
+    conn_set_read_timeout(conn, false);
+    const struct http_server_handler *h = &conn->srv->handler;
+    if (h->on_error)
+        h->on_error(req, 413, h->arg);
+    /* the body is incomplete, so req outlives any response from on_error */
+    if (!req_live(req) || req->resp == RESP_STREAMING)
+        return;
+    static const char msg[] = "request body too large\n";
+    req->resp = RESP_STARTED;
+    req->status = 413;
+    http_resp_header(req, "Content-Type", "text/plain");
+    http_resp_body_mem(req, msg, sizeof(msg) - 1);
+}
+
+void http_req_buffer_body(struct http_req *req, size_t max, http_body_buffered_cb cb, void *ctx)
+{
+    if (!req_live(req) || req->body_mode != BODY_UNDECIDED || !cb)
+        return;
+    req->body_mode = BODY_BUFFER;
+    req->on_buffered = cb;
+    req->body_ctx = ctx;
+    req->bmax = max;
+    if (req->content_length > 0 && (uint64_t)req->content_length > max) {
+        reject_body(req);
+        return;
+    }
+    req_accept_body(req);
+}
+
+/* ---- responses ---- */
+
+/* Checks the response may begin now; a missing http_resp_start means 200. */
+static bool resp_begin(struct http_req *req)
+{
+    if (!req_live(req))
+        return false;
+    if (req->resp != RESP_NONE && req->resp != RESP_STARTED) {
+        log_error("http: response already sent for %s %s", http_req_method_str(req),
+                  http_req_path(req));
+        return false;
+    }
+    return true;
+}
+
+static bool resp_must_close(const struct http_req *req)
+{
+    const struct conn *conn = req->conn;
+    if (conn->eof || !req->keep_alive || req->must_close || conn->srv->freeing)
+        return true;
+    if (!req->body_done) {
+        /* the unread rest of the body must be read and dropped, or the connection closed */
+        if (req->body_mode == BODY_STOPPED || (req->expect_continue && !req->continue_sent))
+            return true;
+        if (http_req_has_body(req) &&
+            (req->chunked || conn->parser.content_length > HTTP_DISCARD_MAX))
+            return true;
+    }
+    return false;
+}
+
+/* Queues the status line and headers. content_length < 0 and !chunked: no length header. */
+static void resp_write_head(struct http_req *req, int64_t content_length, bool chunked)
+{
+    struct conn *conn = req->conn;
+    struct evbuffer *out = bufferevent_get_output(conn->bev);
+    if (!req->close_after)
+        req->close_after = resp_must_close(req);
+    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\n", req->status,
+                        reason_phrase(req->status), http_date(conn->srv));
+    if (req->resp_hdrs)
+        evbuffer_add_buffer(out, req->resp_hdrs);
+    if (chunked)
+        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    else if (content_length >= 0)
+        evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)content_length);
+    if (req->close_after)
+        evbuffer_add(out, "Connection: close\r\n", 19);
+    else if (req->http10)
+        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+/* The whole response is queued: log it, then go on with the connection. May free req. */
+static void resp_complete(struct http_req *req)
+{
+    struct conn *conn = req->conn;
+    req->resp = RESP_DONE;
+    req->on_writable = NULL;
+    access_log(req, false);
+    if (req->body_done) {
+        bool close = req->close_after;
+        req_finish(req);
+        if (close)
+            conn_close_after_flush(conn);
+        return;
+    }
+    if (req->close_after) {
+        req->body_mode = BODY_STOPPED;
+        conn_close_after_flush(conn);
+        return;
+    }
+    /* answered before the (small) body was read: read and drop it, then the next request */
+    req->body_mode = BODY_DISCARD;
+    req->body_paused = false;
+    free(req->bbuf);
+    req->bbuf = NULL;
+    req->blen = req->bcap = 0;
+    bufferevent_enable(conn->bev, EV_READ);
+    conn_set_read_timeout(conn, true);
+    conn_kick(conn);
+}
+
+void http_resp_start(struct http_req *req, int status)
+{
+    if (!resp_begin(req))
+        return;
+    if (status < 200 || status > 999) {
+        log_error("http: invalid response status %d", status);
+        status = 500;
+    }
+    req->status = status;
+    req->resp = RESP_STARTED;
+}
+
+static bool is_token(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= ' ' || c >= 127 || strchr("()<>@,;:\\\"/[]?={}", c))
+            return false;
+    }
+    return true;
+}
+
+void http_resp_header(struct http_req *req, const char *name, const char *value)
+{
+    if (!resp_begin(req))
+        return;
+    /* framing is the server's; CR or LF in a value would split the header */
+    if (!is_token(name) || strpbrk(value, "\r\n") || strcasecmp(name, "Content-Length") == 0 ||
+        strcasecmp(name, "Transfer-Encoding") == 0 || strcasecmp(name, "Connection") == 0) {
+        log_warn("http: response header %s dropped", name);
+        return;
+    }
+    if (!req->resp_hdrs && !(req->resp_hdrs = evbuffer_new()))
+        return;
+    size_t len = strlen(name) + strlen(value) + 4;
+    if (evbuffer_get_length(req->resp_hdrs) + len > HTTP_MAX_RESP_HEADER_BYTES) {
+        log_warn("http: response headers too large, %s dropped", name);
+        return;
+    }
+    evbuffer_add_printf(req->resp_hdrs, "%s: %s\r\n", name, value);
+}
+
+void http_resp_headerf(struct http_req *req, const char *name, const char *fmt, ...)
+{
+    char small[512];
+    char *value = small;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof(small), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof(small)) {
+        if (n > HTTP_MAX_RESP_HEADER_BYTES || !(value = malloc((size_t)n + 1)))
+            goto out;
+        va_start(ap, fmt);
+        vsnprintf(value, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
+    http_resp_header(req, name, value);
+out:
+    if (value != small)
+        free(value);
+}
+
+void http_resp_body_mem(struct http_req *req, const void *data, size_t len)
+{
+    if (!resp_begin(req))
+        return;
+    resp_write_head(req, (int64_t)len, false);
+    if (!req->is_head && len > 0) {
+        evbuffer_add(bufferevent_get_output(req->conn->bev), data, len);
+        req->sent = len;
+    }
+    resp_complete(req);
+}
+
+void http_resp_body_file(struct http_req *req, int fd, off_t off, off_t len)
+{
+    if (!resp_begin(req)) {
+        close(fd);
+        return;
+    }
+    if (off < 0 || len < 0) {
+        log_error("http: invalid file range for %s", http_req_path(req));
+        close(fd);
+        http_resp_stream_abort(req);
+        return;
+    }
+    resp_write_head(req, (int64_t)len, false);
+    if (req->is_head || len == 0) {
+        close(fd);
+    } else if (evbuffer_add_file(bufferevent_get_output(req->conn->bev), fd, off, len) < 0) {
+        log_error("http: cannot queue file for %s", http_req_path(req));
+        http_resp_stream_abort(req);
+        return;
+    } else {
+        req->sent = (uint64_t)len;
+    }
+    resp_complete(req);
+}
+
+void http_resp_no_body(struct http_req *req, int64_t content_length)
+{
+    if (!resp_begin(req))
+        return;
+    bool bodiless = req->status == 204 || req->status == 304 || req->status < 200;
+    resp_write_head(req, content_length >= 0 ? content_length : (bodiless ? -1 : 0), false);
+    resp_complete(req);
+}
+
+void http_resp_stream_begin(struct http_req *req, int64_t content_length, http_writable_cb cb,
+                            void *ctx)
+{
+    if (!resp_begin(req))
+        return;
+    req->on_writable = cb;
+    req->wr_ctx = ctx;
+    req->out_left = content_length;
+    if (content_length < 0 && req->http10) {
+        /* HTTP/1.0 has no chunked encoding: the end of the connection ends the body */
+        req->raw_out = true;
+        req->close_after = true;
+    } else if (content_length < 0) {
+        req->chunked_out = true;
+    }
+    resp_write_head(req, content_length, req->chunked_out);
+    req->resp = RESP_STREAMING;
+    conn_kick(req->conn);
+}
+
+static bool stream_live(const struct http_req *req)
+{
+    return req_live(req) && req->resp == RESP_STREAMING;
+}
+
+/*
+ * Accounts n body bytes against a Content-Length stream. Returns how many to queue now; the
+ * last byte of the body is held back until stream_end (*hold), so that an aborted stream can
+ * never look complete. -1 when the application writes past the length.
+ */
+static int64_t stream_account(struct http_req *req, int64_t n, bool *hold)
+{
+    *hold = false;
+    if (req->chunked_out || req->raw_out)
+        return n;
+    if (n > req->out_left)
+        return -1;
+    req->out_left -= n;
+    if (req->out_left == 0 && n > 0) {
+        *hold = true;
+        return n - 1;
+    }
+    return n;
+}
+
+void http_resp_stream_write(struct http_req *req, const void *data, size_t len)
+{
+    if (!stream_live(req) || len == 0)
+        return;
+    if (req->is_head)
+        return;
+    struct evbuffer *out = bufferevent_get_output(req->conn->bev);
+    bool hold;
+    int64_t now = stream_account(req, (int64_t)len, &hold);
+    if (now < 0) {
+        log_error("http: stream for %s exceeds its Content-Length", http_req_path(req));
+        http_resp_stream_abort(req);
+        return;
+    }
+    if (req->chunked_out)
+        evbuffer_add_printf(out, "%zx\r\n", len);
+    evbuffer_add(out, data, (size_t)now);
+    if (req->chunked_out)
+        evbuffer_add(out, "\r\n", 2);
+    if (hold) {
+        req->held = ((const char *)data)[len - 1];
+        req->has_held = true;
+    }
+    req->sent += len;
+}
+
+void http_resp_stream_file(struct http_req *req, int fd, off_t off, off_t len)
+{
+    if (!stream_live(req) || req->is_head || len <= 0 || off < 0) {
+        close(fd);
+        if (stream_live(req) && (len < 0 || off < 0))
+            http_resp_stream_abort(req);
+        return;
+    }
+    struct evbuffer *out = bufferevent_get_output(req->conn->bev);
+    bool hold;
+    int64_t now = stream_account(req, (int64_t)len, &hold);
+    if (now < 0)
+        goto fail;
+    if (hold && pread(fd, &req->held, 1, off + len - 1) != 1)
+        goto fail;
+    if (req->chunked_out)
+        evbuffer_add_printf(out, "%llx\r\n", (unsigned long long)len);
+    if (now > 0) {
+        if (evbuffer_add_file(out, fd, off, now) < 0)
+            goto fail;
+    } else {
+        close(fd);
+    }
+    if (req->chunked_out)
+        evbuffer_add(out, "\r\n", 2);
+    req->has_held = hold;
+    req->sent += (uint64_t)len;
+    return;
+fail:
+    log_error("http: cannot stream file range for %s", http_req_path(req));
+    close(fd);
+    http_resp_stream_abort(req);
+}
+
+size_t http_resp_stream_pending(const struct http_req *req)
+{
+    if (!req || req->conn->closed)
+        return 0;
+    return conn_output_len(req->conn);
+}
+
+void http_resp_stream_end(struct http_req *req)
+{
+    if (!stream_live(req))
+        return;
+    struct evbuffer *out = bufferevent_get_output(req->conn->bev);
+    if (!req->is_head && !req->chunked_out && !req->raw_out && req->out_left > 0) {
+        log_error("http: stream for %s ended %lld bytes short", http_req_path(req),
+                  (long long)req->out_left);
+        http_resp_stream_abort(req);
+        return;
+    }
+    if (req->has_held)
+        evbuffer_add(out, &req->held, 1);
+    if (req->chunked_out && !req->is_head)
+        evbuffer_add(out, "0\r\n\r\n", 5);
+    resp_complete(req);
+}
+
+void http_resp_stream_abort(struct http_req *req)
+{
+    if (!req_live(req))
+        return;
+    struct conn *conn = req->conn;
+    req->resp = RESP_DONE;
+    access_log(req, true);
+    conn_close(conn);
+}
