@@ -72,7 +72,8 @@ int http_server_port(const struct http_server *srv);
 /*
  * Serves an already connected bufferevent: the seam for TLS (bufferevent_openssl) and for
  * tests. The server takes bev (freed with the connection, also on error); create it with
- * BEV_OPT_CLOSE_ON_FREE as needed. Files are not sent with sendfile on such connections.
+ * BEV_OPT_CLOSE_ON_FREE as needed. Files still go through evbuffer_add_file, which over TLS
+ * maps them into memory: send large files there in bounded pieces with the stream calls.
  * remote is the peer's address as text for logs (may be NULL). 0, or -1.
  */
 int http_server_adopt(struct http_server *srv, struct bufferevent *bev, const char *remote);
