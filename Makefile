@@ -69,9 +69,13 @@ build/fuzz/%: test/fuzz/%.c $(COMMON_SRC) $(MIRROR_SRC)
 	clang $(filter-out -Werror,$(WARN)) $(FUZZ_FLAGS) $(INC) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)
 fuzz: $(patsubst test/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 fuzz-smoke: fuzz
-	@set -e; for f in build/fuzz/fuzz_*; do n=$$(basename $$f); mkdir -p build/fuzz-corpus/$$n; \
+	@set -e; for f in build/fuzz/fuzz_*; do case $$f in *.log) continue;; esac; \
+	  n=$$(basename $$f); mkdir -p build/fuzz-corpus/$$n; \
 	  seeds=test/fuzz/corpus/$$n; [ -d $$seeds ] || seeds=; \
-	  echo "== $$n"; $$f -max_total_time=$${FUZZ_SECONDS:-10} -print_final_stats=0 build/fuzz-corpus/$$n $$seeds 2>&1 | tail -n 1; done
+	  echo "== $$n"; \
+	  if ! $$f -max_total_time=$${FUZZ_SECONDS:-10} build/fuzz-corpus/$$n $$seeds > build/fuzz/$$n.log 2>&1; then \
+	    tail -n 60 build/fuzz/$$n.log; echo "fuzz target $$n failed"; exit 1; fi; \
+	  tail -n 1 build/fuzz/$$n.log; done
 
 integration: release asan
 	cd test/integration && REGMIRROR_BIN=$(CURDIR)/build/asan/regmirror $(PYTHON) -m pytest -q -ra .

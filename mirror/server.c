@@ -34,6 +34,11 @@ static void not_found(struct http_req *req)
     http_resp_body_mem(req, body, sizeof(body) - 1);
 }
 
+static bool is_write(enum http_method m)
+{
+    return m == HTTP_POST || m == HTTP_PUT || m == HTTP_PATCH || m == HTTP_DELETE;
+}
+
 /* The request path with http.prefix removed, or NULL when it is outside the prefix. */
 static const char *strip_prefix(const struct config *cfg, const char *path)
 {
@@ -60,6 +65,11 @@ static void on_request(struct http_req *req, void *arg)
     enum regerr result = api_route_parse(path, &rt);
     if (result != REG_OK) {
         api_error(&srv->api, req, result, NULL);
+        return;
+    }
+    if (srv->api.cfg->storage.maintenance.readonly && is_write(http_req_method(req))) {
+        api_error(&srv->api, req, REG_ERR_UNSUPPORTED,
+                  "the registry is read-only (storage.maintenance.readonly)");
         return;
     }
     routes[rt.kind](&srv->api, req, &rt);

@@ -109,7 +109,7 @@ def binary_for(kind):
     return regmirror_bin()
 
 
-def render_config(rootdir, addr, delete_enabled=True, extra_yaml=""):
+def render_config(rootdir, addr, delete_enabled=True, extra_yaml="", storage_yaml=""):
     """The config.yml both registries understand."""
     text = (
         "version: 0.1\n"
@@ -122,11 +122,12 @@ def render_config(rootdir, addr, delete_enabled=True, extra_yaml=""):
         "    rootdirectory: %s\n"
         "  delete:\n"
         "    enabled: %s\n"
+        "%s"
         "http:\n"
         "  addr: %s\n"
         "  headers:\n"
         "    X-Content-Type-Options: [nosniff]\n"
-    ) % (rootdir, "true" if delete_enabled else "false", addr)
+    ) % (rootdir, "true" if delete_enabled else "false", storage_yaml, addr)
     return text + extra_yaml
 
 
@@ -134,7 +135,7 @@ class Registry:
     """One registry process on 127.0.0.1:<free port>."""
 
     def __init__(self, kind, workdir, rootdir=None, delete_enabled=True, extra_yaml="",
-                 env=None, binary=None):
+                 env=None, binary=None, storage_yaml=""):
         self.kind = kind
         self.binary = binary or binary_for(kind)
         self.workdir = str(workdir)
@@ -143,6 +144,7 @@ class Registry:
         os.makedirs(self.rootdir, exist_ok=True)
         self.delete_enabled = delete_enabled
         self.extra_yaml = extra_yaml
+        self.storage_yaml = storage_yaml
         self.env = env or {}
         self.port = None
         self.proc = None
@@ -173,7 +175,8 @@ class Registry:
             self.port = free_port()
             with open(self.config_path, "w") as f:
                 f.write(render_config(self.rootdir, "127.0.0.1:%d" % self.port,
-                                      self.delete_enabled, self.extra_yaml))
+                                      self.delete_enabled, self.extra_yaml,
+                                      self.storage_yaml))
             env = dict(os.environ)
             for k in list(env):
                 if k.startswith("REGISTRY_") and k != "REGISTRY_UNDER_TEST":

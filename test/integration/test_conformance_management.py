@@ -92,6 +92,32 @@ def test_delete_disabled(make_registry):
     assert reg.get("/v2/%s/blobs/%s" % (repo, layer)).content == img.blobs[layer]
 
 
+def test_read_only(make_registry, tmp_path):
+    """storage.maintenance.readonly: pulls work, every write answers 405 UNSUPPORTED."""
+    root = tmp_path / "ro-root"
+    writer = make_registry(rootdir=root, name="ro-writer")
+    repo = unique_repo("ro")
+    img = make_image()
+    push_image(writer, repo, img, "t")
+    writer.stop()
+    reg = make_registry(rootdir=root, name="ro",
+                        storage_yaml="  maintenance:\n    readonly:\n      enabled: true\n")
+    assert get_manifest(reg, repo, "t").content == img.manifest
+    layer = [d for d in img.blobs if img.blobs[d] is not img.config][0]
+    assert reg.get("/v2/%s/blobs/%s" % (repo, layer)).content == img.blobs[layer]
+    writes = [reg.post("/v2/%s/blobs/uploads/" % repo),
+              reg.put("/v2/%s/manifests/u" % repo, data=img.manifest,
+                      headers={"Content-Type": img.media_type}),
+              reg.delete("/v2/%s/manifests/%s" % (repo, img.digest))]
+    for r in writes:
+        if reg.is_reference:
+            # distribution 2.8 answers 405 with an empty body here.
+            assert r.status_code == 405
+        else:
+            assert_error(r, 405, "UNSUPPORTED")
+    assert get_manifest(reg, repo, img.digest).status_code == 200
+
+
 # ---------------------------------------------------------------------------
 # error bodies
 
