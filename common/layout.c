@@ -94,3 +94,9 @@ char *layout_upload_startedat(char *buf, const char *name, const char *id)
     snprintf(buf, LAYOUT_PATH_MAX, ROOT "/repositories/%s/_uploads/%s/startedat", name, id);
     return buf;
 }
+
+char *layout_proxy_tag(char *buf, const char *name, const char *tag)
+{
+    snprintf(buf, LAYOUT_PATH_MAX, ROOT "/repositories/%s/_proxy/tags/%s", name, tag);
+    return buf;
+}

@@ -41,4 +41,7 @@ char *layout_upload_data(char *buf, const char *name, const char *id);
 /* .../<name>/_uploads/<id>/startedat */
 char *layout_upload_startedat(char *buf, const char *name, const char *id);
 
+/* .../<name>/_proxy/tags/<tag>: the pull-through cache's marker of a proxied tag */
+char *layout_proxy_tag(char *buf, const char *name, const char *tag);
+
 #endif

@@ -501,6 +501,26 @@ static enum regerr check_references(struct registry *reg, const char *name,
     return REG_OK;
 }
 
+enum regerr registry_manifest_store(struct registry *reg, const char *name, const char *tag,
+                                    const char *body, size_t len, const struct digest *d)
+{
+    char path[LAYOUT_PATH_MAX];
+    struct storage_stat st;
+    enum regerr result = REG_OK;
+    if (storage_stat(reg->st, layout_blob_data(path, d), &st) != REG_OK) {
+        result = storage_put_content(reg->st, path, body, len);
+        if (result != REG_OK)
+            return result;
+    }
+    result = write_link(reg, layout_revision_link(path, name, d), d);
+    if (result != REG_OK || !tag)
+        return result;
+    result = write_link(reg, layout_tag_index_link(path, name, tag, d), d);
+    if (result == REG_OK)
+        result = write_link(reg, layout_tag_current(path, name, tag), d);
+    return result;
+}
+
 enum regerr registry_manifest_put(struct registry *reg, const char *name, const char *ref,
                                   const char *body, size_t len, const char *content_type,
                                   struct digest *digest_out, bool *has_subject,
@@ -525,22 +545,12 @@ enum regerr registry_manifest_put(struct registry *reg, const char *name, const 
     result = check_references(reg, name, &m, errbuf, errlen);
     if (result != REG_OK)
         goto out;
-    struct storage_stat st;
-    if (storage_stat(reg->st, layout_blob_data(path, digest_out), &st) != REG_OK) {
-        result = storage_put_content(reg->st, path, body, len);
-        if (result != REG_OK)
-            goto out;
-    }
-    result = write_link(reg, layout_revision_link(path, name, digest_out), digest_out);
+    result = registry_manifest_store(reg, name, is_digest ? NULL : ref, body, len, digest_out);
     if (result != REG_OK)
         goto out;
-    if (!is_digest) {
-        result = write_link(reg, layout_tag_index_link(path, name, ref, digest_out), digest_out);
-        if (result == REG_OK)
-            result = write_link(reg, layout_tag_current(path, name, ref), digest_out);
-        if (result != REG_OK)
-            goto out;
-    }
+    /* A push makes the tag local: the pull-through cache leaves it alone from now on. */
+    if (!is_digest)
+        storage_remove(reg->st, layout_proxy_tag(path, name, ref));
     *has_subject = m.has_subject;
     if (m.has_subject)
         *subject_out = m.subject.digest;
@@ -580,6 +590,61 @@ enum regerr registry_manifest_delete(struct registry *reg, const char *name, con
     *strrchr(path, '/') = '\0';
     enum regerr result = storage_remove(reg->st, path);
     return result == REG_ERR_NOT_FOUND ? REG_ERR_MANIFEST_UNKNOWN : result;
+}
+
+/* ---- the pull-through cache's own records ---- */
+
+bool registry_proxy_tag_checked(struct registry *reg, const char *name, const char *tag,
+                                time_t *checked)
+{
+    char path[LAYOUT_PATH_MAX];
+    struct storage_stat st;
+    if (storage_stat(reg->st, layout_proxy_tag(path, name, tag), &st) != REG_OK)
+        return false;
+    *checked = st.mtime;
+    return true;
+}
+
+enum regerr registry_proxy_tag_touch(struct registry *reg, const char *name, const char *tag)
+{
+    char path[LAYOUT_PATH_MAX];
+    /* The marker's mtime is the check time: rewriting it is one small atomic write. */
+    return storage_put_content(reg->st, layout_proxy_tag(path, name, tag), "", 0);
+}
+
+enum regerr registry_proxy_tag_set(struct registry *reg, const char *name, const char *tag,
+                                   const struct digest *d)
+{
+    char path[LAYOUT_PATH_MAX];
+    /* Marker first: a crash in between leaves a proxied tag that is re-checked, never a
+     * local-looking one that the proxy would no longer refresh. */
+    enum regerr result = registry_proxy_tag_touch(reg, name, tag);
+    if (result == REG_OK)
+        result = write_link(reg, layout_tag_index_link(path, name, tag, d), d);
+    if (result == REG_OK)
+        result = write_link(reg, layout_tag_current(path, name, tag), d);
+    return result;
+}
+
+bool registry_blob_stored(struct registry *reg, const struct digest *d)
+{
+    char path[LAYOUT_PATH_MAX];
+    return path_exists(reg, layout_blob_data(path, d));
+}
+
+enum regerr registry_blob_link(struct registry *reg, const char *name, const struct digest *d)
+{
+    char path[LAYOUT_PATH_MAX];
+    return write_link(reg, layout_layer_link(path, name, d), d);
+}
+
+enum regerr registry_upload_reader(struct registry *reg, const char *name, const char *id,
+                                   int *fd)
+{
+    char path[LAYOUT_PATH_MAX];
+    uint64_t size;
+    enum regerr result = storage_open_read(reg->st, layout_upload_data(path, name, id), fd, &size);
+    return result == REG_ERR_NOT_FOUND ? REG_ERR_BLOB_UPLOAD_UNKNOWN : result;
 }
 
 /* ---- discovery ---- */

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -93,8 +94,35 @@ enum regerr registry_manifest_put(struct registry *reg, const char *name, const 
                                   const char *body, size_t len, const char *content_type,
                                   struct digest *digest_out, bool *has_subject,
                                   struct digest *subject_out, char *errbuf, size_t errlen);
+/*
+ * Stores a manifest whose digest the caller verified, without checking its references (the
+ * pull-through cache fetches blobs lazily), and points tag at it when tag is not NULL.
+ */
+enum regerr registry_manifest_store(struct registry *reg, const char *name, const char *tag,
+                                    const char *body, size_t len, const struct digest *d);
 /* Deletes by digest (revision and every tag pointing at it) or by tag (the tag only). */
 enum regerr registry_manifest_delete(struct registry *reg, const char *name, const char *ref);
+
+/* ---- the pull-through cache's own records ----
+ * A tag fetched from the upstream carries a marker (repositories/<name>/_proxy/tags/<tag>)
+ * holding when it was last checked; a tag without one was pushed here and the proxy never
+ * touches it. registry:2 ignores the _proxy directory.
+ */
+/* Whether tag is a proxied one; *checked receives the time of the last upstream check. */
+bool registry_proxy_tag_checked(struct registry *reg, const char *name, const char *tag,
+                                time_t *checked);
+/* Points a proxied tag at d (stored already) and records the check time now. */
+enum regerr registry_proxy_tag_set(struct registry *reg, const char *name, const char *tag,
+                                   const struct digest *d);
+/* Records that the tag was re-checked now and is unchanged. */
+enum regerr registry_proxy_tag_touch(struct registry *reg, const char *name, const char *tag);
+/* Whether the blob's data is in storage, linked into any repository or not. */
+bool registry_blob_stored(struct registry *reg, const struct digest *d);
+/* Links a stored blob into name. */
+enum regerr registry_blob_link(struct registry *reg, const char *name, const struct digest *d);
+/* Opens the data an upload session has received so far, for readers that follow it. */
+enum regerr registry_upload_reader(struct registry *reg, const char *name, const char *id,
+                                   int *fd);
 
 /* ---- discovery ---- */
 /* Sorted tags of name; NAME_UNKNOWN for an unknown repository. storage_list_free the list. */
