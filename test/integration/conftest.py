@@ -16,6 +16,8 @@ import pytest
 import helpers
 from helpers import Registry
 
+pytest_plugins = ["conftest_upstream"]
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "regmirror_only: behaviour that only regmirror has "
