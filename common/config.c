@@ -23,6 +23,7 @@
 #define MAX_ITEMS 1000  /* keys of one mapping, elements of one list, flattened entries */
 #define MAX_ANCHORS 64
 #define MAX_ENV_PARTS 16
+#define MAX_KEY 128 /* bytes of a key, flattened "a.b.c" keys too: printed keys stay short */
 #define MAX_MESSAGES 100
 #define PATH_LEN 256
 #define MASK "*****"
@@ -31,7 +32,7 @@ _Static_assert(sizeof(enum log_level) == sizeof(int), "enums are decoded through
 _Static_assert(sizeof(enum config_cache) == sizeof(int), "enums are decoded through int");
 
 /* ------------------------------------------------------------------------------------------ */
-/* Diagnostics                                                                                 */
+/* The generic tree and the load context                                                       */
 
 enum node_kind { NODE_NULL, NODE_SCALAR, NODE_MAP, NODE_SEQ };
 
@@ -59,6 +60,9 @@ struct ctx {
     struct envvar *envs; /* kept until the end of the load: nodes point at the names */
     size_t nenvs;
 };
+
+/* ------------------------------------------------------------------------------------------ */
+/* Diagnostics                                                                                 */
 
 static void add_message(char ***list, size_t *n, const char *text)
 {
@@ -158,7 +162,7 @@ static void join(char *out, const char *path, const char *key)
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Generic tree                                                                                */
+/* Tree operations                                                                             */
 
 static struct node *node_new(struct ctx *c, enum node_kind kind, unsigned line, const char *env)
 {
@@ -279,8 +283,11 @@ static struct node *node_copy(struct ctx *c, const struct node *src, int depth)
     if (!n)
         return NULL;
     n->quoted = src->quoted;
-    if (src->text && !(n->text = strdup(src->text)))
-        goto fail;
+    if (src->text) {
+        n->text = strdup(src->text);
+        if (!n->text)
+            goto fail;
+    }
     for (size_t i = 0; i < src->n; i++) {
         char *k = NULL;
         struct node *v = node_copy(c, src->items[i], depth + 1);
@@ -452,8 +459,17 @@ static struct node *build_map(struct builder *b, unsigned line, int depth)
         }
         if (!k->text)
             k->text = strdup("");
+        if (!k->text) {
+            node_free(k);
+            goto fail;
+        }
+        if (strlen(k->text) > MAX_KEY) {
+            build_error(b, k->line, "a key is longer than %d bytes", MAX_KEY);
+            node_free(k);
+            goto fail;
+        }
         merge = k->kind == NODE_SCALAR && !k->quoted && !strcmp(k->text, "<<");
-        if (!k->text || next_event(b, &ev) < 0) {
+        if (next_event(b, &ev) < 0) {
             node_free(k);
             goto fail;
         }
@@ -1632,12 +1648,12 @@ static void expected_form(const struct field *f, char *buf, size_t len)
         break;
     case T_INT:
     case T_I64:
-        if (f->max == INT_MAX || f->max == LLONG_MAX)
+        if (f->min == INT_MIN)
+            snprintf(buf, len, "an integer");
+        else if (f->max == INT_MAX || f->max == LLONG_MAX)
             snprintf(buf, len, "an integer of at least %lld", f->min);
         else
             snprintf(buf, len, "an integer from %lld to %lld", f->min, f->max);
-        if (f->min == INT_MIN)
-            snprintf(buf, len, "an integer");
         break;
     case T_DUR:
         snprintf(buf, len, "a duration like \"%s\"", f->hint ? f->hint : "10s");
@@ -1759,11 +1775,16 @@ static void flatten(struct ctx *c, const struct node *n, const char *prefix, con
         for (size_t i = 0; i < n->n; i++) {
             char index[24];
             const char *k = n->keys ? n->keys[i] : index;
+            int len;
             snprintf(index, sizeof(index), "%zu", i);
             if (prefix[0])
-                snprintf(key, sizeof(key), "%s.%s", prefix, k);
+                len = snprintf(key, sizeof(key), "%s.%s", prefix, k);
             else
-                snprintf(key, sizeof(key), "%s", k);
+                len = snprintf(key, sizeof(key), "%s", k);
+            if (len > MAX_KEY) {
+                ERR(c, n->items[i], "%s: nested keys longer than %d bytes", path, MAX_KEY);
+                return;
+            }
             flatten(c, n->items[i], key, path, kv, nkv);
         }
         return;
@@ -2199,6 +2220,11 @@ static void env_select(struct ctx *c, struct node *m, const struct field *f, str
         map_set(c, m, f->key, payload);
         return;
     }
+    if (strlen(payload->text) > MAX_KEY) {
+        ERR(c, payload, "%s: longer than %d bytes", f->key, MAX_KEY);
+        node_free(payload);
+        return;
+    }
     sel = node_new(c, NODE_MAP, 0, var);
     empty = node_new(c, NODE_NULL, 0, var);
     name = strdup(payload->text);
@@ -2313,6 +2339,10 @@ static void normalize_selector(struct ctx *c, struct node *root, const char *key
 
     if (!v || v->kind != NODE_SCALAR)
         return;
+    if (strlen(v->text) > MAX_KEY) {
+        ERR(c, v, "%s: longer than %d bytes", key, MAX_KEY);
+        return;
+    }
     m = node_new(c, NODE_MAP, v->line, v->env);
     empty = node_new(c, NODE_NULL, v->line, v->env);
     name = strdup(v->text);
@@ -2348,8 +2378,8 @@ static void apply_env(struct ctx *c, struct node **root, char *const *envp)
         return;
     }
     for (char *const *e = envp; *e; e++) {
-        const char *eq;
-        if (strncmp(*e, prefix, sizeof(prefix) - 1) || !(eq = strchr(*e, '=')))
+        const char *eq = strchr(*e, '=');
+        if (strncmp(*e, prefix, sizeof(prefix) - 1) || !eq)
             continue;
         if (!utf8_valid(*e)) {
             ERR(c, NULL, "%.*s: not valid UTF-8", (int)(eq - *e), *e);
@@ -2384,6 +2414,7 @@ static void apply_env(struct ctx *c, struct node **root, char *const *envp)
         const char *value = c->envs[i].value;
         char *copy = NULL, *parts[MAX_ENV_PARTS];
         size_t nparts = 0;
+        bool too_long = false;
         struct node *payload;
         char *error = NULL;
 
@@ -2408,6 +2439,13 @@ static void apply_env(struct ctx *c, struct node **root, char *const *envp)
             p = strchr(p, '_');
             if (p)
                 *p++ = '\0';
+            if (strlen(parts[nparts]) > MAX_KEY)
+                too_long = true;
+        }
+        if (too_long) {
+            WARN(c, NULL, "%s names no configuration key and is ignored", var);
+            free(copy);
+            continue;
         }
         payload = parse_yaml(c, value, strlen(value), var, &error);
         if (!payload) {
@@ -2618,13 +2656,13 @@ static void finish_storage(struct ctx *c, struct node *root, struct config *cfg)
         cfg->storage.driver = drivers[i].driver;
     }
     if (cfg->storage.driver == CONFIG_STORAGE_OTHER) {
-        char path[PATH_LEN];
+        char path[PATH_LEN], got[128];
         join(path, "storage", found[0]);
         if (params->kind == NODE_MAP)
             flatten(c, params, "", path, &cfg->storage.params, &cfg->storage.nparams);
         else if (params->kind != NODE_NULL)
             ERR(c, params, "%s: expected a mapping of driver parameters, got %s", path,
-                describe(params, (char[128]){0}, 128));
+                describe(params, got, sizeof(got)));
     }
 }
 
