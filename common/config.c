@@ -1466,6 +1466,14 @@ static const struct field tags_fields[] = {
     INT("maxtags", C(tags.maxtags), 0, INT_MAX, .def = "1000", .flags = F_ZERODEF),
 };
 SCHEMA(tags_schema, tags_fields, 0, 0, NULL, NULL);
+#define PR(m) offsetof(struct config_proxy_remote, m)
+static const struct field remote_fields[] = {
+    STR("host", PR(host), .hint = "a registry host like \"ghcr.io\""),
+    STR("remoteurl", PR(remoteurl), .hint = "a URL like \"https://ghcr.io\""),
+    STR("username", PR(username)),
+    STR("password", PR(password), .flags = F_SECRET),
+};
+SCHEMA(remote_schema, remote_fields, sizeof(struct config_proxy_remote), 0, NULL, NULL);
 static const struct field proxy_fields[] = {
     STR("remoteurl", C(proxy.remoteurl), .hint = "a URL like \"https://registry-1.docker.io\""),
     STR("username", C(proxy.username)),
@@ -1473,6 +1481,8 @@ static const struct field proxy_fields[] = {
     DUR("ttl", C(proxy.ttl_ms), .def = "168h", .hint = "168h"),
     DUR("cachewritetimeout", C(proxy.cachewritetimeout_ms), .def = "5m", .flags = F_ZERODEF,
         .hint = "5m"),
+    DUR("tagfreshness", C(proxy.tagfreshness_ms), .hint = "30s"),
+    SECTIONS("remotes", C(proxy.remotes), C(proxy.nremotes), remote_schema),
 };
 SCHEMA(proxy_schema, proxy_fields, 0, 0, on_proxy, NULL);
 static const struct field schema1_fields[] = {

@@ -120,6 +120,12 @@ struct config_file_check {
     int threshold;
 };
 
+/* proxy.remotes: one more upstream, chosen by containerd's ?ns=<host> (a regmirror key). */
+struct config_proxy_remote {
+    char *host; /* the registry host clients name, e.g. "ghcr.io" */
+    char *remoteurl, *username, *password;
+};
+
 struct config_http_check {
     char *uri;
     struct config_header *headers;
@@ -326,6 +332,11 @@ struct config {
             int64_t lifetime_ms;
         } exec;
         int64_t cachewritetimeout_ms; /* default 5m */
+        /* regmirror keys: a proxied tag younger than this is served without asking the
+         * upstream (0: re-check every pull with a HEAD); more upstreams by ?ns= host. */
+        int64_t tagfreshness_ms;
+        struct config_proxy_remote *remotes;
+        size_t nremotes;
     } proxy;
 
     struct {
