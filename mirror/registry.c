@@ -443,6 +443,12 @@ static enum regerr resolve(struct registry *reg, const char *name, const char *r
     return result == REG_ERR_NOT_FOUND ? REG_ERR_MANIFEST_UNKNOWN : result;
 }
 
+enum regerr registry_manifest_resolve(struct registry *reg, const char *name, const char *ref,
+                                      struct digest *out)
+{
+    return resolve(reg, name, ref, out);
+}
+
 static enum regerr media_type_of(const char *body, size_t len, char *buf, size_t size)
 {
     struct manifest m;

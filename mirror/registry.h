@@ -82,6 +82,9 @@ struct registry_manifest {
 };
 void registry_manifest_release(struct registry_manifest *m);
 
+/* The digest ref (tag or digest) stands for in name; MANIFEST_UNKNOWN when none. */
+enum regerr registry_manifest_resolve(struct registry *reg, const char *name, const char *ref,
+                                      struct digest *out);
 /* By tag (ref is a tag) or by digest (ref parses as a digest). */
 enum regerr registry_manifest_get(struct registry *reg, const char *name, const char *ref,
                                   struct registry_manifest *out);
