@@ -17,9 +17,12 @@
 #define API_NAME_MAX 256
 #define API_REF_MAX 160
 
+struct proxy;
+
 struct api {
     const struct config *cfg;
     struct registry *reg;
+    struct proxy *proxy; /* NULL unless proxy.remoteurl is set */
 };
 
 enum api_route_kind {

@@ -6,9 +6,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "proxy.h"
 #include "reference.h"
 
-static void get_blob(const struct api *api, struct http_req *req, const struct api_route *rt)
+static void serve_blob(const struct api *api, struct http_req *req, const struct api_route *rt)
 {
     struct digest d;
     digest_parse(rt->ref, strlen(rt->ref), &d);
@@ -81,7 +82,10 @@ void api_blob(const struct api *api, struct http_req *req, const struct api_rout
     switch (http_req_method(req)) {
     case HTTP_GET:
     case HTTP_HEAD:
-        get_blob(api, req, rt);
+        if (api->proxy)
+            proxy_blob(api->proxy, api, req, rt, serve_blob);
+        else
+            serve_blob(api, req, rt);
         break;
     case HTTP_DELETE:
         delete_blob(api, req, rt);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "proxy.h"
 
 #define ACCEPT_LINES_MAX 32
 
@@ -59,7 +60,8 @@ static enum regerr pick_default_platform(const struct api *api, const char *name
     return result;
 }
 
-static void get_manifest(const struct api *api, struct http_req *req, const struct api_route *rt)
+static void serve_manifest(const struct api *api, struct http_req *req,
+                           const struct api_route *rt)
 {
     struct registry_manifest m;
     enum regerr result = registry_manifest_get(api->reg, rt->name, rt->ref, &m);
@@ -181,7 +183,10 @@ void api_manifest(const struct api *api, struct http_req *req, const struct api_
     switch (http_req_method(req)) {
     case HTTP_GET:
     case HTTP_HEAD:
-        get_manifest(api, req, rt);
+        if (api->proxy)
+            proxy_manifest(api->proxy, api, req, rt, serve_manifest);
+        else
+            serve_manifest(api, req, rt);
         break;
     case HTTP_PUT:
         put_manifest(api, req, rt);

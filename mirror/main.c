@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "proxy.h"
 #include "registry.h"
 #include "server.h"
 #include "storage.h"
@@ -71,6 +72,7 @@ static int serve(const char *path)
     struct storage *st = NULL;
     struct registry *reg = NULL;
     struct server *srv = NULL;
+    struct proxy *px = NULL;
     if (load_config(path, &cfg) != 0)
         return 1;
     log_setup(cfg.log.level, cfg.log.formatter);
@@ -87,7 +89,12 @@ static int serve(const char *path)
     reg = registry_new(st, &opts);
     if (!reg)
         goto out;
-    srv = server_new(base, &cfg, reg);
+    if (cfg.proxy.remoteurl[0]) {
+        px = proxy_new(base, &cfg, reg);
+        if (!px)
+            goto out;
+    }
+    srv = server_new(base, &cfg, reg, px);
     if (!srv)
         goto out;
     sigint = evsignal_new(base, SIGINT, on_signal, base);
@@ -102,7 +109,9 @@ out:
         event_free(sigint);
     if (sigterm)
         event_free(sigterm);
+    /* The server first: aborting its requests detaches them from the proxy's fetches. */
     server_free(srv);
+    proxy_free(px);
     registry_free(reg);
     storage_free(st);
     if (base)

@@ -76,13 +76,14 @@ static void on_request(struct http_req *req, void *arg)
 }
 
 struct server *server_new(struct event_base *base, const struct config *cfg,
-                          struct registry *reg)
+                          struct registry *reg, struct proxy *proxy)
 {
     struct server *srv = calloc(1, sizeof(*srv));
     if (!srv)
         return NULL;
     srv->api.cfg = cfg;
     srv->api.reg = reg;
+    srv->api.proxy = proxy;
     struct http_server_handler handler = {.on_request = on_request, .arg = srv};
     srv->http = http_server_new(base, NULL, &handler);
     if (!srv->http)

@@ -2,18 +2,21 @@
 #define REGMIRROR_SERVER_H
 /*
  * server: the listeners of http.addr and the routing of each request to its API handler,
- * under http.prefix. The server borrows cfg and reg: both must outlive it.
+ * under http.prefix. The server borrows cfg, reg and proxy (NULL when not proxying): they
+ * must outlive it.
  */
 #include <event2/event.h>
 
 #include "config.h"
 #include "registry.h"
 
+struct proxy;
+
 struct server;
 
 /* Creates the server and listens on cfg->http.addr. NULL on error (logged). */
 struct server *server_new(struct event_base *base, const struct config *cfg,
-                          struct registry *reg);
+                          struct registry *reg, struct proxy *proxy);
 void server_free(struct server *srv);
 
 #endif

@@ -1,0 +1,967 @@
+#include "proxy.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "httpc.h"
+#include "log.h"
+#include "reference.h"
+#include "upstream.h"
+
+/* Every manifest type, so the upstream answers with what it has (indexes included); each
+ * client then gets what it accepts from the cache. */
+static const char *const manifest_accept[] = {
+    "Accept: " MANIFEST_MT_OCI_INDEX ", " MANIFEST_MT_DOCKER_LIST ", " MANIFEST_MT_OCI_MANIFEST
+    ", " MANIFEST_MT_DOCKER_V2,
+    NULL};
+
+/* A reader queues at most this much of the spool in its connection's output at a time. */
+#define PUMP_HIGH (1024 * 1024)
+#define DEFAULT_HOST "docker.io"
+
+struct remote {
+    char *host; /* what ?ns= names; the main upstream is DEFAULT_HOST */
+    struct upstream *up;
+    bool main;
+};
+
+struct mfetch;
+struct bfetch;
+struct bhead;
+
+struct proxy {
+    struct event_base *base;
+    const struct config *cfg;
+    struct registry *reg;
+    struct httpc *httpc;
+    struct remote *remotes;
+    size_t nremotes;
+    struct mfetch *mfetches;
+    struct bfetch *bfetches;
+    struct bhead *bheads;
+};
+
+/* The request as the proxy sees it: which upstream, and the local (cache) route. */
+struct target {
+    struct remote *rm;
+    struct api_route rt; /* rt.name is the local name */
+};
+
+/* Shared parts of one client request waiting on an upstream exchange. */
+struct client {
+    const struct api *api;
+    struct http_req *req;
+    struct api_route rt;
+    proxy_serve_fn serve;
+};
+
+/* ---- helpers ---- */
+
+static enum regerr outcome_error(const struct upstream_outcome *o, bool blob)
+{
+    switch (o->result) {
+    case UPSTREAM_OK:
+        return REG_OK;
+    case UPSTREAM_NOT_FOUND:
+    case UPSTREAM_UNAUTHORIZED: /* Docker Hub answers 401 for repositories that do not exist */
+        return blob ? REG_ERR_BLOB_UNKNOWN : REG_ERR_MANIFEST_UNKNOWN;
+    case UPSTREAM_TOOMANYREQUESTS:
+        return REG_ERR_TOOMANYREQUESTS;
+    default:
+        return REG_ERR_UNAVAILABLE;
+    }
+}
+
+static void client_error(struct client *c, enum regerr e, long retry_after, const char *detail)
+{
+    char ra[32];
+    const char *hdrs[3] = {NULL};
+    if (e == REG_ERR_TOOMANYREQUESTS && retry_after >= 0) {
+        snprintf(ra, sizeof(ra), "%ld", retry_after);
+        hdrs[0] = "Retry-After";
+        hdrs[1] = ra;
+    }
+    http_req_on_abort(c->req, NULL, NULL);
+    api_error_headers(c->api, c->req, e, detail, hdrs);
+}
+
+static void client_serve(struct client *c)
+{
+    http_req_on_abort(c->req, NULL, NULL);
+    c->serve(c->api, c->req, &c->rt);
+}
+
+/*
+ * Picks the upstream from ?ns= and builds the local name: the main upstream's content keeps
+ * its name, another upstream's is cached under "<host>/<name>" so the two never mix.
+ */
+static enum regerr pick_target(struct proxy *px, struct http_req *req, const struct api_route *rt,
+                               struct target *t)
+{
+    char *ns = reference_query_get(http_req_query(req), "ns");
+    enum regerr result = REG_OK;
+    t->rm = &px->remotes[0];
+    t->rt = *rt;
+    if (ns && *ns && strcmp(ns, DEFAULT_HOST) != 0) {
+        t->rm = NULL;
+        for (size_t i = 0; i < px->nremotes; i++) {
+            if (strcmp(px->remotes[i].host, ns) == 0)
+                t->rm = &px->remotes[i];
+        }
+        if (!t->rm) {
+            result = REG_ERR_NAME_UNKNOWN;
+            goto out;
+        }
+    }
+    if (!t->rm->main) {
+        char host[128];
+        snprintf(host, sizeof(host), "%s", t->rm->host);
+        for (char *c = host; *c; c++) {
+            if (*c == ':')
+                *c = '-';
+        }
+        int n = snprintf(t->rt.name, sizeof(t->rt.name), "%s/%s", host, rt->name);
+        if (n < 0 || (size_t)n >= sizeof(t->rt.name) ||
+            !reference_name_valid(t->rt.name, strlen(t->rt.name)))
+            result = REG_ERR_NAME_INVALID;
+    }
+out:
+    free(ns);
+    return result;
+}
+
+/* ---- manifests ---- */
+
+struct mwaiter {
+    struct mwaiter *next;
+    struct mfetch *f;
+    struct client c;
+};
+
+struct mfetch {
+    struct mfetch *next;
+    struct proxy *px;
+    struct remote *rm;
+    char name[API_NAME_MAX]; /* local name */
+    char ref[API_REF_MAX];   /* what the clients asked for */
+    bool by_tag;
+    bool have_cached; /* a proxied tag with a cached manifest: failures serve it */
+    struct digest cached;
+    bool head; /* the running exchange is the tag re-check */
+    char want[API_REF_MAX]; /* reference of the running GET */
+    struct upstream_req *ureq;
+    char *body;
+    size_t len, cap;
+    char hdr_digest[DIGEST_STR_MAX];
+    char content_type[128];
+    struct mwaiter *waiters;
+};
+
+static void mfetch_start(struct mfetch *f);
+
+static void mwaiter_abort(struct http_req *req, void *ctx)
+{
+    struct mwaiter *w = ctx;
+    for (struct mwaiter **p = &w->f->waiters; *p; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+    }
+    free(w);
+}
+
+static void mfetch_free(struct mfetch *f)
+{
+    for (struct mfetch **p = &f->px->mfetches; *p; p = &(*p)->next) {
+        if (*p == f) {
+            *p = f->next;
+            break;
+        }
+    }
+    if (f->ureq)
+        upstream_cancel(f->ureq);
+    free(f->body);
+    free(f);
+}
+
+/* Answers every waiter (from the cache when result is REG_OK) and frees the fetch. */
+static void mfetch_finish(struct mfetch *f, enum regerr result, long retry_after,
+                          const char *detail)
+{
+    struct mwaiter *w = f->waiters;
+    f->waiters = NULL;
+    while (w) {
+        struct mwaiter *next = w->next;
+        if (result == REG_OK)
+            client_serve(&w->c);
+        else
+            client_error(&w->c, result, retry_after, detail);
+        free(w);
+        w = next;
+    }
+    mfetch_free(f);
+}
+
+static int m_on_response(struct upstream_req *r, void *ctx, long status,
+                         const struct httpc_headers *h)
+{
+    struct mfetch *f = ctx;
+    const char *d = httpc_header_get(h, "Docker-Content-Digest");
+    const char *ct = httpc_header_get(h, "Content-Type");
+    const char *cl = httpc_header_get(h, "Content-Length");
+    snprintf(f->hdr_digest, sizeof(f->hdr_digest), "%s", d ? d : "");
+    snprintf(f->content_type, sizeof(f->content_type), "%s", ct ? ct : "");
+    uint64_t n;
+    if (!f->head && cl && reference_parse_uint(cl, &n) == 0 && n > REGISTRY_MANIFEST_MAX)
+        return -1;
+    return 0;
+}
+
+static int m_on_data(struct upstream_req *r, void *ctx, const char *data, size_t len)
+{
+    struct mfetch *f = ctx;
+    if (f->len + len > REGISTRY_MANIFEST_MAX)
+        return -1;
+    if (f->len + len > f->cap) {
+        size_t cap = f->cap ? f->cap : 16384;
+        while (cap < f->len + len)
+            cap *= 2;
+        char *nb = realloc(f->body, cap);
+        if (!nb)
+            return -1;
+        f->body = nb;
+        f->cap = cap;
+    }
+    memcpy(f->body + f->len, data, len);
+    f->len += len;
+    return 0;
+}
+
+/* The upstream failed: serve the cached tag when there is one, else pass the error on. */
+static void mfetch_fail(struct mfetch *f, enum regerr e, long retry_after, const char *why)
+{
+    if (f->have_cached) {
+        log_warn("proxy: upstream check of %s:%s failed (%s); serving the cached manifest",
+                 f->name, f->ref, why);
+        mfetch_finish(f, REG_OK, -1, NULL);
+        return;
+    }
+    log_warn("proxy: fetching manifest %s:%s failed: %s", f->name, f->ref, why);
+    mfetch_finish(f, e, retry_after, why);
+}
+
+/* A GET answer arrived: verify, store, tag, answer. */
+static void mfetch_store(struct mfetch *f)
+{
+    struct proxy *px = f->px;
+    struct digest want, got;
+    bool have_want = digest_parse(f->want, strlen(f->want), &want) == 0 ||
+                     digest_parse(f->hdr_digest, strlen(f->hdr_digest), &want) == 0;
+    if (digest_compute(have_want ? want.algo : DIGEST_SHA256, f->body ? f->body : "", f->len,
+                       &got) != 0) {
+        mfetch_fail(f, REG_ERR_INTERNAL, -1, "out of memory");
+        return;
+    }
+    if (have_want && !digest_equal(&want, &got)) {
+        mfetch_fail(f, REG_ERR_UNAVAILABLE, -1, "the upstream sent a manifest with the wrong digest");
+        return;
+    }
+    struct manifest m;
+    char err[256];
+    const char *ct = f->content_type[0] ? f->content_type : NULL;
+    enum regerr result = manifest_parse(f->body ? f->body : "", f->len, ct, &m, err, sizeof(err));
+    if (result != REG_OK) {
+        char why[300];
+        snprintf(why, sizeof(why), "the upstream sent an invalid manifest: %s", err);
+        mfetch_fail(f, REG_ERR_UNAVAILABLE, -1, why);
+        return;
+    }
+    manifest_free(&m);
+    result = registry_manifest_store(px->reg, f->name, NULL, f->body, f->len, &got);
+    if (result == REG_OK && f->by_tag)
+        result = registry_proxy_tag_set(px->reg, f->name, f->ref, &got);
+    if (result != REG_OK) {
+        mfetch_fail(f, result, -1, "storing the manifest failed");
+        return;
+    }
+    mfetch_finish(f, REG_OK, -1, NULL);
+}
+
+static void m_on_done(struct upstream_req *r, void *ctx, const struct upstream_outcome *o)
+{
+    struct mfetch *f = ctx;
+    f->ureq = NULL;
+    if (o->result != UPSTREAM_OK) {
+        mfetch_fail(f, outcome_error(o, false), o->retry_after_s, o->message);
+        return;
+    }
+    if (!f->head) {
+        mfetch_store(f);
+        return;
+    }
+    struct digest now;
+    if (digest_parse(f->hdr_digest, strlen(f->hdr_digest), &now) == 0 &&
+        digest_equal(&now, &f->cached)) {
+        registry_proxy_tag_touch(f->px->reg, f->name, f->ref);
+        mfetch_finish(f, REG_OK, -1, NULL);
+        return;
+    }
+    /* Changed (or no digest in the answer): fetch it, by digest when we know it. */
+    f->head = false;
+    snprintf(f->want, sizeof(f->want), "%s", f->hdr_digest[0] ? f->hdr_digest : f->ref);
+    mfetch_start(f);
+}
+
+static void mfetch_start(struct mfetch *f)
+{
+    static const struct upstream_callbacks cb = {m_on_response, m_on_data, m_on_done};
+    char suffix[API_REF_MAX + 16];
+    snprintf(suffix, sizeof(suffix), "manifests/%s", f->head ? f->ref : f->want);
+    const char *name = f->name;
+    if (!f->rm->main)
+        name = strchr(f->name, '/') + 1;
+    f->len = 0;
+    f->ureq = upstream_fetch(f->rm->up, f->head ? "HEAD" : "GET", name, suffix, manifest_accept,
+                             &cb, f);
+    if (!f->ureq)
+        mfetch_fail(f, REG_ERR_INTERNAL, -1, "cannot start the upstream request");
+}
+
+static void manifest_join(struct proxy *px, const struct target *t, struct client *c,
+                          bool have_cached, const struct digest *cached)
+{
+    struct mfetch *f;
+    for (f = px->mfetches; f; f = f->next) {
+        if (f->rm == t->rm && strcmp(f->name, t->rt.name) == 0 && strcmp(f->ref, t->rt.ref) == 0)
+            break;
+    }
+    struct mwaiter *w = calloc(1, sizeof(*w));
+    if (!w) {
+        client_error(c, REG_ERR_INTERNAL, -1, NULL);
+        return;
+    }
+    w->c = *c;
+    if (!f) {
+        f = calloc(1, sizeof(*f));
+        if (!f) {
+            free(w);
+            client_error(c, REG_ERR_INTERNAL, -1, NULL);
+            return;
+        }
+        f->px = px;
+        f->rm = t->rm;
+        snprintf(f->name, sizeof(f->name), "%s", t->rt.name);
+        snprintf(f->ref, sizeof(f->ref), "%s", t->rt.ref);
+        snprintf(f->want, sizeof(f->want), "%s", t->rt.ref);
+        f->by_tag = !strchr(t->rt.ref, ':');
+        f->have_cached = have_cached;
+        if (have_cached)
+            f->cached = *cached;
+        f->head = have_cached;
+        f->next = px->mfetches;
+        px->mfetches = f;
+        w->f = f;
+        f->waiters = w;
+        http_req_on_abort(c->req, mwaiter_abort, w);
+        mfetch_start(f);
+        return;
+    }
+    w->f = f;
+    w->next = f->waiters;
+    f->waiters = w;
+    http_req_on_abort(c->req, mwaiter_abort, w);
+}
+
+void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *req,
+                    const struct api_route *rt, proxy_serve_fn serve_local)
+{
+    struct target t;
+    enum regerr result = pick_target(px, req, rt, &t);
+    if (result != REG_OK) {
+        api_errorf(api, req, result, "no upstream for this ns");
+        return;
+    }
+    struct client c = {api, req, t.rt, serve_local};
+    struct digest cur;
+    bool cached = registry_manifest_resolve(px->reg, t.rt.name, t.rt.ref, &cur) == REG_OK;
+    if (strchr(t.rt.ref, ':')) {
+        /* By digest: immutable, so whatever is cached is right. */
+        if (cached)
+            client_serve(&c);
+        else
+            manifest_join(px, &t, &c, false, NULL);
+        return;
+    }
+    time_t checked;
+    bool proxied = registry_proxy_tag_checked(px->reg, t.rt.name, t.rt.ref, &checked);
+    if (cached && !proxied) {
+        /* Pushed here: local content wins over the upstream's tag of the same name. */
+        client_serve(&c);
+        return;
+    }
+    int64_t fresh_ms = px->cfg->proxy.tagfreshness_ms;
+    if (cached && fresh_ms > 0 && (int64_t)(time(NULL) - checked) * 1000 < fresh_ms) {
+        client_serve(&c);
+        return;
+    }
+    manifest_join(px, &t, &c, cached, &cur);
+}
+
+/* ---- blobs: HEAD, and GET of a blob stored for another repository ---- */
+
+struct bhead {
+    struct bhead *next;
+    struct proxy *px;
+    struct client c;
+    struct remote *rm;
+    struct digest d;
+    struct upstream_req *ureq;
+    int64_t size;
+};
+
+static void blob_fetch(struct proxy *px, const struct target *t, struct client *c,
+                       const struct digest *d);
+
+static void bhead_free(struct bhead *b)
+{
+    for (struct bhead **p = &b->px->bheads; *p; p = &(*p)->next) {
+        if (*p == b) {
+            *p = b->next;
+            break;
+        }
+    }
+    if (b->ureq)
+        upstream_cancel(b->ureq);
+    free(b);
+}
+
+static void bhead_abort(struct http_req *req, void *ctx)
+{
+    bhead_free(ctx);
+}
+
+static int bh_on_response(struct upstream_req *r, void *ctx, long status,
+                          const struct httpc_headers *h)
+{
+    struct bhead *b = ctx;
+    const char *cl = httpc_header_get(h, "Content-Length");
+    uint64_t n;
+    b->size = (cl && reference_parse_uint(cl, &n) == 0) ? (int64_t)n : -1;
+    return 0;
+}
+
+static void bh_on_done(struct upstream_req *r, void *ctx, const struct upstream_outcome *o)
+{
+    struct bhead *b = ctx;
+    struct proxy *px = b->px;
+    struct client c = b->c;
+    b->ureq = NULL;
+    if (o->result != UPSTREAM_OK) {
+        bhead_free(b);
+        client_error(&c, outcome_error(o, true), o->retry_after_s, o->message);
+        return;
+    }
+    /* The upstream has the blob in this repository: link the stored copy and serve it. */
+    if (registry_blob_stored(px->reg, &b->d) &&
+        registry_blob_link(px->reg, c.rt.name, &b->d) == REG_OK) {
+        bhead_free(b);
+        client_serve(&c);
+        return;
+    }
+    if (http_req_method(c.req) == HTTP_GET) {
+        struct target t = {b->rm, c.rt};
+        struct digest d = b->d;
+        bhead_free(b);
+        http_req_on_abort(c.req, NULL, NULL);
+        blob_fetch(px, &t, &c, &d);
+        return;
+    }
+    int64_t size = b->size;
+    bhead_free(b);
+    http_req_on_abort(c.req, NULL, NULL);
+    api_start(c.api, c.req, 200);
+    http_resp_header(c.req, "Content-Type", "application/octet-stream");
+    http_resp_header(c.req, "Docker-Content-Digest", c.rt.ref);
+    http_resp_header(c.req, "Accept-Ranges", "bytes");
+    http_resp_no_body(c.req, size);
+}
+
+static void blob_head(struct proxy *px, const struct target *t, struct client *c,
+                      const struct digest *d)
+{
+    static const struct upstream_callbacks cb = {bh_on_response, NULL, bh_on_done};
+    struct bhead *b = calloc(1, sizeof(*b));
+    if (!b) {
+        client_error(c, REG_ERR_INTERNAL, -1, NULL);
+        return;
+    }
+    b->px = px;
+    b->c = *c;
+    b->rm = t->rm;
+    b->d = *d;
+    b->size = -1;
+    char suffix[API_REF_MAX + 8];
+    snprintf(suffix, sizeof(suffix), "blobs/%s", t->rt.ref);
+    const char *name = t->rm->main ? t->rt.name : strchr(t->rt.name, '/') + 1;
+    b->ureq = upstream_fetch(t->rm->up, "HEAD", name, suffix, NULL, &cb, b);
+    if (!b->ureq) {
+        free(b);
+        client_error(c, REG_ERR_INTERNAL, -1, NULL);
+        return;
+    }
+    b->next = px->bheads;
+    px->bheads = b;
+    http_req_on_abort(c->req, bhead_abort, b);
+}
+
+/* ---- blobs: one fetch per digest, every client reading the spool ---- */
+
+enum bstate { B_HEADERS, B_STREAMING, B_DONE, B_FAILED };
+
+struct breader {
+    struct breader *next;
+    struct bfetch *f;
+    struct client c;
+    bool started;
+    bool pumping, again;
+    uint64_t off, end; /* end is exclusive; UINT64_MAX while the length is unknown */
+};
+
+struct bfetch {
+    struct bfetch *next;
+    struct proxy *px;
+    struct remote *rm;
+    struct digest d;
+    char name[API_NAME_MAX];
+    char id[37];
+    struct registry_upload *up;
+    int fd; /* the spool, for readers */
+    struct upstream_req *ureq;
+    enum bstate state;
+    uint64_t written;
+    int64_t total;
+    enum regerr err;
+    long retry_after;
+    char why[256];
+    struct breader *readers;
+    bool listed; /* in px->bfetches: new requests join it */
+    bool pinned; /* being walked: readers finishing must not free it under the walker */
+};
+
+static void bfetch_unlist(struct bfetch *f)
+{
+    if (!f->listed)
+        return;
+    for (struct bfetch **p = &f->px->bfetches; *p; p = &(*p)->next) {
+        if (*p == f) {
+            *p = f->next;
+            break;
+        }
+    }
+    f->listed = false;
+}
+
+/* Frees the fetch once the upstream side is over and no reader is left. */
+static void bfetch_maybe_free(struct bfetch *f)
+{
+    if (f->pinned || f->readers || f->state == B_HEADERS || f->state == B_STREAMING)
+        return;
+    bfetch_unlist(f);
+    if (f->fd >= 0)
+        close(f->fd);
+    free(f);
+}
+
+static void reader_unlink(struct breader *rd)
+{
+    for (struct breader **p = &rd->f->readers; *p; p = &(*p)->next) {
+        if (*p == rd) {
+            *p = rd->next;
+            break;
+        }
+    }
+}
+
+static void reader_abort(struct http_req *req, void *ctx)
+{
+    struct breader *rd = ctx;
+    struct bfetch *f = rd->f;
+    reader_unlink(rd);
+    free(rd);
+    bfetch_maybe_free(f);
+}
+
+/* The reader is finished (its response complete or cut, so its request is gone): forget it. */
+static void reader_done(struct breader *rd)
+{
+    struct bfetch *f = rd->f;
+    reader_unlink(rd);
+    free(rd);
+    bfetch_maybe_free(f);
+}
+
+static void reader_pump(struct breader *rd);
+
+static void reader_writable(struct http_req *req, void *ctx)
+{
+    reader_pump(ctx);
+}
+
+/* Sends the response head once the upstream's length is known. Returns false when the reader
+ * was answered with an error and is gone. */
+static bool reader_begin(struct breader *rd)
+{
+    struct bfetch *f = rd->f;
+    struct http_req *req = rd->c.req;
+    int status = 200;
+    uint64_t start = 0, last = 0;
+    const char *range = http_req_header(req, "Range");
+    if (range && f->total >= 0) {
+        switch (reference_parse_range(range, (uint64_t)f->total, &start, &last)) {
+        case REFERENCE_RANGE_OK:
+            status = 206;
+            break;
+        case REFERENCE_RANGE_UNSATISFIABLE: {
+            char cr[64];
+            snprintf(cr, sizeof(cr), "bytes */%" PRId64, f->total);
+            const char *hdrs[] = {"Content-Range", cr, NULL};
+            http_req_on_abort(req, NULL, NULL);
+            api_error_headers(rd->c.api, req, REG_ERR_RANGE_INVALID, range, hdrs);
+            reader_done(rd);
+            return false;
+        }
+        case REFERENCE_RANGE_IGNORE:
+            break;
+        }
+    }
+    rd->off = start;
+    rd->end = status == 206 ? last + 1 : (f->total >= 0 ? (uint64_t)f->total : UINT64_MAX);
+    char etag[DIGEST_STR_MAX + 2], ds[DIGEST_STR_MAX];
+    digest_str(&f->d, ds);
+    snprintf(etag, sizeof(etag), "\"%s\"", ds);
+    api_start(rd->c.api, req, status);
+    http_resp_header(req, "Content-Type", "application/octet-stream");
+    http_resp_header(req, "Docker-Content-Digest", ds);
+    http_resp_header(req, "ETag", etag);
+    http_resp_header(req, "Accept-Ranges", "bytes");
+    if (status == 206)
+        http_resp_headerf(req, "Content-Range", "bytes %" PRIu64 "-%" PRIu64 "/%" PRId64, start,
+                          last, f->total);
+    rd->started = true;
+    int64_t len = rd->end == UINT64_MAX ? -1 : (int64_t)(rd->end - rd->off);
+    http_resp_stream_begin(req, len, reader_writable, rd);
+    return true;
+}
+
+/* Moves spool bytes into the reader's connection, and ends the response when it can. */
+static void reader_pump(struct breader *rd)
+{
+    if (rd->pumping) {
+        rd->again = true;
+        return;
+    }
+    struct bfetch *f = rd->f;
+    if (!rd->started) {
+        if (f->state == B_FAILED) {
+            client_error(&rd->c, f->err, f->retry_after, f->why);
+            reader_done(rd);
+            return;
+        }
+        if (f->state == B_HEADERS || !reader_begin(rd))
+            return;
+    }
+    rd->pumping = true;
+    do {
+        rd->again = false;
+        uint64_t limit = f->written < rd->end ? f->written : rd->end;
+        while (rd->off < limit && http_resp_stream_pending(rd->c.req) < PUMP_HIGH) {
+            uint64_t n = limit - rd->off;
+            if (n > PUMP_HIGH)
+                n = PUMP_HIGH;
+            int fd = dup(f->fd);
+            if (fd < 0)
+                break; /* out of descriptors: the writable callback tries again */
+            http_resp_stream_file(rd->c.req, fd, (off_t)rd->off, (off_t)n);
+            rd->off += n;
+        }
+    } while (rd->again);
+    rd->pumping = false;
+    if (f->state == B_FAILED) {
+        log_warn("proxy: cutting the response for %s: %s", rd->c.rt.ref, f->why);
+        http_req_on_abort(rd->c.req, NULL, NULL);
+        http_resp_stream_abort(rd->c.req);
+        reader_done(rd);
+        return;
+    }
+    bool complete = rd->end == UINT64_MAX ? rd->off == f->written : rd->off == rd->end;
+    if (f->state == B_DONE && complete) {
+        http_req_on_abort(rd->c.req, NULL, NULL);
+        http_resp_stream_end(rd->c.req);
+        reader_done(rd);
+    }
+}
+
+/* Pumps every reader; the caller calls bfetch_maybe_free afterwards when it may be over. */
+static void bfetch_pump_all(struct bfetch *f)
+{
+    f->pinned = true;
+    struct breader *rd = f->readers;
+    while (rd) {
+        struct breader *next = rd->next; /* pumping may finish and free rd */
+        reader_pump(rd);
+        rd = next;
+    }
+    f->pinned = false;
+}
+
+static int b_on_response(struct upstream_req *r, void *ctx, long status,
+                         const struct httpc_headers *h)
+{
+    struct bfetch *f = ctx;
+    const char *cl = httpc_header_get(h, "Content-Length");
+    uint64_t n;
+    f->total = (cl && reference_parse_uint(cl, &n) == 0 && n <= INT64_MAX) ? (int64_t)n : -1;
+    f->state = B_STREAMING;
+    bfetch_pump_all(f);
+    return 0;
+}
+
+static int b_on_data(struct upstream_req *r, void *ctx, const char *data, size_t len)
+{
+    struct bfetch *f = ctx;
+    if (f->total >= 0 && f->written + len > (uint64_t)f->total) {
+        snprintf(f->why, sizeof(f->why), "the upstream sent more bytes than announced");
+        return -1;
+    }
+    if (registry_upload_write(f->up, data, len) != REG_OK) {
+        snprintf(f->why, sizeof(f->why), "writing the spool failed");
+        return -1;
+    }
+    f->written += len;
+    bfetch_pump_all(f);
+    return 0;
+}
+
+static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_outcome *o)
+{
+    struct bfetch *f = ctx;
+    struct proxy *px = f->px;
+    char ds[DIGEST_STR_MAX];
+    digest_str(&f->d, ds);
+    f->ureq = NULL;
+    bfetch_unlist(f);
+    enum regerr result = outcome_error(o, true);
+    if (result == REG_OK && f->total >= 0 && f->written != (uint64_t)f->total) {
+        result = REG_ERR_UNAVAILABLE;
+        snprintf(f->why, sizeof(f->why), "the upstream sent %" PRIu64 " of %" PRId64 " bytes",
+                 f->written, f->total);
+    }
+    if (result == REG_OK) {
+        struct registry_upload *up = f->up;
+        f->up = NULL;
+        result = registry_upload_commit(up, &f->d);
+        if (result == REG_ERR_DIGEST_INVALID)
+            snprintf(f->why, sizeof(f->why), "the upstream sent bytes that do not match %s", ds);
+        else if (result != REG_OK)
+            snprintf(f->why, sizeof(f->why), "storing the blob failed");
+        if (result != REG_OK) {
+            registry_upload_cancel(px->reg, f->name, f->id);
+            result = REG_ERR_UNAVAILABLE;
+        }
+    } else {
+        if (!f->why[0])
+            snprintf(f->why, sizeof(f->why), "%s", o->message);
+        registry_upload_close(f->up);
+        f->up = NULL;
+        registry_upload_cancel(px->reg, f->name, f->id);
+    }
+    if (result == REG_OK) {
+        f->state = B_DONE;
+        log_info("proxy: cached %s for %s (%" PRIu64 " bytes)", ds, f->name, f->written);
+    } else {
+        f->state = B_FAILED;
+        f->err = result;
+        f->retry_after = o->retry_after_s;
+        log_warn("proxy: fetching %s for %s failed: %s", ds, f->name, f->why);
+    }
+    bfetch_pump_all(f);
+    bfetch_maybe_free(f);
+}
+
+static void blob_fetch(struct proxy *px, const struct target *t, struct client *c,
+                       const struct digest *d)
+{
+    static const struct upstream_callbacks cb = {b_on_response, b_on_data, b_on_done};
+    struct bfetch *f;
+    for (f = px->bfetches; f; f = f->next) {
+        if (f->rm == t->rm && digest_equal(&f->d, d))
+            break;
+    }
+    struct breader *rd = calloc(1, sizeof(*rd));
+    if (!rd) {
+        client_error(c, REG_ERR_INTERNAL, -1, NULL);
+        return;
+    }
+    rd->c = *c;
+    if (!f) {
+        enum regerr result = REG_ERR_INTERNAL;
+        f = calloc(1, sizeof(*f));
+        if (!f)
+            goto fail;
+        f->px = px;
+        f->rm = t->rm;
+        f->d = *d;
+        f->fd = -1;
+        f->total = -1;
+        snprintf(f->name, sizeof(f->name), "%s", t->rt.name);
+        result = registry_upload_start(px->reg, f->name, f->id);
+        if (result == REG_OK)
+            result = registry_upload_open(px->reg, f->name, f->id, &f->up);
+        if (result == REG_OK)
+            result = registry_upload_reader(px->reg, f->name, f->id, &f->fd);
+        if (result != REG_OK)
+            goto fail;
+        char suffix[API_REF_MAX + 8];
+        snprintf(suffix, sizeof(suffix), "blobs/%s", t->rt.ref);
+        const char *name = t->rm->main ? t->rt.name : strchr(t->rt.name, '/') + 1;
+        f->ureq = upstream_fetch(t->rm->up, "GET", name, suffix, NULL, &cb, f);
+        if (!f->ureq) {
+            result = REG_ERR_INTERNAL;
+            goto fail;
+        }
+        f->listed = true;
+        f->next = px->bfetches;
+        px->bfetches = f;
+        goto join;
+    fail:
+        if (f) {
+            if (f->up)
+                registry_upload_close(f->up);
+            if (f->id[0])
+                registry_upload_cancel(px->reg, f->name, f->id);
+            if (f->fd >= 0)
+                close(f->fd);
+            free(f);
+        }
+        free(rd);
+        client_error(c, result, -1, "cannot start the upstream fetch");
+        return;
+    }
+join:
+    rd->f = f;
+    rd->next = f->readers;
+    f->readers = rd;
+    http_req_on_abort(c->req, reader_abort, rd);
+    reader_pump(rd);
+}
+
+void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
+                const struct api_route *rt, proxy_serve_fn serve_local)
+{
+    struct target t;
+    enum regerr result = pick_target(px, req, rt, &t);
+    if (result != REG_OK) {
+        api_errorf(api, req, result, "no upstream for this ns");
+        return;
+    }
+    struct client c = {api, req, t.rt, serve_local};
+    struct digest d;
+    digest_parse(t.rt.ref, strlen(t.rt.ref), &d);
+    uint64_t size;
+    if (registry_blob_stat(px->reg, t.rt.name, &d, &size) == REG_OK) {
+        client_serve(&c);
+        return;
+    }
+    if (http_req_method(req) == HTTP_HEAD || registry_blob_stored(px->reg, &d))
+        blob_head(px, &t, &c, &d);
+    else
+        blob_fetch(px, &t, &c, &d);
+}
+
+/* ---- life cycle ---- */
+
+static int add_remote(struct proxy *px, const char *host, const char *url, const char *user,
+                      const char *password, bool main_remote)
+{
+    struct upstream_config uc = {.remoteurl = url, .username = user, .password = password};
+    struct remote *rm = &px->remotes[px->nremotes];
+    rm->host = strdup(host);
+    rm->up = upstream_new(px->httpc, &uc);
+    rm->main = main_remote;
+    if (!rm->host || !rm->up) {
+        log_error("proxy: cannot use upstream %s", url);
+        free(rm->host);
+        upstream_free(rm->up);
+        return -1;
+    }
+    px->nremotes++;
+    if (user && *user)
+        log_warn("proxy: upstream %s uses the account %s: anyone who can reach this mirror can "
+                 "pull what that account can, unless client auth is configured",
+                 url, user);
+    return 0;
+}
+
+struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struct registry *reg)
+{
+    struct proxy *px = calloc(1, sizeof(*px));
+    if (!px)
+        return NULL;
+    px->base = base;
+    px->cfg = cfg;
+    px->reg = reg;
+    px->httpc = httpc_new(base);
+    px->remotes = calloc(1 + cfg->proxy.nremotes, sizeof(*px->remotes));
+    if (!px->httpc || !px->remotes)
+        goto fail;
+    if (add_remote(px, DEFAULT_HOST, cfg->proxy.remoteurl, cfg->proxy.username,
+                   cfg->proxy.password, true) != 0)
+        goto fail;
+    for (size_t i = 0; i < cfg->proxy.nremotes; i++) {
+        const struct config_proxy_remote *r = &cfg->proxy.remotes[i];
+        if (add_remote(px, r->host, r->remoteurl, r->username, r->password, false) != 0)
+            goto fail;
+    }
+    log_info("proxy: pulling through from %s", cfg->proxy.remoteurl);
+    return px;
+fail:
+    proxy_free(px);
+    return NULL;
+}
+
+void proxy_free(struct proxy *px)
+{
+    if (!px)
+        return;
+    while (px->mfetches)
+        mfetch_finish(px->mfetches, REG_ERR_UNAVAILABLE, -1, "shutting down");
+    while (px->bheads)
+        bhead_free(px->bheads);
+    while (px->bfetches) {
+        struct bfetch *f = px->bfetches;
+        bfetch_unlist(f);
+        if (f->ureq)
+            upstream_cancel(f->ureq);
+        f->ureq = NULL;
+        if (f->up)
+            registry_upload_close(f->up);
+        f->up = NULL;
+        registry_upload_cancel(px->reg, f->name, f->id);
+        f->state = B_FAILED;
+        snprintf(f->why, sizeof(f->why), "shutting down");
+        bfetch_pump_all(f);
+        bfetch_maybe_free(f);
+    }
+    for (size_t i = 0; i < px->nremotes; i++) {
+        upstream_free(px->remotes[i].up);
+        free(px->remotes[i].host);
+    }
+    free(px->remotes);
+    httpc_free(px->httpc);
+    free(px);
+}

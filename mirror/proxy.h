@@ -1,0 +1,47 @@
+#ifndef REGMIRROR_PROXY_H
+#define REGMIRROR_PROXY_H
+/*
+ * proxy: the pull-through cache. When proxy.remoteurl is set, manifest and blob pulls that
+ * the local store cannot answer are fetched from the upstream, verified, stored, and served.
+ *
+ *  - Manifests by digest are immutable once cached. A tag fetched from the upstream carries
+ *    a marker (registry_proxy_tag_*); on a pull it is re-checked with an upstream HEAD unless
+ *    younger than proxy.tagfreshness, re-fetched only when the digest changed, and served
+ *    from the cache when the upstream fails. A tag pushed here has no marker and is never
+ *    touched. Concurrent checks and fetches of one reference share one upstream request.
+ *  - Blobs: one upstream fetch per digest at a time. The bytes go into an upload session
+ *    (the spool, hashed as it fills) and every client attached to the fetch reads the spool
+ *    at its own pace, late joiners from the start. The blob is committed only after its
+ *    digest matched; a mismatch or a cut upstream commits nothing and cuts every attached
+ *    response short, never ending one that looks complete.
+ *  - HEAD of an uncached blob answers from an upstream HEAD without fetching the body.
+ *  - containerd's ?ns=<host> picks the upstream from proxy.remotes; no ns, or docker.io, the
+ *    main one.
+ *
+ * The proxy borrows base, reg and cfg; they outlive it. proxy_free cuts what is in flight.
+ */
+#include <stdbool.h>
+
+#include <event2/event.h>
+
+#include "api.h"
+
+struct proxy;
+
+/* NULL when out of memory or an upstream URL is unusable (logged). */
+struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struct registry *reg);
+void proxy_free(struct proxy *px);
+
+/*
+ * Answers a manifest GET/HEAD. serve_local is how the API answers from the store once the
+ * proxy made sure the store holds what should be served.
+ */
+typedef void (*proxy_serve_fn)(const struct api *api, struct http_req *req,
+                               const struct api_route *rt);
+void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *req,
+                    const struct api_route *rt, proxy_serve_fn serve_local);
+/* Answers a blob GET/HEAD that the store could not answer for rt->name. */
+void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
+                const struct api_route *rt, proxy_serve_fn serve_local);
+
+#endif
