@@ -100,3 +100,10 @@ char *layout_proxy_tag(char *buf, const char *name, const char *tag)
     snprintf(buf, LAYOUT_PATH_MAX, ROOT "/repositories/%s/_proxy/tags/%s", name, tag);
     return buf;
 }
+
+char *layout_proxy_pulled(char *buf, const char *name, const struct digest *d)
+{
+    snprintf(buf, LAYOUT_PATH_MAX, ROOT "/repositories/%s/_proxy/pulled/%s/%s", name,
+             digest_algo_name(d->algo), d->hex);
+    return buf;
+}

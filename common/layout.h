@@ -44,4 +44,7 @@ char *layout_upload_startedat(char *buf, const char *name, const char *id);
 /* .../<name>/_proxy/tags/<tag>: the pull-through cache's marker of a proxied tag */
 char *layout_proxy_tag(char *buf, const char *name, const char *tag);
 
+/* .../<name>/_proxy/pulled/<algo>/<hex>: proxied content; its mtime is the last pull */
+char *layout_proxy_pulled(char *buf, const char *name, const struct digest *d);
+
 #endif

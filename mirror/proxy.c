@@ -22,6 +22,9 @@ static const char *const manifest_accept[] = {
 /* A reader queues at most this much of the spool in its connection's output at a time. */
 #define PUMP_HIGH (1024 * 1024)
 #define DEFAULT_HOST "docker.io"
+/* Pull records (proxy.ttl) are written at most this often per repository and digest. */
+#define PULLED_EVERY_S 600
+#define PULLED_SLOTS 4096
 
 struct remote {
     char *host; /* what ?ns= names; the main upstream is DEFAULT_HOST */
@@ -43,6 +46,12 @@ struct proxy {
     struct mfetch *mfetches;
     struct bfetch *bfetches;
     struct bhead *bheads;
+    /* Recently recorded pulls: a lossy table that keeps the records to one write per
+     * PULLED_EVERY_S for busy content. */
+    struct {
+        uint64_t key;
+        time_t at;
+    } pulled[PULLED_SLOTS];
 };
 
 /* The request as the proxy sees it: which upstream, and the local (cache) route. */
@@ -93,6 +102,29 @@ static void client_serve(struct client *c)
 {
     http_req_on_abort(c->req, NULL, NULL);
     c->serve(c->api, c->req, &c->rt);
+}
+
+static uint64_t pulled_key(const char *name, const struct digest *d)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *c = name; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    for (const char *c = d->hex; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    return h | 1;
+}
+
+/* Records a pull of proxied content for proxy.ttl (see registry_proxy_pulled). */
+static void note_pulled(struct proxy *px, const char *name, const struct digest *d, bool create)
+{
+    uint64_t key = pulled_key(name, d);
+    time_t now = time(NULL);
+    size_t slot = key % PULLED_SLOTS;
+    if (!create && px->pulled[slot].key == key && now - px->pulled[slot].at < PULLED_EVERY_S)
+        return;
+    px->pulled[slot].key = key;
+    px->pulled[slot].at = now;
+    registry_proxy_pulled(px->reg, name, d, create);
 }
 
 /*
@@ -283,6 +315,8 @@ static void mfetch_store(struct mfetch *f)
     }
     manifest_free(&m);
     result = registry_manifest_store(px->reg, f->name, NULL, f->body, f->len, &got);
+    if (result == REG_OK)
+        note_pulled(px, f->name, &got, true);
     if (result == REG_OK && f->by_tag)
         result = registry_proxy_tag_set(px->reg, f->name, f->ref, &got);
     if (result != REG_OK) {
@@ -389,6 +423,8 @@ void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *re
     struct client c = {api, req, t.rt, serve_local};
     struct digest cur;
     bool cached = registry_manifest_resolve(px->reg, t.rt.name, t.rt.ref, &cur) == REG_OK;
+    if (cached)
+        note_pulled(px, t.rt.name, &cur, false);
     if (strchr(t.rt.ref, ':')) {
         /* By digest: immutable, so whatever is cached is right. */
         if (cached)
@@ -469,6 +505,7 @@ static void bh_on_done(struct upstream_req *r, void *ctx, const struct upstream_
     /* The upstream has the blob in this repository: link the stored copy and serve it. */
     if (registry_blob_stored(px->reg, &b->d) &&
         registry_blob_link(px->reg, c.rt.name, &b->d) == REG_OK) {
+        note_pulled(px, c.rt.name, &b->d, true);
         bhead_free(b);
         client_serve(&c);
         return;
@@ -781,6 +818,7 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
         registry_upload_cancel(px->reg, f->name, f->id);
     }
     if (result == REG_OK) {
+        note_pulled(px, f->name, &f->d, true);
         f->state = B_DONE;
         log_info("proxy: cached %s for %s (%" PRIu64 " bytes)", ds, f->name, f->written);
     } else {
@@ -874,6 +912,7 @@ void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
     digest_parse(t.rt.ref, strlen(t.rt.ref), &d);
     uint64_t size;
     if (registry_blob_stat(px->reg, t.rt.name, &d, &size) == REG_OK) {
+        note_pulled(px, t.rt.name, &d, false);
         client_serve(&c);
         return;
     }

@@ -632,6 +632,16 @@ enum regerr registry_proxy_tag_set(struct registry *reg, const char *name, const
     return result;
 }
 
+enum regerr registry_proxy_pulled(struct registry *reg, const char *name, const struct digest *d,
+                                  bool create)
+{
+    char path[LAYOUT_PATH_MAX];
+    layout_proxy_pulled(path, name, d);
+    if (!create && !path_exists(reg, path))
+        return REG_OK;
+    return storage_put_content(reg->st, path, "", 0);
+}
+
 bool registry_blob_stored(struct registry *reg, const struct digest *d)
 {
     char path[LAYOUT_PATH_MAX];

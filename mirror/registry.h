@@ -119,6 +119,13 @@ enum regerr registry_proxy_tag_set(struct registry *reg, const char *name, const
                                    const struct digest *d);
 /* Records that the tag was re-checked now and is unchanged. */
 enum regerr registry_proxy_tag_touch(struct registry *reg, const char *name, const char *tag);
+/*
+ * Records a pull of proxied content d (blob or manifest) in name, for proxy.ttl expiry: the
+ * marker's mtime is the last pull. create marks content the proxy just fetched; otherwise
+ * only an existing marker is touched, so local content never gets one.
+ */
+enum regerr registry_proxy_pulled(struct registry *reg, const char *name, const struct digest *d,
+                                  bool create);
 /* Whether the blob's data is in storage, linked into any repository or not. */
 bool registry_blob_stored(struct registry *reg, const struct digest *d);
 /* Links a stored blob into name. */

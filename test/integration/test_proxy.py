@@ -301,3 +301,19 @@ def test_no_partial_files_after_faults(mirror, upstream, seeded):
     time.sleep(0.2)
     for path in snapshot(mirror.rootdir):
         assert "/_uploads/" not in path, path
+
+
+def test_pull_records_for_ttl(mirror, upstream, seeded):
+    """Proxied content gets a pull record (proxy.ttl expiry reads its mtime); local content
+    never does."""
+    img = seeded.alpine
+    pull_image(mirror, img)
+    base = os.path.join(mirror.rootdir, "docker/registry/v2/repositories", img.repo,
+                        "_proxy/pulled/sha256")
+    recorded = set("sha256:" + n for n in os.listdir(base))
+    assert set(img.blobs) | {img.digest} <= recorded
+    local = make_image()
+    push_image(mirror, "local/thing", local, "v1")
+    assert get_manifest(mirror, "local/thing", "v1").status_code == 200
+    assert not os.path.exists(os.path.join(mirror.rootdir, "docker/registry/v2/repositories",
+                                           "local/thing", "_proxy"))
