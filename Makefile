@@ -6,6 +6,8 @@
 #   make bench      benchmark harness (test/bench)
 
 CC      ?= cc
+# Build directory; B=/tmp/mybuild keeps concurrent builds of one tree apart.
+B       ?= build
 PYTHON  ?= /usr/bin/python3
 PKGS    := libevent libevent_openssl libevent_pthreads libcurl yaml-0.1 hiredis jansson openssl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -24,28 +26,28 @@ asan_CFLAGS    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -f
 debug_CFLAGS   := -O0 -g
 
 define variant
-build/$(1)/%.o: %.c
+$(B)/$(1)/%.o: %.c
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(WARN) $$($(1)_CFLAGS) $$(INC) $$(PKG_CFLAGS) -DREGMIRROR_VERSION=\"$$(VERSION)\" -MMD -MP -c $$< -o $$@
 
-build/$(1)/libregmirror.a: $$(patsubst %.c,build/$(1)/%.o,$$(COMMON_SRC) $$(MIRROR_SRC))
+$(B)/$(1)/libregmirror.a: $$(patsubst %.c,$(B)/$(1)/%.o,$$(COMMON_SRC) $$(MIRROR_SRC))
 	@rm -f $$@
 	ar rcs $$@ $$^
 
-build/$(1)/regmirror: build/$(1)/mirror/main.o build/$(1)/libregmirror.a
+$(B)/$(1)/regmirror: $(B)/$(1)/mirror/main.o $(B)/$(1)/libregmirror.a
 	$$(CC) $$($(1)_CFLAGS) -o $$@ $$^ $$(PKG_LIBS)
 
-build/$(1)/unit/%: build/$(1)/test/unit/%.o build/$(1)/libregmirror.a
+$(B)/$(1)/unit/%: $(B)/$(1)/test/unit/%.o $(B)/$(1)/libregmirror.a
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$($(1)_CFLAGS) -o $$@ $$^ $$(PKG_LIBS) -lcmocka
 
-$(1): build/$(1)/regmirror $$(patsubst test/unit/%.c,build/$(1)/unit/%,$$(UNIT_SRC))
+$(1): $(B)/$(1)/regmirror $$(patsubst test/unit/%.c,$(B)/$(1)/unit/%,$$(UNIT_SRC))
 endef
 $(eval $(call variant,release))
 $(eval $(call variant,asan))
 $(eval $(call variant,debug))
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(B) -name '*.d' 2>/dev/null)
 
 .DEFAULT_GOAL := release
 .PHONY: release asan debug deps run test unit integration fuzz fuzz-smoke bench format lint clean
@@ -60,22 +62,22 @@ run: deps
 	./build/release/regmirror serve conf/config.yml
 
 unit: asan
-	@set -e; for t in build/asan/unit/test_*; do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 $$t; done
+	@set -e; for t in $(B)/asan/unit/test_*; do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 $$t; done
 
 # libFuzzer targets: clang, linked against the same sources.
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined
-build/fuzz/%: test/fuzz/%.c $(COMMON_SRC) $(MIRROR_SRC)
-	@mkdir -p build/fuzz
+$(B)/fuzz/%: test/fuzz/%.c $(COMMON_SRC) $(MIRROR_SRC)
+	@mkdir -p $(B)/fuzz
 	clang $(filter-out -Werror,$(WARN)) $(FUZZ_FLAGS) $(INC) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)
-fuzz: $(patsubst test/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
+fuzz: $(patsubst test/fuzz/%.c,$(B)/fuzz/%,$(FUZZ_SRC))
 fuzz-smoke: fuzz
-	@set -e; for f in build/fuzz/fuzz_*; do case $$f in *.log) continue;; esac; \
-	  n=$$(basename $$f); mkdir -p build/fuzz-corpus/$$n; \
+	@set -e; for f in $(B)/fuzz/fuzz_*; do case $$f in *.log) continue;; esac; \
+	  n=$$(basename $$f); mkdir -p $(B)/fuzz-corpus/$$n; \
 	  seeds=test/fuzz/corpus/$$n; [ -d $$seeds ] || seeds=; \
 	  echo "== $$n"; \
-	  if ! $$f -max_total_time=$${FUZZ_SECONDS:-10} build/fuzz-corpus/$$n $$seeds > build/fuzz/$$n.log 2>&1; then \
-	    tail -n 60 build/fuzz/$$n.log; echo "fuzz target $$n failed"; exit 1; fi; \
-	  tail -n 1 build/fuzz/$$n.log; done
+	  if ! $$f -max_total_time=$${FUZZ_SECONDS:-10} $(B)/fuzz-corpus/$$n $$seeds > $(B)/fuzz/$$n.log 2>&1; then \
+	    tail -n 60 $(B)/fuzz/$$n.log; echo "fuzz target $$n failed"; exit 1; fi; \
+	  tail -n 1 $(B)/fuzz/$$n.log; done
 
 integration: release asan
 	cd test/integration && REGMIRROR_BIN=$(CURDIR)/build/asan/regmirror $(PYTHON) -m pytest -q -ra .
@@ -97,4 +99,4 @@ lint:
 	clang-tidy --quiet $$(git ls-files 'common/*.c' 'mirror/*.c') -- $(WARN) $(INC) $(PKG_CFLAGS)
 
 clean:
-	rm -rf build
+	rm -rf $(B)
