@@ -59,7 +59,7 @@ deps:
 run: deps
 	@$(MAKE) --no-print-directory release
 	@mkdir -p data
-	./build/release/regmirror serve conf/config.yml
+	$(B)/release/regmirror serve conf/config.yml
 
 unit: asan
 	@set -e; for t in $(B)/asan/unit/test_*; do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 $$t; done
@@ -80,7 +80,7 @@ fuzz-smoke: fuzz
 	  tail -n 1 $(B)/fuzz/$$n.log; done
 
 integration: release asan
-	cd test/integration && REGMIRROR_BIN=$(CURDIR)/build/asan/regmirror $(PYTHON) -m pytest -q -ra .
+	cd test/integration && REGMIRROR_BIN=$(abspath $(B))/asan/regmirror $(PYTHON) -m pytest -q -ra .
 
 test: deps
 	@$(MAKE) --no-print-directory release asan
