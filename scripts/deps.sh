@@ -7,7 +7,8 @@ pkgs=(build-essential pkg-config clang libclang-rt-14-dev
       libevent-dev libhttp-parser-dev libcurl4-openssl-dev libssl-dev libyaml-dev
       libhiredis-dev libjansson-dev libcrypt-dev libcmocka-dev
       python3 python3-pytest python3-requests python3-cryptography
-      docker-registry redis-server skopeo apache2-utils iproute2 curl)
+      docker-registry redis-server skopeo podman docker.io containerd runc
+      apache2-utils iproute2 curl)
 
 missing=()
 for p in "${pkgs[@]}"; do
