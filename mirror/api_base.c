@@ -41,6 +41,20 @@ static enum regerr set_name(struct api_route *rt, const char *s, size_t len)
     return REG_OK;
 }
 
+/* A route whose last part must be a digest: /blobs/<digest>, /referrers/<digest>. */
+static enum regerr set_digest_route(struct api_route *rt, enum api_route_kind kind,
+                                    const char *rest, size_t name_len, const char *tail)
+{
+    rt->kind = kind;
+    enum regerr result = set_name(rt, rest, name_len);
+    if (result != REG_OK)
+        return result;
+    size_t tl = strlen(tail);
+    if (copy_part(rt->ref, sizeof(rt->ref), tail, tl) != 0 || digest_parse(tail, tl, NULL) != 0)
+        return REG_ERR_DIGEST_INVALID;
+    return REG_OK;
+}
+
 enum regerr api_route_parse(const char *path, struct api_route *rt)
 {
     memset(rt, 0, sizeof(*rt));
@@ -67,27 +81,11 @@ enum regerr api_route_parse(const char *path, struct api_route *rt)
             return REG_ERR_BLOB_UPLOAD_UNKNOWN;
         return set_name(rt, rest, nl);
     }
+    if ((tail = split_last(rest, "/blobs/", &nl)))
+        return set_digest_route(rt, API_ROUTE_BLOB, rest, nl, tail);
+    if ((tail = split_last(rest, "/referrers/", &nl)))
+        return set_digest_route(rt, API_ROUTE_REFERRERS, rest, nl, tail);
     struct digest d;
-    if ((tail = split_last(rest, "/blobs/", &nl))) {
-        rt->kind = API_ROUTE_BLOB;
-        enum regerr result = set_name(rt, rest, nl);
-        if (result != REG_OK)
-            return result;
-        if (copy_part(rt->ref, sizeof(rt->ref), tail, strlen(tail)) != 0 ||
-            digest_parse(tail, strlen(tail), &d) != 0)
-            return REG_ERR_DIGEST_INVALID;
-        return REG_OK;
-    }
-    if ((tail = split_last(rest, "/referrers/", &nl))) {
-        rt->kind = API_ROUTE_REFERRERS;
-        enum regerr result = set_name(rt, rest, nl);
-        if (result != REG_OK)
-            return result;
-        if (copy_part(rt->ref, sizeof(rt->ref), tail, strlen(tail)) != 0 ||
-            digest_parse(tail, strlen(tail), &d) != 0)
-            return REG_ERR_DIGEST_INVALID;
-        return REG_OK;
-    }
     if ((tail = split_last(rest, "/manifests/", &nl))) {
         rt->kind = API_ROUTE_MANIFEST;
         enum regerr result = set_name(rt, rest, nl);

@@ -166,6 +166,20 @@ out:
     return result;
 }
 
+/* Sets up the target and the client of a request; false when it was answered (bad ns). */
+static bool begin(struct proxy *px, const struct api *api, struct http_req *req,
+                  const struct api_route *rt, proxy_serve_fn serve, struct target *t,
+                  struct client *c)
+{
+    enum regerr result = pick_target(px, req, rt, t);
+    if (result != REG_OK) {
+        api_errorf(api, req, result, "no upstream for this ns");
+        return false;
+    }
+    *c = (struct client){api, req, t->rt, serve};
+    return true;
+}
+
 /* ---- manifests ---- */
 
 struct mwaiter {
@@ -415,12 +429,9 @@ void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *re
                     const struct api_route *rt, proxy_serve_fn serve_local)
 {
     struct target t;
-    enum regerr result = pick_target(px, req, rt, &t);
-    if (result != REG_OK) {
-        api_errorf(api, req, result, "no upstream for this ns");
+    struct client c;
+    if (!begin(px, api, req, rt, serve_local, &t, &c))
         return;
-    }
-    struct client c = {api, req, t.rt, serve_local};
     struct digest cur;
     bool cached = registry_manifest_resolve(px->reg, t.rt.name, t.rt.ref, &cur) == REG_OK;
     if (cached)
@@ -902,12 +913,9 @@ void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
                 const struct api_route *rt, proxy_serve_fn serve_local)
 {
     struct target t;
-    enum regerr result = pick_target(px, req, rt, &t);
-    if (result != REG_OK) {
-        api_errorf(api, req, result, "no upstream for this ns");
+    struct client c;
+    if (!begin(px, api, req, rt, serve_local, &t, &c))
         return;
-    }
-    struct client c = {api, req, t.rt, serve_local};
     struct digest d;
     digest_parse(t.rt.ref, strlen(t.rt.ref), &d);
     uint64_t size;
