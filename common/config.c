@@ -234,7 +234,7 @@ static long map_index(const struct node *m, const char *key)
 static struct node *map_get(const struct node *m, const char *key)
 {
     long i = map_index(m, key);
-    return i < 0 ? NULL : m->items[i];
+    return i < 0 || !m->items ? NULL : m->items[i];
 }
 
 /* Sets key to v, replacing an existing value; takes v (freed on failure). */
@@ -243,7 +243,7 @@ static int map_set(struct ctx *c, struct node *m, const char *key, struct node *
     long i = map_index(m, key);
     char *k;
 
-    if (i >= 0) {
+    if (i >= 0 && m->items) {
         node_free(m->items[i]);
         m->items[i] = v;
         return 0;
