@@ -10,11 +10,28 @@ pkgs=(build-essential pkg-config clang libclang-rt-14-dev
       docker-registry redis-server skopeo podman docker.io containerd runc
       apache2-utils iproute2 curl)
 
+# Node.js + npm for test/oss/sdkcheck (Aliyun's ali-oss SDK checks the OSS emulator). A
+# nodesource nodejs bundles npm and conflicts with Debian's npm package: only when npm is absent.
+command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
+
+# ali-oss as pinned by test/oss/sdkcheck/package-lock.json.
+sdkcheck() {
+    local d
+    d="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/test/oss/sdkcheck"
+    [ -e "$d/node_modules/ali-oss/package.json" ] && return 0
+    command -v npm >/dev/null 2>&1 || return 0
+    echo "deps.sh: npm ci in test/oss/sdkcheck (ali-oss)"
+    npm ci --prefix "$d" --no-audit --no-fund
+}
+
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then
+    sdkcheck
+    exit 0
+fi
 
 echo "deps.sh: installing ${missing[*]}"
 SUDO=
@@ -27,3 +44,4 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+sdkcheck
