@@ -804,6 +804,33 @@ static bool parse_ll(const char *s, long long *out)
     return true;
 }
 
+/* A byte size for regmirror keys: "10GB", "1.5GiB", "512 MB", "100k" (KB, MB, GB, TB are
+ * powers of 1000, KiB..TiB and the bare k, m, g, t powers of 1024). */
+static bool parse_bytes(const char *s, long long *out)
+{
+    static const struct {
+        const char *unit;
+        long double mult;
+    } units[] = {{"", 1},          {"b", 1},          {"kb", 1e3},      {"mb", 1e6},
+                 {"gb", 1e9},      {"tb", 1e12},      {"k", 1024.0L},   {"kib", 1024.0L},
+                 {"m", 1048576.0L}, {"mib", 1048576.0L}, {"g", 1073741824.0L},
+                 {"gib", 1073741824.0L}, {"t", 1099511627776.0L}, {"tib", 1099511627776.0L}};
+    char *end;
+    if (!isdigit((unsigned char)*s))
+        return false;
+    errno = 0;
+    long double v = strtold(s, &end);
+    while (*end == ' ')
+        end++;
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]) && !errno; i++) {
+        if (strcasecmp(end, units[i].unit) == 0 && v * units[i].mult < (long double)LLONG_MAX) {
+            *out = (long long)(v * units[i].mult);
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Go's time.ParseDuration ("1h30m", "1.5s", "300ms", "-2m"), in nanoseconds. */
 static bool parse_go_duration(const char *s, long double *ns)
 {
@@ -904,6 +931,7 @@ enum ftype {
 #define F_VARIANT 0x40   /* enum: the matched name's variant goes to the bool at noff */
 #define F_SELECTOR 0x80  /* storage, auth: "name" alone means "name: {}" */
 #define F_VERBATIM 0x100 /* printed without quotes (version: 0.1) */
+#define F_BYTES 0x200    /* integer: a size with a unit ("10GB") is fine too */
 
 struct enum_name {
     const char *name;
@@ -1482,6 +1510,7 @@ static const struct field proxy_fields[] = {
     DUR("cachewritetimeout", C(proxy.cachewritetimeout_ms), .def = "5m", .flags = F_ZERODEF,
         .hint = "5m"),
     DUR("tagfreshness", C(proxy.tagfreshness_ms), .hint = "30s"),
+    I64("maxsize", C(proxy.maxsize), 0, LLONG_MAX, .flags = F_BYTES, .hint = "10GB"),
     SECTIONS("remotes", C(proxy.remotes), C(proxy.nremotes), remote_schema),
 };
 SCHEMA(proxy_schema, proxy_fields, 0, 0, on_proxy, NULL);
@@ -1658,7 +1687,9 @@ static void expected_form(const struct field *f, char *buf, size_t len)
         break;
     case T_INT:
     case T_I64:
-        if (f->min == INT_MIN)
+        if (f->flags & F_BYTES)
+            snprintf(buf, len, "a size like \"%s\"", f->hint ? f->hint : "10GB");
+        else if (f->min == INT_MIN)
             snprintf(buf, len, "an integer");
         else if (f->max == INT_MAX || f->max == LLONG_MAX)
             snprintf(buf, len, "an integer of at least %lld", f->min);
@@ -1884,7 +1915,8 @@ static void decode_int(struct ctx *c, const struct field *f, const struct node *
     long long v;
     char form[256], got[128];
 
-    if (!parse_ll(n->text, &v) || (v < f->min && !(f->flags & F_CLAMP)) || v > f->max) {
+    bool ok = parse_ll(n->text, &v) || ((f->flags & F_BYTES) && parse_bytes(n->text, &v));
+    if (!ok || (v < f->min && !(f->flags & F_CLAMP)) || v > f->max) {
         expected_form(f, form, sizeof(form));
         ERR(c, n, "%s: expected %s, got %s", path, form, describe(n, got, sizeof(got)));
         return;

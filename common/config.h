@@ -335,6 +335,9 @@ struct config {
         /* regmirror keys: a proxied tag younger than this is served without asking the
          * upstream (0: re-check every pull with a HEAD); more upstreams by ?ns= host. */
         int64_t tagfreshness_ms;
+        /* regmirror key: bound on the proxied content's bytes (0: none); beyond it the least
+         * recently pulled images are evicted. */
+        int64_t maxsize;
         struct config_proxy_remote *remotes;
         size_t nremotes;
     } proxy;

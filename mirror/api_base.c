@@ -202,7 +202,7 @@ char *api_url(const struct api *api, struct http_req *req, const char *path)
     const char *fhost = http_req_header(req, "X-Forwarded-Host");
     const char *h = http_req_header(req, "Host");
     if (!url_safe(proto) || (strcmp(proto, "http") != 0 && strcmp(proto, "https") != 0))
-        proto = "http";
+        proto = api->cfg->http.tls.certificate[0] ? "https" : "http"; /* our own TLS listener */
     if (url_safe(fhost))
         h = fhost;
     if (!url_safe(h)) {

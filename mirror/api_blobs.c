@@ -6,6 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "metrics.h"
+#include "notify.h"
 #include "proxy.h"
 #include "reference.h"
 
@@ -56,6 +58,8 @@ static void serve_blob(const struct api *api, struct http_req *req, const struct
         http_resp_no_body(req, (int64_t)len);
         return;
     }
+    metrics_add(METRICS_BYTES_FROM_CACHE, len);
+    notify_blob(api, req, NOTIFY_PULL, rt->name, &d, (int64_t)size, NULL);
     http_resp_body_file(req, fd, (off_t)start, (off_t)len);
 }
 
@@ -72,6 +76,7 @@ static void delete_blob(const struct api *api, struct http_req *req, const struc
         api_errorf(api, req, result, "blob %s in %s", rt->ref, rt->name);
         return;
     }
+    notify_blob(api, req, NOTIFY_DELETE, rt->name, &d, -1, NULL);
     api_start(api, req, 202);
     http_resp_header(req, "Docker-Content-Digest", rt->ref);
     http_resp_no_body(req, 0);

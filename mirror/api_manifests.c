@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "notify.h"
 #include "proxy.h"
 
 #define ACCEPT_LINES_MAX 32
@@ -95,6 +96,8 @@ static void serve_manifest(const struct api *api, struct http_req *req,
         http_resp_no_body(req, -1);
         goto out;
     }
+    notify_manifest(api, req, NOTIFY_PULL, rt->name, rt->ref, &m.digest, m.media_type,
+                    (int64_t)m.len);
     api_start(api, req, 200);
     http_resp_header(req, "Content-Type", m.media_type);
     http_resp_header(req, "Docker-Content-Digest", ds);
@@ -127,6 +130,8 @@ static void put_body(struct http_req *req, void *arg, const char *data, size_t l
     digest_str(&d, ds);
     snprintf(path, sizeof(path), "/v2/%s/manifests/%s", rt->name, ds);
     char *url = api_url(api, req, path);
+    notify_manifest(api, req, NOTIFY_PUSH, rt->name, rt->ref, &d,
+                    http_req_header(req, "Content-Type"), (int64_t)len);
     api_start(api, req, 201);
     http_resp_header(req, "Location", url ? url : path);
     http_resp_header(req, "Docker-Content-Digest", ds);
@@ -174,6 +179,7 @@ static void delete_manifest(const struct api *api, struct http_req *req,
         api_errorf(api, req, result, "manifest %s:%s", rt->name, rt->ref);
         return;
     }
+    notify_manifest(api, req, NOTIFY_DELETE, rt->name, rt->ref, NULL, NULL, -1);
     api_start(api, req, 202);
     http_resp_no_body(req, 0);
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "notify.h"
 #include "reference.h"
 
 enum upload_mode { MODE_PATCH, MODE_PUT, MODE_MONOLITHIC };
@@ -99,12 +100,14 @@ static void body_end(struct http_req *req, void *arg)
     }
     struct registry_upload *up = ctx->up;
     ctx->up = NULL;
+    int64_t size = (int64_t)registry_upload_offset(up);
     enum regerr result = registry_upload_commit(up, &ctx->digest);
     if (result != REG_OK) {
         char ds[DIGEST_STR_MAX];
         api_errorf(api, req, result, "digest %s", digest_str(&ctx->digest, ds));
         goto out;
     }
+    notify_blob(api, req, NOTIFY_PUSH, ctx->rt.name, &ctx->digest, size, NULL);
     answer_created(api, req, ctx->rt.name, &ctx->digest);
 out:
     ctx_free(ctx);
@@ -194,6 +197,7 @@ void api_upload_start(const struct api *api, struct http_req *req, const struct 
         /* A mount that cannot be done falls back to a new session, as the spec says. */
         if (reference_name_valid(from, strlen(from)) &&
             registry_blob_mount(api->reg, rt->name, from, &d) == REG_OK) {
+            notify_blob(api, req, NOTIFY_MOUNT, rt->name, &d, -1, from);
             answer_created(api, req, rt->name, &d);
             goto out;
         }

@@ -35,6 +35,8 @@
 #define HTTP_WRITE_LOW (256 * 1024)
 /* An unread request body up to this size is read and dropped to keep the connection. */
 #define HTTP_DISCARD_MAX (64 * 1024)
+/* http_resp_body_file over TLS: pread()s of this size, refilled below HTTP_WRITE_LOW. */
+#define HTTP_FILE_PIECE (256 * 1024)
 #define HTTP_LINGER_MS 2000
 #define HTTP_ACCEPT_RETRY_MS 200
 
@@ -98,6 +100,10 @@ struct http_req {
     uint64_t sent;    /* body bytes queued, for the access log */
     http_writable_cb on_writable;
     void *wr_ctx;
+    /* http_resp_body_file on a non-socket (TLS) connection: the rest of the file, sent by
+     * file_pump; file_fd is -1 otherwise. */
+    int file_fd;
+    off_t file_off, file_left;
 };
 
 struct conn {
@@ -227,6 +233,14 @@ static long elapsed_ms(const struct timespec *since)
 static void access_log(const struct http_req *req, bool aborted)
 {
     const struct conn *conn = req->conn;
+    if (conn->srv->handler.on_complete) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t us = (int64_t)(now.tv_sec - req->started.tv_sec) * 1000000 +
+                     (now.tv_nsec - req->started.tv_nsec) / 1000;
+        conn->srv->handler.on_complete((struct http_req *)req, req->status,
+                                       us > 0 ? (uint64_t)us : 0, conn->srv->handler.arg);
+    }
     if (!conn->srv->access_log || !log_enabled(LOG_INFO))
         return;
     char status[16], bytes[32], ms[32];
@@ -264,6 +278,7 @@ static struct http_req *req_new(struct conn *conn)
     req->conn = conn;
     req->content_length = -1;
     req->status = 200;
+    req->file_fd = -1;
     clock_gettime(CLOCK_MONOTONIC, &req->started);
     return req;
 }
@@ -274,6 +289,8 @@ static void req_free(struct http_req *req)
         return;
     if (req->resp_hdrs)
         evbuffer_free(req->resp_hdrs);
+    if (req->file_fd >= 0)
+        close(req->file_fd);
     free(req->bbuf);
     free(req->hdrs);
     free(req->head);
@@ -1172,7 +1189,7 @@ int http_server_port(const struct http_server *srv)
 {
     if (srv->nlisteners == 0)
         return -1;
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss = {0};
     socklen_t len = sizeof(ss);
     if (getsockname(evconnlistener_get_fd(srv->listeners[0]), (struct sockaddr *)&ss, &len) < 0)
         return -1;
@@ -1510,6 +1527,44 @@ void http_resp_body_mem(struct http_req *req, const void *data, size_t len)
     resp_complete(req);
 }
 
+/*
+ * Refills the output of a TLS connection from req->file_fd (see http_resp_body_file): at
+ * most about HTTP_WRITE_LOW + HTTP_FILE_PIECE bytes are ever queued. Completes the response
+ * after the last piece; a read error cuts the connection (the client sees a short body).
+ */
+static void file_pump(struct http_req *req, void *ctx)
+{
+    struct evbuffer *out = bufferevent_get_output(req->conn->bev);
+    while (req->file_left > 0 && evbuffer_get_length(out) < HTTP_WRITE_LOW) {
+        size_t want = req->file_left < HTTP_FILE_PIECE ? (size_t)req->file_left : HTTP_FILE_PIECE;
+        struct evbuffer_iovec v;
+        if (evbuffer_reserve_space(out, (ev_ssize_t)want, &v, 1) < 1)
+            goto fail;
+        ssize_t n;
+        do
+            n = pread(req->file_fd, v.iov_base, want, req->file_off);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+            log_error("http: cannot read the file for %s: %s", http_req_path(req),
+                      n == 0 ? "unexpected end of file" : strerror(errno));
+            goto fail;
+        }
+        v.iov_len = (size_t)n;
+        evbuffer_commit_space(out, &v, 1);
+        req->file_off += n;
+        req->file_left -= n;
+        req->sent += (uint64_t)n;
+    }
+    if (req->file_left == 0) {
+        close(req->file_fd);
+        req->file_fd = -1;
+        resp_complete(req);
+    }
+    return;
+fail:
+    http_resp_stream_abort(req);
+}
+
 void http_resp_body_file(struct http_req *req, int fd, off_t off, off_t len)
 {
     if (!resp_begin(req)) {
@@ -1525,6 +1580,21 @@ void http_resp_body_file(struct http_req *req, int fd, off_t off, off_t len)
     resp_write_head(req, (int64_t)len, false);
     if (req->is_head || len == 0) {
         close(fd);
+    } else if (!req->conn->plain) {
+        /*
+         * evbuffer_add_file on a buffer that is not written straight to a socket (TLS) maps
+         * the whole range into memory, so RSS would grow with the file: stream it instead in
+         * bounded pieces. The application is done with req, so its abort callback must not run.
+         */
+        req->file_fd = fd;
+        req->file_off = off;
+        req->file_left = len;
+        req->on_abort = NULL;
+        req->on_writable = file_pump;
+        req->wr_ctx = NULL;
+        req->resp = RESP_STREAMING;
+        conn_kick(req->conn);
+        return;
     } else if (evbuffer_add_file(bufferevent_get_output(req->conn->bev), fd, off, len) < 0) {
         log_error("http: cannot queue file for %s", http_req_path(req));
         http_resp_stream_abort(req);

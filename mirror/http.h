@@ -58,6 +58,12 @@ struct http_server_handler {
      * The connection is closed after that response whatever the application sets.
      */
     void (*on_error)(struct http_req *req, int status, void *arg);
+    /*
+     * Optional: called once per dispatched request when its response is fully queued or the
+     * request was aborted (status is what was set so far), for metrics; the request accessors
+     * work during the call. duration_us counts from the parsed request head.
+     */
+    void (*on_complete)(struct http_req *req, int status, uint64_t duration_us, void *arg);
 };
 
 /* Creates a server on base. Zero fields in limits take the defaults. NULL on error. */

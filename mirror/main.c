@@ -1,4 +1,4 @@
-/* regmirror: serve | check-config | version. */
+/* regmirror: serve | garbage-collect | check-config | version. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,7 +7,12 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "gc.h"
+#include "health.h"
 #include "log.h"
+#include "maintenance.h"
+#include "metrics.h"
+#include "notify.h"
 #include "proxy.h"
 #include "registry.h"
 #include "server.h"
@@ -23,6 +28,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: regmirror serve [CONFIG]\n"
                "       regmirror check-config [CONFIG]\n"
+               "       regmirror garbage-collect [--dry-run] [--delete-untagged] [--force] "
+               "CONFIG\n"
                "       regmirror version\n"
                "\n"
                "CONFIG is a registry config.yml; without it the embedded default is used.\n"
@@ -73,6 +80,10 @@ static int serve(const char *path)
     struct registry *reg = NULL;
     struct server *srv = NULL;
     struct proxy *px = NULL;
+    struct notify *nt = NULL;
+    struct health *hl = NULL;
+    struct maintenance *mt = NULL;
+    int lockfd = -1;
     if (load_config(path, &cfg) != 0)
         return 1;
     log_setup(cfg.log.level, cfg.log.formatter);
@@ -82,8 +93,9 @@ static int serve(const char *path)
     base = event_base_new();
     if (!base)
         goto out;
-    st = open_storage(&cfg);
-    if (!st)
+    st = metrics_storage_wrap(open_storage(&cfg)); /* counts storage errors */
+    st = maintenance_storage_wrap(st);             /* sees links written during eviction */
+    if (!st || gc_serve_lock(&cfg, &lockfd) != 0)
         goto out;
     struct registry_opts opts = {.delete_enabled = cfg.storage.delete_enabled};
     reg = registry_new(st, &opts);
@@ -94,8 +106,13 @@ static int serve(const char *path)
         if (!px)
             goto out;
     }
+    nt = notify_new(base, &cfg);
+    hl = health_new(base, &cfg, st);
     srv = server_new(base, &cfg, reg, px);
-    if (!srv)
+    if (!nt || !hl || !srv || server_observe(srv, base, hl) != 0)
+        goto out;
+    mt = maintenance_new(base, &cfg, st, reg, px);
+    if (!mt)
         goto out;
     sigint = evsignal_new(base, SIGINT, on_signal, base);
     sigterm = evsignal_new(base, SIGTERM, on_signal, base);
@@ -109,13 +126,35 @@ out:
         event_free(sigint);
     if (sigterm)
         event_free(sigterm);
+    maintenance_free(mt);
     /* The server first: aborting its requests detaches them from the proxy's fetches. */
     server_free(srv);
     proxy_free(px);
+    health_free(hl);
+    notify_free(nt);
     registry_free(reg);
     storage_free(st);
+    gc_serve_unlock(lockfd);
     if (base)
         event_base_free(base);
+    config_free(&cfg);
+    log_reset();
+    return rc;
+}
+
+static int garbage_collect(int argc, char **argv)
+{
+    struct gc_opts opts;
+    const char *path;
+    struct config cfg;
+    if (gc_parse_args(argc, argv, &opts, &path) != 0)
+        return 2;
+    if (load_config(path, &cfg) != 0)
+        return 1;
+    log_setup(cfg.log.level, cfg.log.formatter);
+    struct storage *st = open_storage(&cfg);
+    int rc = st ? gc_main(&cfg, st, &opts) : 1;
+    storage_free(st);
     config_free(&cfg);
     log_reset();
     return rc;
@@ -141,6 +180,8 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[1];
     const char *path = argc > 2 ? argv[2] : NULL;
+    if (strcmp(cmd, "garbage-collect") == 0)
+        return garbage_collect(argc - 2, argv + 2);
     if (argc > 3) {
         usage(stderr);
         return 2;

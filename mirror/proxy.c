@@ -9,6 +9,8 @@
 
 #include "httpc.h"
 #include "log.h"
+#include "metrics.h"
+#include "notify.h"
 #include "reference.h"
 #include "upstream.h"
 
@@ -419,6 +421,7 @@ static void manifest_join(struct proxy *px, const struct target *t, struct clien
         mfetch_start(f);
         return;
     }
+    metrics_inc(METRICS_JOINED_WAITERS);
     w->f = f;
     w->next = f->waiters;
     f->waiters = w;
@@ -434,6 +437,7 @@ void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *re
         return;
     struct digest cur;
     bool cached = registry_manifest_resolve(px->reg, t.rt.name, t.rt.ref, &cur) == REG_OK;
+    metrics_inc(cached ? METRICS_CACHE_HIT_MANIFEST : METRICS_CACHE_MISS_MANIFEST);
     if (cached)
         note_pulled(px, t.rt.name, &cur, false);
     if (strchr(t.rt.ref, ':')) {
@@ -701,6 +705,7 @@ static bool reader_begin(struct breader *rd)
         http_resp_headerf(req, "Content-Range", "bytes %" PRIu64 "-%" PRIu64 "/%" PRId64, start,
                           last, f->total);
     rd->started = true;
+    notify_blob(rd->c.api, req, NOTIFY_PULL, rd->c.rt.name, &f->d, f->total, NULL);
     int64_t len = rd->end == UINT64_MAX ? -1 : (int64_t)(rd->end - rd->off);
     http_resp_stream_begin(req, len, reader_writable, rd);
     return true;
@@ -791,6 +796,7 @@ static int b_on_data(struct upstream_req *r, void *ctx, const char *data, size_t
         return -1;
     }
     f->written += len;
+    metrics_add(METRICS_BYTES_FROM_UPSTREAM, len);
     bfetch_pump_all(f);
     return 0;
 }
@@ -857,6 +863,8 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
         return;
     }
     rd->c = *c;
+    if (f)
+        metrics_inc(METRICS_JOINED_WAITERS);
     if (!f) {
         enum regerr result = REG_ERR_INTERNAL;
         f = calloc(1, sizeof(*f));
@@ -920,14 +928,36 @@ void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
     digest_parse(t.rt.ref, strlen(t.rt.ref), &d);
     uint64_t size;
     if (registry_blob_stat(px->reg, t.rt.name, &d, &size) == REG_OK) {
+        metrics_inc(METRICS_CACHE_HIT_BLOB);
         note_pulled(px, t.rt.name, &d, false);
         client_serve(&c);
         return;
     }
+    metrics_inc(METRICS_CACHE_MISS_BLOB);
     if (http_req_method(req) == HTTP_HEAD || registry_blob_stored(px->reg, &d))
         blob_head(px, &t, &c, &d);
     else
         blob_fetch(px, &t, &c, &d);
+}
+
+bool proxy_busy(const struct proxy *px, const struct digest *d)
+{
+    /* A fetch leaves the list when its upstream side ends; readers still on it hold the
+     * spool by descriptor, so removing the committed blob cannot cut them. */
+    for (const struct bfetch *f = px->bfetches; f; f = f->next) {
+        if (digest_equal(&f->d, d))
+            return true;
+    }
+    for (const struct bhead *b = px->bheads; b; b = b->next) {
+        if (digest_equal(&b->d, d))
+            return true;
+    }
+    /* A tag re-check serves its cached manifest when the upstream answers. */
+    for (const struct mfetch *m = px->mfetches; m; m = m->next) {
+        if (m->have_cached && digest_equal(&m->cached, d))
+            return true;
+    }
+    return false;
 }
 
 /* ---- life cycle ---- */

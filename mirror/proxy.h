@@ -44,4 +44,11 @@ void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *re
 void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
                 const struct api_route *rt, proxy_serve_fn serve_local);
 
+/*
+ * Whether d is in flight: a blob fetched from an upstream (not committed yet) or looked up
+ * with a HEAD, or a cached manifest whose tag is being re-checked (served from the store when
+ * the upstream answers). The maintenance never removes it then.
+ */
+bool proxy_busy(const struct proxy *px, const struct digest *d);
+
 #endif

@@ -5,12 +5,20 @@
 #include <string.h>
 
 #include "api.h"
+#include "health.h"
+#include "auth.h"
 #include "http.h"
 #include "log.h"
+#include "metrics.h"
+#include "tls.h"
 
 struct server {
     struct api api;
     struct http_server *http;
+    struct http_server *debug;   /* http.debug.addr; NULL when unset */
+    const struct health *health; /* for /healthz; NULL: always ok */
+    struct auth *auth;      /* auth.htpasswd; NULL without client auth */
+    struct tls_server *tls; /* http.tls.certificate; NULL for plain HTTP */
 };
 
 typedef void (*route_fn)(const struct api *api, struct http_req *req, const struct api_route *rt);
@@ -53,12 +61,28 @@ static const char *strip_prefix(const struct config *cfg, const char *path)
     return path + pl;
 }
 
+static void on_complete(struct http_req *req, int status, uint64_t duration_us, void *arg)
+{
+    metrics_request(http_req_path(req), http_req_method(req), status, duration_us);
+}
+
 static void on_request(struct http_req *req, void *arg)
 {
     struct server *srv = arg;
+    if (strcmp(http_req_path(req), "/healthz") == 0) { /* for probes: before auth and prefix */
+        health_serve_healthz(srv->health, req);
+        return;
+    }
     const char *path = strip_prefix(srv->api.cfg, http_req_path(req));
     if (!path || strncmp(path, "/v2", 3) != 0 || (path[3] != '/' && path[3] != '\0')) {
         not_found(req);
+        return;
+    }
+    /* Client auth comes before routing: without credentials nothing about the store shows. */
+    if (srv->auth && !auth_check(srv->auth, http_req_header(req, "Authorization"),
+                                 http_req_remote_addr(req), NULL)) {
+        const char *hdrs[] = {"WWW-Authenticate", auth_challenge(srv->auth), NULL};
+        api_error_headers(&srv->api, req, REG_ERR_UNAUTHORIZED, NULL, hdrs);
         return;
     }
     struct api_route rt;
@@ -75,6 +99,31 @@ static void on_request(struct http_req *req, void *arg)
     routes[rt.kind](&srv->api, req, &rt);
 }
 
+/* auth.htpasswd and http.tls: a file that cannot be used stops the start (logged). */
+static int server_setup_auth_tls(struct server *srv, struct event_base *base,
+                                 const struct config *cfg)
+{
+    if (cfg->auth.type == CONFIG_AUTH_HTPASSWD) {
+        char err[512];
+        srv->auth = auth_new(cfg->auth.htpasswd.realm, cfg->auth.htpasswd.path, err, sizeof(err));
+        if (!srv->auth) {
+            log_error("%s", err);
+            return -1;
+        }
+    } else if (cfg->auth.type != CONFIG_AUTH_NONE) {
+        /* serving without the auth the operator asked for would open the registry to all */
+        log_error("auth.%s: not supported by regmirror yet; use auth.htpasswd",
+                  cfg->auth.type == CONFIG_AUTH_TOKEN ? "token" : "silly");
+        return -1;
+    }
+    if (cfg->http.tls.certificate[0] || cfg->http.tls.letsencrypt.cachefile[0]) {
+        srv->tls = tls_server_new(base, cfg, srv->http);
+        if (!srv->tls)
+            return -1;
+    }
+    return 0;
+}
+
 struct server *server_new(struct event_base *base, const struct config *cfg,
                           struct registry *reg, struct proxy *proxy)
 {
@@ -84,16 +133,20 @@ struct server *server_new(struct event_base *base, const struct config *cfg,
     srv->api.cfg = cfg;
     srv->api.reg = reg;
     srv->api.proxy = proxy;
-    struct http_server_handler handler = {.on_request = on_request, .arg = srv};
+    struct http_server_handler handler = {
+        .on_request = on_request, .on_complete = on_complete, .arg = srv};
     srv->http = http_server_new(base, NULL, &handler);
     if (!srv->http)
         goto fail;
     http_server_set_access_log(srv->http, !cfg->log.accesslog_disabled);
-    if (http_server_listen(srv->http, cfg->http.addr) != 0) {
+    if (server_setup_auth_tls(srv, base, cfg) != 0)
+        goto fail;
+    if (srv->tls ? tls_server_listen(srv->tls, cfg->http.addr) != 0
+                 : http_server_listen(srv->http, cfg->http.addr) != 0) {
         log_error("cannot listen on %s: %s", cfg->http.addr, strerror(errno));
         goto fail;
     }
-    log_info("listening on %s", cfg->http.addr);
+    log_info("listening on %s%s", cfg->http.addr, srv->tls ? " (TLS)" : "");
     return srv;
 fail:
     server_free(srv);
@@ -104,7 +157,54 @@ void server_free(struct server *srv)
 {
     if (!srv)
         return;
+    tls_server_free(srv->tls); /* first: it hands connections to srv->http */
     if (srv->http)
         http_server_free(srv->http);
+    if (srv->debug)
+        http_server_free(srv->debug);
+    auth_free(srv->auth);
     free(srv);
+}
+
+/* http.debug.addr: /debug/health and the Prometheus metrics. */
+static void on_debug_request(struct http_req *req, void *arg)
+{
+    struct server *srv = arg;
+    const struct config *cfg = srv->api.cfg;
+    const char *path = http_req_path(req);
+    enum http_method m = http_req_method(req);
+    if (m != HTTP_GET && m != HTTP_HEAD) {
+        http_resp_start(req, 405);
+        http_resp_header(req, "Allow", "GET, HEAD");
+        http_resp_no_body(req, -1);
+    } else if (strcmp(path, "/debug/health") == 0) {
+        health_serve_debug(srv->health, req);
+    } else if (cfg->http.debug.prometheus_enabled &&
+               strcmp(path, cfg->http.debug.prometheus_path) == 0) {
+        metrics_serve(req);
+    } else {
+        not_found(req);
+    }
+}
+
+int server_observe(struct server *srv, struct event_base *base, const struct health *health)
+{
+    const struct config *cfg = srv->api.cfg;
+    srv->health = health;
+    if (!cfg->http.debug.addr[0])
+        return 0;
+    struct http_server_handler handler = {.on_request = on_debug_request, .arg = srv};
+    srv->debug = http_server_new(base, NULL, &handler);
+    if (!srv->debug)
+        return -1;
+    http_server_set_access_log(srv->debug, false);
+    if (http_server_listen(srv->debug, cfg->http.debug.addr) != 0) {
+        log_error("cannot listen on http.debug.addr %s: %s", cfg->http.debug.addr,
+                  strerror(errno));
+        return -1;
+    }
+    log_info("debug server on %s: /debug/health%s%s", cfg->http.debug.addr,
+             cfg->http.debug.prometheus_enabled ? ", " : "",
+             cfg->http.debug.prometheus_enabled ? cfg->http.debug.prometheus_path : "");
+    return 0;
 }

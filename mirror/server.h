@@ -19,4 +19,12 @@ struct server *server_new(struct event_base *base, const struct config *cfg,
                           struct registry *reg, struct proxy *proxy);
 void server_free(struct server *srv);
 
+struct health;
+/*
+ * Observability: /healthz on the main listener reports health (borrowed, may be NULL), and
+ * when http.debug.addr is set a second listener there serves /debug/health and, with
+ * http.debug.prometheus.enabled, the metrics at its path. 0, or -1 when that listen fails.
+ */
+int server_observe(struct server *srv, struct event_base *base, const struct health *health);
+
 #endif

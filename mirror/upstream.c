@@ -15,6 +15,7 @@
 
 #include "httpc.h"
 #include "log.h"
+#include "metrics.h"
 #include "wwwauth.h"
 
 #define DEFAULT_ATTEMPTS 3
@@ -478,6 +479,7 @@ static void req_free(struct upstream_req *r)
     if (r->next)
         r->next->prev = r->prev;
     waiter_unlink(r);
+    metrics_dec(METRICS_GAUGE_UPSTREAM_INFLIGHT);
     if (r->cur)
         httpc_cancel(r->cur);
     if (r->retry_ev)
@@ -613,6 +615,7 @@ static int on_att_headers(struct httpc_req *hr, void *ctx, long status,
     } else if (is_redirect(status) && httpc_header_get(h, "Location")) {
         r->location = strdup(httpc_header_get(h, "Location"));
     } else if (status == 429) {
+        metrics_inc(METRICS_UPSTREAM_429);
         r->retry_after_s = parse_retry_after(httpc_header_get(h, "Retry-After"));
         log_ratelimit(r, h, LOG_WARN, "rate limit reached (429)");
     } else {
@@ -864,6 +867,8 @@ static int on_tok_headers(struct httpc_req *hr, void *ctx, long status,
     struct token_fetch *f = ctx;
     f->status = status;
     if (status == 429)
+        metrics_inc(METRICS_UPSTREAM_429);
+    if (status == 429)
         f->retry_after_s = parse_retry_after(httpc_header_get(h, "Retry-After"));
     return 0;
 }
@@ -1019,6 +1024,7 @@ static struct token_fetch *fetch_start(struct upstream *up, char *key, const cha
     f->key = key;
     f->retry_after_s = -1;
     f->req = httpc_start(up->http, &o, &token_cb, f);
+    metrics_inc(METRICS_TOKEN_FETCHES);
     if (!f->req)
         goto fail;
     free(esc_service);
@@ -1229,6 +1235,8 @@ struct upstream_req *upstream_fetch(struct upstream *up, const char *method, con
     if (up->reqs)
         up->reqs->prev = r;
     up->reqs = r;
+    metrics_inc(METRICS_UPSTREAM_REQUESTS);
+    metrics_inc(METRICS_GAUGE_UPSTREAM_INFLIGHT);
 
     int rc;
     if (up->realm) {

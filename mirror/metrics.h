@@ -1,0 +1,127 @@
+#ifndef REGMIRROR_METRICS_H
+#define REGMIRROR_METRICS_H
+/*
+ * metrics: process-wide counters rendered in the Prometheus text format (version 0.0.4) on
+ * http.debug.addr at http.debug.prometheus.path.
+ *
+ * Cost on the hot path: every counter is a plain uint64_t in a static array, bumped with one
+ * add (metrics_add / metrics_inc); a finished request costs a route classification (a few
+ * byte compares on the path), one table lookup for the status and one histogram bucket
+ * search. Nothing allocates per request. The counters belong to the event-loop thread that
+ * does all of the daemon's work, so they need no atomics.
+ *
+ * Values that live in other modules (notification queues, health checks) are pulled at
+ * scrape time through collectors (metrics_add_collector), so those modules need no hook on
+ * their own hot paths.
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <http_parser.h>
+
+struct evbuffer;
+struct http_req;
+struct storage;
+
+/* Monotonic counters (and two gauges kept with add/sub), one slot each. */
+enum metrics_counter {
+    METRICS_BYTES_FROM_CACHE,        /* blob body bytes served from the local store */
+    METRICS_BYTES_FROM_UPSTREAM,     /* blob body bytes fetched from an upstream */
+    METRICS_CACHE_HIT_BLOB,          /* proxied blob GET/HEAD answered from the store */
+    METRICS_CACHE_MISS_BLOB,         /* ... that needed the upstream */
+    METRICS_CACHE_HIT_MANIFEST,      /* proxied manifest GET/HEAD with a cached manifest */
+    METRICS_CACHE_MISS_MANIFEST,     /* ... without one */
+    METRICS_JOINED_WAITERS,          /* clients that joined a running upstream fetch */
+    METRICS_TOKEN_FETCHES,           /* token requests sent to an upstream's realm */
+    METRICS_UPSTREAM_429,            /* 429 answers from an upstream or its token realm */
+    METRICS_UPSTREAM_REQUESTS,       /* upstream requests started */
+    METRICS_GAUGE_UPSTREAM_INFLIGHT, /* gauge: upstream requests running now */
+    METRICS__COUNT
+};
+
+/* Storage driver operations, for storage error counts. */
+enum metrics_storage_op {
+    METRICS_OP_GET_CONTENT,
+    METRICS_OP_PUT_CONTENT,
+    METRICS_OP_STAT,
+    METRICS_OP_LIST,
+    METRICS_OP_MOVE,
+    METRICS_OP_REMOVE,
+    METRICS_OP_OPEN_READ,
+    METRICS_OP_OPEN_WRITER,
+    METRICS_OP__COUNT
+};
+
+/* Request routes as labelled in regmirror_http_requests_total. */
+enum metrics_route {
+    METRICS_ROUTE_BASE,
+    METRICS_ROUTE_CATALOG,
+    METRICS_ROUTE_TAGS,
+    METRICS_ROUTE_MANIFEST,
+    METRICS_ROUTE_BLOB,
+    METRICS_ROUTE_UPLOAD,
+    METRICS_ROUTE_REFERRERS,
+    METRICS_ROUTE_HEALTHZ,
+    METRICS_ROUTE_OTHER,
+    METRICS_ROUTE__COUNT
+};
+
+extern uint64_t metrics_counters[METRICS__COUNT];
+
+static inline void metrics_add(enum metrics_counter c, uint64_t n)
+{
+    metrics_counters[c] += n;
+}
+static inline void metrics_inc(enum metrics_counter c)
+{
+    metrics_counters[c]++;
+}
+static inline void metrics_dec(enum metrics_counter c)
+{
+    if (metrics_counters[c])
+        metrics_counters[c]--;
+}
+
+/* The route of a request path (http.prefix already removed, or not: only the tail counts). */
+enum metrics_route metrics_route_of(const char *path);
+const char *metrics_route_name(enum metrics_route r);
+
+/*
+ * Records one finished request: its route, method, status and duration. Called once per
+ * request by the server (aborted requests included, with the status set so far, 0 if none).
+ */
+void metrics_request(const char *path, enum http_method method, int status, uint64_t duration_us);
+
+/* Counts a failed storage operation (a result other than OK and NOT_FOUND). */
+void metrics_storage_error(enum metrics_storage_op op);
+
+/*
+ * Wraps a storage driver so that every failed operation is counted. Takes inner: freeing
+ * the wrapper frees inner. Returns inner itself when out of memory (nothing counted then).
+ */
+struct storage *metrics_storage_wrap(struct storage *inner);
+
+/*
+ * A collector appends its own metric families (complete with # HELP / # TYPE lines) at
+ * scrape time. At most METRICS_COLLECTORS_MAX at once; the owner removes it before going
+ * away. Returns 0, or -1 when the table is full.
+ */
+#define METRICS_COLLECTORS_MAX 8
+typedef void (*metrics_collector_fn)(struct evbuffer *out, void *ctx);
+int metrics_add_collector(metrics_collector_fn fn, void *ctx);
+void metrics_remove_collector(metrics_collector_fn fn, void *ctx);
+
+/* Appends the whole exposition (every family and every collector) to out. */
+void metrics_render(struct evbuffer *out);
+
+/* Answers req with the exposition (text/plain; version=0.0.4). */
+void metrics_serve(struct http_req *req);
+
+/* Appends a label value escaped as the text format wants (\\, \", \n). */
+void metrics_escape_label(struct evbuffer *out, const char *value);
+
+/* Zeroes every counter (tests). */
+void metrics_reset(void);
+
+#endif
