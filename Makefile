@@ -89,7 +89,7 @@ test: deps
 	@$(MAKE) --no-print-directory integration
 
 bench: deps release
-	$(PYTHON) test/bench/bench.py
+	REGMIRROR_BIN=$(abspath $(B))/release/regmirror BENCH_OUT=$(abspath $(B))/bench $(PYTHON) test/bench/bench.py
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

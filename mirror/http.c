@@ -1337,6 +1337,11 @@ static void reject_body(struct http_req *req)
     req->bbuf = NULL;
     req->blen = req->bcap = 0;
     conn_set_read_timeout(conn, false);
+    /* The buffered-body callback will never run: the abort callback releases its context. */
+    http_abort_cb abort_cb = req->on_abort;
+    req->on_abort = NULL;
+    if (abort_cb)
+        abort_cb(req, req->abort_ctx);
     const struct http_server_handler *h = &conn->srv->handler;
     if (h->on_error)
         h->on_error(req, 413, h->arg);

@@ -61,6 +61,15 @@ static const char *strip_prefix(const struct config *cfg, const char *path)
     return path + pl;
 }
 
+/* Errors the HTTP layer decides on a parsed request (413 for an oversized buffered body)
+ * get the registry's error body and headers like every other /v2/ answer. */
+static void on_error(struct http_req *req, int status, void *arg)
+{
+    struct server *srv = arg;
+    if (status == 413)
+        api_error(&srv->api, req, REG_ERR_TOO_LARGE, NULL);
+}
+
 static void on_complete(struct http_req *req, int status, uint64_t duration_us, void *arg)
 {
     metrics_request(http_req_path(req), http_req_method(req), status, duration_us);
@@ -134,7 +143,7 @@ struct server *server_new(struct event_base *base, const struct config *cfg,
     srv->api.reg = reg;
     srv->api.proxy = proxy;
     struct http_server_handler handler = {
-        .on_request = on_request, .on_complete = on_complete, .arg = srv};
+        .on_request = on_request, .on_error = on_error, .on_complete = on_complete, .arg = srv};
     srv->http = http_server_new(base, NULL, &handler);
     if (!srv->http)
         goto fail;

@@ -242,6 +242,17 @@ def test_oversized_manifest_rejected(reg, repo):
         assert "MANIFEST_INVALID" in error_codes(r)
     assert reg.alive()
     assert get_manifest(reg, repo, "huge").status_code == 404
+    # The same body chunked, without a Content-Length to refuse it by up front.
+    r = reg.session.put(reg.url("/v2/%s/manifests/huge" % repo),
+                        data=iter([img.manifest[i:i + 65536]
+                                   for i in range(0, len(img.manifest), 65536)]),
+                        headers={"Content-Type": img.media_type}, timeout=60)
+    assert r.status_code in (400, 413), r.status_code
+    if r.status_code == 413 and not reg.is_reference:
+        assert error_codes(r) == ["SIZE_INVALID"]
+        assert r.headers.get("Docker-Distribution-API-Version") == "registry/2.0"
+    assert reg.alive()
+    assert get_manifest(reg, repo, "huge").status_code == 404
 
 
 def test_manifest_json_is_not_reformatted(reg, repo):
