@@ -317,3 +317,15 @@ def test_pull_records_for_ttl(mirror, upstream, seeded):
     assert get_manifest(mirror, "local/thing", "v1").status_code == 200
     assert not os.path.exists(os.path.join(mirror.rootdir, "docker/registry/v2/repositories",
                                            "local/thing", "_proxy"))
+
+
+def test_expiring_tokens_are_renewed(mirror, upstream, seeded):
+    """Tokens that expire (lifetime 2 s, as the token server says in expires_in) are fetched
+    again; no pull fails on a stale token."""
+    upstream.token.configure(lifetime=2)
+    img = seeded.alpine
+    assert get_manifest(mirror, img.repo, img.tag).status_code == 200
+    issued = upstream.token.stats()["issued"]
+    time.sleep(3)
+    pull_image(mirror, img)
+    assert upstream.token.stats()["issued"] > issued
