@@ -18,11 +18,13 @@
 #define API_REF_MAX 160
 
 struct proxy;
+struct cache;
 
 struct api {
     const struct config *cfg;
     struct registry *reg;
     struct proxy *proxy; /* NULL unless proxy.remoteurl is set */
+    struct cache *cache; /* storage.cache.blobdescriptor; NULL: none */
 };
 
 enum api_route_kind {

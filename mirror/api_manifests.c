@@ -61,11 +61,13 @@ static enum regerr pick_default_platform(const struct api *api, const char *name
     return result;
 }
 
+/* resolved: the digest rt->ref stands for, when the caller has just looked it up; or NULL. */
 static void serve_manifest(const struct api *api, struct http_req *req,
-                           const struct api_route *rt)
+                           const struct api_route *rt, const struct digest *resolved)
 {
     struct registry_manifest m;
-    enum regerr result = registry_manifest_get(api->reg, rt->name, rt->ref, &m);
+    enum regerr result = resolved ? registry_manifest_get_resolved(api->reg, resolved, &m)
+                                  : registry_manifest_get(api->reg, rt->name, rt->ref, &m);
     if (result != REG_OK) {
         api_errorf(api, req, result, "manifest %s:%s", rt->name, rt->ref);
         return;
@@ -192,7 +194,7 @@ void api_manifest(const struct api *api, struct http_req *req, const struct api_
         if (api->proxy)
             proxy_manifest(api->proxy, api, req, rt, serve_manifest);
         else
-            serve_manifest(api, req, rt);
+            serve_manifest(api, req, rt, NULL);
         break;
     case HTTP_PUT:
         put_manifest(api, req, rt);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache.h"
 #include "log.h"
 #include "notify.h"
 #include "reference.h"
@@ -107,6 +108,9 @@ static void body_end(struct http_req *req, void *arg)
         api_errorf(api, req, result, "digest %s", digest_str(&ctx->digest, ds));
         goto out;
     }
+    struct cache_desc cd = {.digest = ctx->digest, .size = (uint64_t)size};
+    snprintf(cd.media_type, sizeof(cd.media_type), "application/octet-stream");
+    cache_put(api->cache, ctx->rt.name, &cd);
     notify_blob(api, req, NOTIFY_PUSH, ctx->rt.name, &ctx->digest, size, NULL);
     answer_created(api, req, ctx->rt.name, &ctx->digest);
 out:

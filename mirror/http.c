@@ -121,6 +121,11 @@ struct conn {
     const char *ev_data;
     size_t ev_len;
     bool plain; /* a socket bufferevent: shutdown() and sendfile apply */
+    /* Plain connections: output is written by conn_flush while the bufferevent's EV_WRITE is
+     * off; write_on while the bufferevent writes instead (a stream, or what the socket did
+     * not take). out_cb kicks the connection when output is queued. */
+    bool write_on;
+    struct evbuffer_cb_entry *out_cb;
     bool processing, eof, closing, lingering, closed;
 };
 
@@ -192,6 +197,63 @@ static void conn_set_read_timeout(struct conn *conn, bool on)
 static size_t conn_output_len(const struct conn *conn)
 {
     return evbuffer_get_length(bufferevent_get_output(conn->bev));
+}
+
+static bool conn_streaming(const struct conn *conn)
+{
+    return conn->req && conn->req->resp == RESP_STREAMING;
+}
+
+/*
+ * Writes the queued output of a plain connection straight to the socket, from the loop
+ * callback that queued it: a small answer costs one writev instead of an EPOLLOUT round (two
+ * epoll_ctl and a wakeup). At most HTTP_WRITE_SIZE per call, as the bufferevent would. What
+ * the socket does not take, a write error, and streams (refilled from the write callback, one
+ * write per loop turn) are left to the bufferevent: EV_WRITE stays on until the output is
+ * empty again. Writing anything kicks the connection, as the write callback does.
+ */
+static void conn_flush(struct conn *conn)
+{
+    if (!conn->plain || conn->closed)
+        return;
+    struct evbuffer *out = bufferevent_get_output(conn->bev);
+    size_t before = evbuffer_get_length(out);
+    if (conn->write_on) {
+        if (before == 0 && !conn_streaming(conn)) {
+            bufferevent_disable(conn->bev, EV_WRITE);
+            conn->write_on = false;
+        }
+        return;
+    }
+    if (before == 0)
+        return;
+    if (!conn_streaming(conn)) {
+        evutil_socket_t fd = bufferevent_getfd(conn->bev);
+        ev_ssize_t total = 0;
+        int n;
+        /* the bufferevent keeps its output's start frozen outside its own writes */
+        evbuffer_unfreeze(out, 1);
+        do {
+            n = evbuffer_write_atmost(out, fd, HTTP_WRITE_SIZE - total);
+            total += n > 0 ? n : 0;
+        } while (n > 0 && total < HTTP_WRITE_SIZE && evbuffer_get_length(out) > 0);
+        evbuffer_freeze(out, 1);
+    }
+    size_t left = evbuffer_get_length(out);
+    if (left > 0) {
+        conn->write_on = true;
+        bufferevent_enable(conn->bev, EV_WRITE);
+    }
+    if (left < before)
+        conn_kick(conn);
+}
+
+/* Output was queued on a plain connection: have conn_flush write it from the loop. */
+static void conn_output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct conn *conn = arg;
+    if (info->n_added > 0 && !conn->write_on)
+        conn_kick(conn);
 }
 
 static const char *reason_phrase(int status)
@@ -776,6 +838,10 @@ static void conn_close(struct conn *conn)
     }
     bufferevent_setcb(conn->bev, NULL, NULL, NULL, NULL);
     bufferevent_disable(conn->bev, EV_READ | EV_WRITE);
+    if (conn->out_cb) {
+        evbuffer_remove_cb_entry(bufferevent_get_output(conn->bev), conn->out_cb);
+        conn->out_cb = NULL;
+    }
     evtimer_del(conn->timer);
     event_del(conn->kick);
 
@@ -843,7 +909,8 @@ static void conn_kick_cb(evutil_socket_t fd, short what, void *arg)
     if (conn->closed)
         return;
     if (conn->closing) {
-        if (!conn->lingering && conn_output_len(conn) == 0)
+        conn_flush(conn);
+        if (!conn->closed && !conn->lingering && conn_output_len(conn) == 0)
             conn_linger(conn);
         return;
     }
@@ -859,6 +926,7 @@ static void conn_kick_cb(evutil_socket_t fd, short what, void *arg)
     if (!conn->closed && req && req->resp == RESP_STREAMING && req->on_writable &&
         conn_output_len(conn) < HTTP_WRITE_LOW)
         req->on_writable(req, req->wr_ctx);
+    conn_flush(conn);
 }
 
 /*
@@ -894,10 +962,13 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     }
     conn_read_more(conn);
     conn_process(conn);
+    conn_flush(conn);
 }
 
 static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
+    /* the output drained: conn_flush takes writing back once it is empty */
+    conn_flush(arg);
     conn_kick(arg);
 }
 
@@ -962,7 +1033,15 @@ static int conn_new(struct http_server *srv, struct bufferevent *bev, const char
     bufferevent_set_max_single_read(bev, HTTP_READ_SIZE);
     bufferevent_set_max_single_write(bev, HTTP_WRITE_SIZE);
     conn_set_read_timeout(conn, false);
-    if (bufferevent_enable(bev, EV_READ | EV_WRITE) < 0)
+    if (plain) {
+        conn->out_cb = evbuffer_add_cb(bufferevent_get_output(bev), conn_output_cb, conn);
+        if (!conn->out_cb)
+            goto fail;
+    }
+    /* a new bufferevent has EV_WRITE enabled; plain connections write with conn_flush */
+    if (plain && bufferevent_disable(bev, EV_WRITE) < 0)
+        goto fail;
+    if (bufferevent_enable(bev, plain ? EV_READ : EV_READ | EV_WRITE) < 0)
         goto fail;
     conn_arm_timer(conn, srv->limits.header_timeout_ms);
 

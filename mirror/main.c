@@ -6,6 +6,7 @@
 
 #include <event2/event.h>
 
+#include "cache.h"
 #include "config.h"
 #include "gc.h"
 #include "health.h"
@@ -70,6 +71,28 @@ static struct storage *open_storage(const struct config *cfg)
     }
 }
 
+/* storage.cache.blobdescriptor: *out stays NULL (no cache) when none is configured. */
+static int open_cache(struct event_base *base, const struct config *cfg, struct cache **out)
+{
+    struct cache_redis_config rc;
+    switch (cfg->storage.cache.blobdescriptor) {
+    case CONFIG_CACHE_REDIS:
+        if (cfg->redis.tls.enabled) {
+            log_error("redis.tls.enabled: TLS to Redis is not supported by this build's hiredis");
+            return -1;
+        }
+        cache_redis_config_from(&rc, cfg);
+        *out = cache_redis_new(base, &rc);
+        break;
+    case CONFIG_CACHE_INMEMORY:
+        *out = cache_inmemory_new((size_t)cfg->storage.cache.blobdescriptorsize);
+        break;
+    default:
+        return 0;
+    }
+    return *out ? 0 : -1;
+}
+
 static int serve(const char *path)
 {
     int rc = 1;
@@ -83,6 +106,7 @@ static int serve(const char *path)
     struct notify *nt = NULL;
     struct health *hl = NULL;
     struct maintenance *mt = NULL;
+    struct cache *cache = NULL;
     int lockfd = -1;
     if (load_config(path, &cfg) != 0)
         return 1;
@@ -97,6 +121,8 @@ static int serve(const char *path)
     st = maintenance_storage_wrap(st);             /* sees links written during eviction */
     if (!st || gc_serve_lock(&cfg, &lockfd) != 0)
         goto out;
+    if (open_cache(base, &cfg, &cache) != 0)
+        goto out;
     struct registry_opts opts = {.delete_enabled = cfg.storage.delete_enabled};
     reg = registry_new(st, &opts);
     if (!reg)
@@ -108,10 +134,10 @@ static int serve(const char *path)
     }
     nt = notify_new(base, &cfg);
     hl = health_new(base, &cfg, st);
-    srv = server_new(base, &cfg, reg, px);
+    srv = server_new(base, &cfg, reg, px, cache);
     if (!nt || !hl || !srv || server_observe(srv, base, hl) != 0)
         goto out;
-    mt = maintenance_new(base, &cfg, st, reg, px);
+    mt = maintenance_new(base, &cfg, st, reg, px, cache);
     if (!mt)
         goto out;
     sigint = evsignal_new(base, SIGINT, on_signal, base);
@@ -133,6 +159,8 @@ out:
     health_free(hl);
     notify_free(nt);
     registry_free(reg);
+    /* After the server: its requests cancelled their lookups when they were aborted. */
+    cache_free(cache);
     storage_free(st);
     gc_serve_unlock(lockfd);
     if (base)

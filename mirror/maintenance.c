@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cache.h"
 #include "gc.h"
 #include "layout.h"
 #include "log.h"
@@ -177,6 +178,7 @@ struct maintenance {
     struct storage *st;
     struct registry *reg;
     struct proxy *px;
+    struct cache *cache; /* told about every link and blob evicted */
     struct event *purge_ev, *evict_ev;
     struct gc_walk *purge_walk;
     size_t purged;
@@ -676,6 +678,7 @@ static void unlink_blob(struct maintenance *m, struct erepo *r, const struct dig
     *strrchr(path, '/') = '\0';
     storage_remove(m->st, path);
     storage_remove(m->st, layout_proxy_pulled(path, r->name, d));
+    cache_forget(m->cache, r->name, d);
 }
 
 static void apply_unit(struct maintenance *m, struct unit *u)
@@ -743,6 +746,7 @@ static void apply_data(struct maintenance *m, const struct digest *d)
         return;
     if (storage_stat(m->st, layout_blob_data(path, d), &sst) != REG_OK)
         return;
+    cache_forget(m->cache, NULL, d);
     if (storage_remove(m->st, layout_blob_dir(path, d)) == REG_OK)
         m->ev.freed += sst.size;
 }
@@ -819,7 +823,8 @@ static void evict_tick(evutil_socket_t fd, short what, void *arg)
 /* ---- life cycle ---- */
 
 struct maintenance *maintenance_new(struct event_base *base, const struct config *cfg,
-                                    struct storage *st, struct registry *reg, struct proxy *px)
+                                    struct storage *st, struct registry *reg, struct proxy *px,
+                                    struct cache *cache)
 {
     if (st->ops->put_content != w_put_content) {
         log_error("maintenance: the storage is not wrapped for it");
@@ -830,6 +835,7 @@ struct maintenance *maintenance_new(struct event_base *base, const struct config
         return NULL;
     m->base = base;
     m->cfg = cfg;
+    m->cache = cache;
     m->w = W(st);
     m->st = st;
     m->reg = reg;

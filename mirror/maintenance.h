@@ -27,6 +27,7 @@
 #include "storage.h"
 
 struct maintenance;
+struct cache;
 
 /*
  * Wraps a storage driver so that the maintenance learns which links are written while an
@@ -41,7 +42,8 @@ struct storage *maintenance_storage_wrap(struct storage *inner);
  * maintenance. NULL when out of memory or st is not wrapped (logged).
  */
 struct maintenance *maintenance_new(struct event_base *base, const struct config *cfg,
-                                    struct storage *st, struct registry *reg, struct proxy *px);
+                                    struct storage *st, struct registry *reg, struct proxy *px,
+                                    struct cache *cache);
 /* Stops the timers; work in progress is dropped (a pass leaves a consistent store any time). */
 void maintenance_free(struct maintenance *m);
 

@@ -67,7 +67,8 @@ struct client {
     const struct api *api;
     struct http_req *req;
     struct api_route rt;
-    proxy_serve_fn serve;
+    proxy_blob_serve_fn serve_blob;
+    proxy_manifest_serve_fn serve_manifest;
 };
 
 /* ---- helpers ---- */
@@ -100,10 +101,21 @@ static void client_error(struct client *c, enum regerr e, long retry_after, cons
     api_error_headers(c->api, c->req, e, detail, hdrs);
 }
 
-static void client_serve(struct client *c)
+/* resolved, linked_size: what this same call has just looked up (see proxy_*_serve_fn), or
+ * NULL and -1. */
+static void client_serve_looked_up(struct client *c, const struct digest *resolved,
+                                   int64_t linked_size)
 {
     http_req_on_abort(c->req, NULL, NULL);
-    c->serve(c->api, c->req, &c->rt);
+    if (c->serve_manifest)
+        c->serve_manifest(c->api, c->req, &c->rt, resolved);
+    else
+        c->serve_blob(c->api, c->req, &c->rt, linked_size);
+}
+
+static void client_serve(struct client *c)
+{
+    client_serve_looked_up(c, NULL, -1);
 }
 
 static uint64_t pulled_key(const char *name, const struct digest *d)
@@ -170,7 +182,7 @@ out:
 
 /* Sets up the target and the client of a request; false when it was answered (bad ns). */
 static bool begin(struct proxy *px, const struct api *api, struct http_req *req,
-                  const struct api_route *rt, proxy_serve_fn serve, struct target *t,
+                  const struct api_route *rt, proxy_blob_serve_fn serve, struct target *t,
                   struct client *c)
 {
     enum regerr result = pick_target(px, req, rt, t);
@@ -178,7 +190,7 @@ static bool begin(struct proxy *px, const struct api *api, struct http_req *req,
         api_errorf(api, req, result, "no upstream for this ns");
         return false;
     }
-    *c = (struct client){api, req, t->rt, serve};
+    *c = (struct client){api, req, t->rt, serve, NULL};
     return true;
 }
 
@@ -429,12 +441,13 @@ static void manifest_join(struct proxy *px, const struct target *t, struct clien
 }
 
 void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *req,
-                    const struct api_route *rt, proxy_serve_fn serve_local)
+                    const struct api_route *rt, proxy_manifest_serve_fn serve_local)
 {
     struct target t;
     struct client c;
-    if (!begin(px, api, req, rt, serve_local, &t, &c))
+    if (!begin(px, api, req, rt, NULL, &t, &c))
         return;
+    c.serve_manifest = serve_local;
     struct digest cur;
     bool cached = registry_manifest_resolve(px->reg, t.rt.name, t.rt.ref, &cur) == REG_OK;
     metrics_inc(cached ? METRICS_CACHE_HIT_MANIFEST : METRICS_CACHE_MISS_MANIFEST);
@@ -443,7 +456,7 @@ void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *re
     if (strchr(t.rt.ref, ':')) {
         /* By digest: immutable, so whatever is cached is right. */
         if (cached)
-            client_serve(&c);
+            client_serve_looked_up(&c, &cur, -1);
         else
             manifest_join(px, &t, &c, false, NULL);
         return;
@@ -452,12 +465,12 @@ void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *re
     bool proxied = registry_proxy_tag_checked(px->reg, t.rt.name, t.rt.ref, &checked);
     if (cached && !proxied) {
         /* Pushed here: local content wins over the upstream's tag of the same name. */
-        client_serve(&c);
+        client_serve_looked_up(&c, &cur, -1);
         return;
     }
     int64_t fresh_ms = px->cfg->proxy.tagfreshness_ms;
     if (cached && fresh_ms > 0 && (int64_t)(time(NULL) - checked) * 1000 < fresh_ms) {
-        client_serve(&c);
+        client_serve_looked_up(&c, &cur, -1);
         return;
     }
     manifest_join(px, &t, &c, cached, &cur);
@@ -918,7 +931,7 @@ join:
 }
 
 void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
-                const struct api_route *rt, proxy_serve_fn serve_local)
+                const struct api_route *rt, proxy_blob_serve_fn serve_local)
 {
     struct target t;
     struct client c;
@@ -930,7 +943,7 @@ void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
     if (registry_blob_stat(px->reg, t.rt.name, &d, &size) == REG_OK) {
         metrics_inc(METRICS_CACHE_HIT_BLOB);
         note_pulled(px, t.rt.name, &d, false);
-        client_serve(&c);
+        client_serve_looked_up(&c, NULL, (int64_t)size);
         return;
     }
     metrics_inc(METRICS_CACHE_MISS_BLOB);

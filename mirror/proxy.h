@@ -34,15 +34,22 @@ void proxy_free(struct proxy *px);
 
 /*
  * Answers a manifest GET/HEAD. serve_local is how the API answers from the store once the
- * proxy made sure the store holds what should be served.
+ * proxy made sure the store holds what should be served; resolved, when not NULL, is the
+ * digest rt->ref was resolved to in the store just now (registry_manifest_get_resolved), so
+ * it need not be looked up again.
  */
-typedef void (*proxy_serve_fn)(const struct api *api, struct http_req *req,
-                               const struct api_route *rt);
+typedef void (*proxy_manifest_serve_fn)(const struct api *api, struct http_req *req,
+                                        const struct api_route *rt,
+                                        const struct digest *resolved);
 void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *req,
-                    const struct api_route *rt, proxy_serve_fn serve_local);
+                    const struct api_route *rt, proxy_manifest_serve_fn serve_local);
+/* serve_local for blobs; linked_size, when >= 0, is the size of the blob the proxy has just
+ * found linked in rt->name (registry_blob_stat), so a HEAD need not look it up again. */
+typedef void (*proxy_blob_serve_fn)(const struct api *api, struct http_req *req,
+                                    const struct api_route *rt, int64_t linked_size);
 /* Answers a blob GET/HEAD that the store could not answer for rt->name. */
 void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
-                const struct api_route *rt, proxy_serve_fn serve_local);
+                const struct api_route *rt, proxy_blob_serve_fn serve_local);
 
 /*
  * Whether d is in flight: a blob fetched from an upstream (not committed yet) or looked up

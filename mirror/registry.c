@@ -16,6 +16,10 @@
 #define LINK_MAX 256
 /* Upload sessions whose hash state is kept in memory; older ones are re-hashed on commit. */
 #define UPLOAD_STATES_MAX 1024
+/* Manifest bodies kept in memory by digest (see mcache_get), and the largest one kept. */
+#define MCACHE_BYTES (16u * 1024 * 1024)
+#define MCACHE_ENTRY_MAX (1u * 1024 * 1024)
+#define MCACHE_BUCKETS 4096
 
 /* Hash state of an upload session between requests. */
 struct upload_state {
@@ -28,11 +32,25 @@ struct upload_state {
     uint64_t hashed;                 /* bytes fed to the hashers */
 };
 
+/* A stored manifest: its body and media type, by digest. */
+struct mcache_entry {
+    struct mcache_entry *hnext;       /* bucket chain */
+    struct mcache_entry *prev, *next; /* recency list, most recent first */
+    struct digest digest;
+    char media_type[128];
+    size_t len;
+    char body[];
+};
+
 struct registry {
     struct storage *st;
     struct registry_opts opts;
     struct upload_state *states;
     size_t nstates;
+    /* The manifest cache: bounded by MCACHE_BYTES, entries and headers counted. */
+    struct mcache_entry *mbuckets[MCACHE_BUCKETS];
+    struct mcache_entry *mhead, *mtail;
+    size_t mbytes;
 };
 
 struct registry_upload {
@@ -68,6 +86,11 @@ void registry_free(struct registry *reg)
         struct upload_state *s = reg->states;
         reg->states = s->next;
         state_free(s);
+    }
+    while (reg->mhead) {
+        struct mcache_entry *e = reg->mhead;
+        reg->mhead = e->next;
+        free(e);
     }
     free(reg);
 }
@@ -133,11 +156,14 @@ enum regerr registry_blob_stat(struct registry *reg, const char *name, const str
 enum regerr registry_blob_open(struct registry *reg, const char *name, const struct digest *d,
                                int *fd, uint64_t *size)
 {
-    uint64_t linked_size;
-    enum regerr result = registry_blob_stat(reg, name, d, &linked_size);
+    char path[LAYOUT_PATH_MAX];
+    struct digest linked;
+    /* the link, then the data: opening it tells whether it is there (no separate stat) */
+    enum regerr result = read_link(reg, layout_layer_link(path, name, d), &linked);
+    if (result == REG_ERR_NOT_FOUND)
+        return REG_ERR_BLOB_UNKNOWN;
     if (result != REG_OK)
         return result;
-    char path[LAYOUT_PATH_MAX];
     result = storage_open_read(reg->st, layout_blob_data(path, d), fd, size);
     return result == REG_ERR_NOT_FOUND ? REG_ERR_BLOB_UNKNOWN : result;
 }
@@ -427,6 +453,98 @@ void registry_manifest_release(struct registry_manifest *m)
     m->body = NULL;
 }
 
+/*
+ * ---- the manifest cache ----
+ * Content by digest never changes, so a manifest read once (or stored) is kept in memory and
+ * served without touching storage. Only content is cached: whether name has the manifest (its
+ * revision link) and where a tag points are read from storage on every request, because
+ * deletes must take effect and other instances may share the storage.
+ */
+
+static size_t mcache_bucket(const struct digest *d)
+{
+    size_t h = 0;
+    /* hex digits of a digest are uniformly distributed: a few are a good hash */
+    for (size_t i = 0; i < 8 && d->hex[i]; i++)
+        h = h * 16 + (size_t)(d->hex[i] <= '9' ? d->hex[i] - '0' : d->hex[i] - 'a' + 10);
+    return (h + (size_t)d->algo) % MCACHE_BUCKETS;
+}
+
+static size_t mcache_cost(const struct mcache_entry *e)
+{
+    return sizeof(*e) + e->len;
+}
+
+static void mcache_unlink(struct registry *reg, struct mcache_entry *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        reg->mhead = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        reg->mtail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void mcache_push_front(struct registry *reg, struct mcache_entry *e)
+{
+    e->prev = NULL;
+    e->next = reg->mhead;
+    if (reg->mhead)
+        reg->mhead->prev = e;
+    reg->mhead = e;
+    if (!reg->mtail)
+        reg->mtail = e;
+}
+
+static void mcache_evict(struct registry *reg, struct mcache_entry *e)
+{
+    struct mcache_entry **p = &reg->mbuckets[mcache_bucket(&e->digest)];
+    while (*p != e)
+        p = &(*p)->hnext;
+    *p = e->hnext;
+    mcache_unlink(reg, e);
+    reg->mbytes -= mcache_cost(e);
+    free(e);
+}
+
+static struct mcache_entry *mcache_find(struct registry *reg, const struct digest *d)
+{
+    for (struct mcache_entry *e = reg->mbuckets[mcache_bucket(d)]; e; e = e->hnext) {
+        if (digest_equal(&e->digest, d)) {
+            mcache_unlink(reg, e);
+            mcache_push_front(reg, e);
+            return e;
+        }
+    }
+    return NULL;
+}
+
+/* Keeps a copy of a manifest the caller verified to have digest d (or read back as d). */
+static void mcache_put(struct registry *reg, const struct digest *d, const char *body,
+                       size_t len, const char *media_type)
+{
+    if (len > MCACHE_ENTRY_MAX || mcache_find(reg, d))
+        return;
+    struct mcache_entry *e = malloc(sizeof(*e) + len);
+    if (!e)
+        return;
+    memset(e, 0, sizeof(*e));
+    e->digest = *d;
+    snprintf(e->media_type, sizeof(e->media_type), "%s", media_type);
+    e->len = len;
+    memcpy(e->body, body, len);
+    while (reg->mtail && reg->mbytes + mcache_cost(e) > MCACHE_BYTES)
+        mcache_evict(reg, reg->mtail);
+    size_t b = mcache_bucket(d);
+    e->hnext = reg->mbuckets[b];
+    reg->mbuckets[b] = e;
+    mcache_push_front(reg, e);
+    reg->mbytes += mcache_cost(e);
+}
+
 /* Resolves ref (tag or digest) to a manifest digest linked in name. */
 static enum regerr resolve(struct registry *reg, const char *name, const char *ref,
                            struct digest *out)
@@ -462,23 +580,49 @@ static enum regerr media_type_of(const char *body, size_t len, char *buf, size_t
     return REG_OK;
 }
 
-enum regerr registry_manifest_get(struct registry *reg, const char *name, const char *ref,
-                                  struct registry_manifest *out)
+enum regerr registry_manifest_get_resolved(struct registry *reg, const struct digest *d,
+                                           struct registry_manifest *out)
 {
     char path[LAYOUT_PATH_MAX];
     memset(out, 0, sizeof(*out));
-    enum regerr result = resolve(reg, name, ref, &out->digest);
-    if (result != REG_OK)
-        return result;
-    result = storage_get_content(reg->st, layout_blob_data(path, &out->digest),
-                                 REGISTRY_MANIFEST_MAX, &out->body, &out->len);
+    out->digest = *d;
+    const struct mcache_entry *e = mcache_find(reg, d);
+    if (e) {
+        /* a copy: the caller owns the body, and the entry may be evicted meanwhile */
+        if (!(out->body = malloc(e->len + 1)))
+            return REG_ERR_INTERNAL;
+        memcpy(out->body, e->body, e->len);
+        out->body[e->len] = '\0';
+        out->len = e->len;
+        snprintf(out->media_type, sizeof(out->media_type), "%s", e->media_type);
+        return REG_OK;
+    }
+    enum regerr result = storage_get_content(reg->st, layout_blob_data(path, d),
+                                             REGISTRY_MANIFEST_MAX, &out->body, &out->len);
     if (result == REG_ERR_NOT_FOUND)
         return REG_ERR_MANIFEST_UNKNOWN;
     if (result == REG_OK)
         result = media_type_of(out->body, out->len, out->media_type, sizeof(out->media_type));
-    if (result != REG_OK)
+    if (result != REG_OK) {
         registry_manifest_release(out);
-    return result;
+        return result;
+    }
+    /* Only bytes that hash to d are kept: a damaged file must not outlive a repair. */
+    struct digest got;
+    if (digest_compute(d->algo, out->body, out->len, &got) == 0 && digest_equal(&got, d))
+        mcache_put(reg, d, out->body, out->len, out->media_type);
+    return REG_OK;
+}
+
+enum regerr registry_manifest_get(struct registry *reg, const char *name, const char *ref,
+                                  struct registry_manifest *out)
+{
+    struct digest d;
+    memset(out, 0, sizeof(*out));
+    enum regerr result = resolve(reg, name, ref, &d);
+    if (result != REG_OK)
+        return result;
+    return registry_manifest_get_resolved(reg, &d, out);
 }
 
 /* Every blob and child manifest the manifest references must be in the repository. */

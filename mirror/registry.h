@@ -89,6 +89,13 @@ enum regerr registry_manifest_resolve(struct registry *reg, const char *name, co
 enum regerr registry_manifest_get(struct registry *reg, const char *name, const char *ref,
                                   struct registry_manifest *out);
 /*
+ * The manifest d, which the caller has just resolved in its repository with
+ * registry_manifest_resolve: no link is read again. Bodies are kept in memory by digest
+ * (16 MiB at most), so a cached manifest costs no storage access.
+ */
+enum regerr registry_manifest_get_resolved(struct registry *reg, const struct digest *d,
+                                           struct registry_manifest *out);
+/*
  * Validates and stores a manifest, tagging it when ref is a tag. errbuf receives detail for
  * the error body. *digest_out is the manifest's digest; *has_subject tells whether the
  * manifest names a subject (subject_out then holds it) for the OCI-Subject header.

@@ -11,12 +11,13 @@
 #include "registry.h"
 
 struct proxy;
+struct cache;
 
 struct server;
 
 /* Creates the server and listens on cfg->http.addr. NULL on error (logged). */
 struct server *server_new(struct event_base *base, const struct config *cfg,
-                          struct registry *reg, struct proxy *proxy);
+                          struct registry *reg, struct proxy *proxy, struct cache *cache);
 void server_free(struct server *srv);
 
 struct health;
