@@ -383,7 +383,8 @@ static struct check *add_check(struct health *h, enum check_kind kind, const cha
     return c;
 }
 
-struct health *health_new(struct event_base *base, const struct config *cfg, struct storage *st)
+struct health *health_new(struct event_base *base, const struct config *cfg, struct storage *st,
+                          struct httpc *client)
 {
     struct health *h = calloc(1, sizeof(*h));
     if (!h)
@@ -393,8 +394,8 @@ struct health *health_new(struct event_base *base, const struct config *cfg, str
     h->st = st;
     size_t n = cfg->health.nfile + cfg->health.nhttp + cfg->health.ntcp + 2 + cfg->proxy.nremotes;
     h->checks = calloc(n, sizeof(*h->checks));
-    h->httpc = httpc_new(base);
-    if (!h->checks || !h->httpc)
+    h->httpc = client;
+    if (!h->checks)
         goto oom;
     struct check *c;
     if (cfg->health.storagedriver.enabled && st) {
@@ -453,9 +454,10 @@ void health_free(struct health *h)
     if (!h)
         return;
     metrics_remove_collector(collect, h);
-    httpc_free(h->httpc); /* cancels probes in flight, without callbacks */
     for (size_t i = 0; i < h->nchecks; i++) {
         struct check *c = &h->checks[i];
+        if (c->req)
+            httpc_cancel(c->req); /* no callback follows */
         if (c->bev)
             bufferevent_free(c->bev);
         if (c->timer)

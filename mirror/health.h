@@ -34,12 +34,17 @@ struct event_base;
 struct http_req;
 struct storage;
 struct health;
+struct httpc;
 
 #define HEALTH_UPSTREAM_INTERVAL_MS 30000
 #define HEALTH_DEFAULT_TIMEOUT_MS 3000
 
-/* Creates the checks and starts their timers. NULL when out of memory (logged). */
-struct health *health_new(struct event_base *base, const struct config *cfg, struct storage *st);
+/*
+ * Creates the checks and starts their timers; http probes go through client (the daemon's
+ * shared client, borrowed: it outlives h). NULL when out of memory (logged).
+ */
+struct health *health_new(struct event_base *base, const struct config *cfg, struct storage *st,
+                          struct httpc *client);
 /* Stops every check (in-flight probes are cancelled) and frees h. Takes NULL. */
 void health_free(struct health *h);
 

@@ -8,6 +8,7 @@
 
 #include "cache.h"
 #include "config.h"
+#include "httpc.h"
 #include "gc.h"
 #include "health.h"
 #include "log.h"
@@ -107,6 +108,7 @@ static int serve(const char *path)
     struct health *hl = NULL;
     struct maintenance *mt = NULL;
     struct cache *cache = NULL;
+    struct httpc *hc = NULL; /* one libcurl multi on the loop for upstreams, webhooks, probes */
     int lockfd = -1;
     if (load_config(path, &cfg) != 0)
         return 1;
@@ -123,17 +125,20 @@ static int serve(const char *path)
         goto out;
     if (open_cache(base, &cfg, &cache) != 0)
         goto out;
+    hc = httpc_new(base);
+    if (!hc)
+        goto out;
     struct registry_opts opts = {.delete_enabled = cfg.storage.delete_enabled};
     reg = registry_new(st, &opts);
     if (!reg)
         goto out;
     if (cfg.proxy.remoteurl[0]) {
-        px = proxy_new(base, &cfg, reg);
+        px = proxy_new(base, &cfg, reg, hc);
         if (!px)
             goto out;
     }
-    nt = notify_new(base, &cfg);
-    hl = health_new(base, &cfg, st);
+    nt = notify_new(base, &cfg, hc);
+    hl = health_new(base, &cfg, st, hc);
     srv = server_new(base, &cfg, reg, px, cache);
     if (!nt || !hl || !srv || server_observe(srv, base, hl) != 0)
         goto out;
@@ -158,6 +163,8 @@ out:
     proxy_free(px);
     health_free(hl);
     notify_free(nt);
+    /* Last of the network users: each one above cancelled its own requests. */
+    httpc_free(hc);
     registry_free(reg);
     /* After the server: its requests cancelled their lookups when they were aborted. */
     cache_free(cache);

@@ -444,7 +444,7 @@ static void source_addr(struct notify *n)
     snprintf(n->source_addr, sizeof(n->source_addr), "%s%s", host, colon ? colon : "");
 }
 
-struct notify *notify_new(struct event_base *base, const struct config *cfg)
+struct notify *notify_new(struct event_base *base, const struct config *cfg, struct httpc *hc)
 {
     struct notify *n = calloc(1, sizeof(*n));
     if (!n)
@@ -459,8 +459,8 @@ struct notify *notify_new(struct event_base *base, const struct config *cfg)
     if (!total)
         return n;
     n->eps = calloc(total, sizeof(*n->eps));
-    n->httpc = httpc_new(base);
-    if (!n->eps || !n->httpc)
+    n->httpc = hc;
+    if (!n->eps)
         goto oom;
     for (size_t i = 0; i < cfg->notifications.nendpoints; i++) {
         const struct config_endpoint *e = &cfg->notifications.endpoints[i];
@@ -497,10 +497,10 @@ void notify_free(struct notify *n)
     if (active == n)
         active = NULL;
     metrics_remove_collector(collect, n);
-    /* httpc_free cancels the deliveries in flight without callbacks. */
-    httpc_free(n->httpc);
     for (size_t i = 0; i < n->neps; i++) {
         struct endpoint *ep = &n->eps[i];
+        if (ep->req)
+            httpc_cancel(ep->req); /* no callback follows */
         if (ep->count || ep->batch_n)
             log_warn("notifications: endpoint %s: %zu undelivered events dropped at exit",
                      ep->cfg->name, ep->count + ep->batch_n);

@@ -39,6 +39,7 @@ struct config;
 struct event_base;
 struct http_req;
 struct notify;
+struct httpc;
 
 #define NOTIFY_QUEUE_MAX 1024
 #define NOTIFY_BATCH_MAX 32
@@ -66,10 +67,10 @@ struct notify_request {
 
 /*
  * Creates the notifier for cfg->notifications (borrowed: cfg outlives it) on base and makes
- * it the active one. With no enabled endpoint it does nothing at all. NULL when out of
+ * it the active one. Deliveries go through hc (the daemon's shared client, borrowed). With no enabled endpoint it does nothing at all. NULL when out of
  * memory (logged).
  */
-struct notify *notify_new(struct event_base *base, const struct config *cfg);
+struct notify *notify_new(struct event_base *base, const struct config *cfg, struct httpc *hc);
 /* Cancels deliveries in flight, drops what is queued, frees n. Takes NULL. */
 void notify_free(struct notify *n);
 

@@ -997,7 +997,8 @@ static int add_remote(struct proxy *px, const char *host, const char *url, const
     return 0;
 }
 
-struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struct registry *reg)
+struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struct registry *reg,
+                        struct httpc *hc)
 {
     struct proxy *px = calloc(1, sizeof(*px));
     if (!px)
@@ -1005,9 +1006,9 @@ struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struc
     px->base = base;
     px->cfg = cfg;
     px->reg = reg;
-    px->httpc = httpc_new(base);
+    px->httpc = hc;
     px->remotes = calloc(1 + cfg->proxy.nremotes, sizeof(*px->remotes));
-    if (!px->httpc || !px->remotes)
+    if (!px->remotes)
         goto fail;
     if (add_remote(px, DEFAULT_HOST, cfg->proxy.remoteurl, cfg->proxy.username,
                    cfg->proxy.password, true) != 0)
@@ -1052,6 +1053,5 @@ void proxy_free(struct proxy *px)
         free(px->remotes[i].host);
     }
     free(px->remotes);
-    httpc_free(px->httpc);
     free(px);
 }

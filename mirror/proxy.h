@@ -27,9 +27,12 @@
 #include "api.h"
 
 struct proxy;
+struct httpc;
 
-/* NULL when out of memory or an upstream URL is unusable (logged). */
-struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struct registry *reg);
+/* Upstream requests go through hc (the daemon's shared client, borrowed). NULL when out of
+ * memory or an upstream URL is unusable (logged). */
+struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struct registry *reg,
+                        struct httpc *hc);
 void proxy_free(struct proxy *px);
 
 /*

@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "http.h"
+#include "httpc.h"
 #include "notify.h"
 
 #define MAX_POSTS 64
@@ -59,6 +60,7 @@ static void on_request(struct http_req *req, void *arg)
 
 struct fixture {
     struct event_base *base;
+    struct httpc *httpc;
     struct receiver rcv;
     struct config cfg;
     struct config_endpoint ep;
@@ -73,6 +75,8 @@ static int setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     f->base = event_base_new();
+    f->httpc = httpc_new(f->base);
+    assert_non_null(f->httpc);
     struct http_server_handler h = {.on_request = on_request, .arg = &f->rcv};
     f->rcv.srv = http_server_new(f->base, NULL, &h);
     http_server_set_access_log(f->rcv.srv, false);
@@ -103,6 +107,7 @@ static int teardown(void **state)
     for (size_t i = 0; i < f->rcv.nposts; i++)
         json_decref(f->rcv.posts[i]);
     http_server_free(f->rcv.srv);
+    httpc_free(f->httpc);
     event_base_free(f->base);
     free(f);
     return 0;
@@ -169,7 +174,7 @@ static void emit(struct notify *n, enum notify_action action, const char *mt, co
 static void test_envelope(void **state)
 {
     struct fixture *f = *state;
-    struct notify *n = notify_new(f->base, &f->cfg);
+    struct notify *n = notify_new(f->base, &f->cfg, f->httpc);
     assert_non_null(n);
     emit(n, NOTIFY_PUSH, "application/vnd.oci.image.manifest.v1+json", "v1");
     emit(n, NOTIFY_PULL, NOTIFY_BLOB_MEDIA_TYPE, NULL);
@@ -216,7 +221,7 @@ static void test_filters(void **state)
     f->ep.ignore.nactions = 1;
     f->ep.ignoredmediatypes = f->ignored_types;
     f->ep.nignoredmediatypes = 1;
-    struct notify *n = notify_new(f->base, &f->cfg);
+    struct notify *n = notify_new(f->base, &f->cfg, f->httpc);
     emit(n, NOTIFY_PULL, "application/vnd.oci.image.manifest.v1+json", "v1"); /* action */
     emit(n, NOTIFY_PUSH, NOTIFY_BLOB_MEDIA_TYPE, NULL);                      /* media type */
     emit(n, NOTIFY_MOUNT, NOTIFY_BLOB_MEDIA_TYPE, NULL);                     /* media type */
@@ -231,7 +236,7 @@ static void test_disabled_endpoint(void **state)
 {
     struct fixture *f = *state;
     f->ep.disabled = true;
-    struct notify *n = notify_new(f->base, &f->cfg);
+    struct notify *n = notify_new(f->base, &f->cfg, f->httpc);
     assert_non_null(n);
     emit(n, NOTIFY_PUSH, NOTIFY_BLOB_MEDIA_TYPE, NULL);
     assert_int_equal(notify_queue_depth(n), 0);
@@ -242,7 +247,7 @@ static void test_retry_sends_the_same_events(void **state)
 {
     struct fixture *f = *state;
     f->rcv.fail_next = 4; /* beyond the threshold: backoff kicks in, then success */
-    struct notify *n = notify_new(f->base, &f->cfg);
+    struct notify *n = notify_new(f->base, &f->cfg, f->httpc);
     emit(n, NOTIFY_PUSH, NOTIFY_BLOB_MEDIA_TYPE, NULL);
     assert_int_equal(notify_queue_depth(n), 1);
     run_until_drained(f, n);
@@ -259,7 +264,7 @@ static void test_bounded_queue_drops_oldest(void **state)
     f->ep.url = "http://127.0.0.1:1/events";
     f->ep.backoff_ms = 60000;
     f->ep.threshold = 1;
-    struct notify *n = notify_new(f->base, &f->cfg);
+    struct notify *n = notify_new(f->base, &f->cfg, f->httpc);
     for (int i = 0; i < NOTIFY_QUEUE_MAX + 101; i++)
         emit(n, NOTIFY_PULL, NOTIFY_BLOB_MEDIA_TYPE, NULL);
     /* the first event went into the batch in flight; the ring holds the newest */
@@ -276,7 +281,7 @@ static void test_no_endpoints_is_a_no_op(void **state)
 {
     struct fixture *f = *state;
     f->cfg.notifications.nendpoints = 0;
-    struct notify *n = notify_new(f->base, &f->cfg);
+    struct notify *n = notify_new(f->base, &f->cfg, f->httpc);
     assert_non_null(n);
     emit(n, NOTIFY_PUSH, NOTIFY_BLOB_MEDIA_TYPE, NULL);
     assert_int_equal(notify_queue_depth(n), 0);
