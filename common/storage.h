@@ -12,6 +12,10 @@
  * atomic (write to a temporary name, then rename), so a crash never leaves a partial file
  * at a visible path.
  *
+ * The OSS driver (storage/oss.c) makes blocking HTTP requests: the daemon calls it from
+ * worker threads, never from the event loop. It is thread-safe (any number of threads may
+ * call it at once); one storage_writer is used by one thread at a time.
+ *
  * Ownership: strings and arrays returned through out-parameters are malloc'd and belong to
  * the caller (storage_list_free for lists). A storage_writer belongs to the caller until
  * storage_writer_close.
@@ -37,12 +41,17 @@ struct storage_list {
     size_t n;
 };
 
+/*
+ * read_range's sink: called with the bytes in order; a non-zero return stops the transfer
+ * (read_range then returns REG_ERR_INTERNAL without logging).
+ */
+typedef int (*storage_read_cb)(void *ctx, const void *data, size_t len);
+
 struct storage_ops {
     const char *name;
     enum regerr (*get_content)(struct storage *s, const char *path, size_t max, char **out,
                                size_t *len);
-    enum regerr (*put_content)(struct storage *s, const char *path, const void *data,
-                               size_t len);
+    enum regerr (*put_content)(struct storage *s, const char *path, const void *data, size_t len);
     enum regerr (*stat)(struct storage *s, const char *path, struct storage_stat *out);
     enum regerr (*list)(struct storage *s, const char *path, struct storage_list *out);
     enum regerr (*move)(struct storage *s, const char *src, const char *dst);
@@ -50,7 +59,23 @@ struct storage_ops {
     enum regerr (*open_read)(struct storage *s, const char *path, int *fd, uint64_t *size);
     enum regerr (*open_writer)(struct storage *s, const char *path, bool append,
                                struct storage_writer **out);
+    /* Optional (NULL: REG_ERR_UNSUPPORTED): a signed URL that GETs path until expires_s. */
+    enum regerr (*presign_get)(struct storage *s, const char *path, long expires_s, char **url);
+    /* Optional: streams len bytes (0: to the end) of path from offset off into cb. */
+    enum regerr (*read_range)(struct storage *s, const char *path, uint64_t off, uint64_t len,
+                              storage_read_cb cb, void *ctx);
     void (*free)(struct storage *s);
+};
+
+/* A writer: each driver has its own behind these ops (see storage_writer_* below). */
+struct storage_writer_ops {
+    enum regerr (*write)(struct storage_writer *w, const void *data, size_t len);
+    uint64_t (*size)(const struct storage_writer *w);
+    enum regerr (*close)(struct storage_writer *w);
+};
+
+struct storage_writer {
+    const struct storage_writer_ops *ops;
 };
 
 struct storage {
@@ -59,6 +84,49 @@ struct storage {
 
 /* The filesystem driver rooted at root (created when missing). NULL on error (logged). */
 struct storage *storage_fs_new(const char *root);
+
+/*
+ * The Aliyun OSS driver's settings: registry:2's storage.oss keys, plus tuning knobs
+ * (0 = the default) that tests lower to exercise OSS's limits with small objects.
+ *
+ * Endpoint: `endpoint` when set (host[:port], or a URL whose http:// or https:// scheme then
+ * wins over `secure`), else "<region>.aliyuncs.com" ("<region>-internal.aliyuncs.com" with
+ * internal), region taken as "oss-<region>" when it lacks the "oss-" prefix. Requests go to
+ * the virtual-hosted "<bucket>.<endpoint>", unless the endpoint is the bucket's own custom
+ * domain (CNAME): that is the case when the endpoint host already starts with "<bucket>."
+ * or when `cname` is set, and the endpoint is then used as is.
+ *
+ * Signatures: V4 (default) signs for `region` without its "oss-" prefix; without a region it
+ * is taken from an endpoint "oss-<region>[-internal].aliyuncs.com", else the constructor
+ * fails. sigversion 1 selects the V1 signature (existing buckets that still accept it).
+ */
+struct storage_oss_config {
+    const char *accesskeyid, *accesskeysecret;
+    const char *region, *endpoint;
+    bool internal;
+    const char *bucket;
+    bool encrypt;                /* server-side encryption: AES256, or KMS with the key id */
+    const char *encryptionkeyid; /* KMS key id (implies KMS when set with encrypt) */
+    bool secure;                 /* https (default in config: true) */
+    uint64_t chunksize;          /* multipart part size; 0: 10 MiB; at least 100 KiB */
+    const char *rootdirectory;   /* key prefix; "" or NULL: the bucket's root */
+    bool cname;                  /* the endpoint is the bucket's custom domain */
+    int sigversion;              /* 0 or 4: V4; 1: V1 */
+    /* Tuning (0: default). */
+    uint64_t copy_limit;     /* CopyObject's source limit (1 GiB); above it UploadPartCopy */
+    unsigned list_max;       /* max-keys per listing page (1000) */
+    unsigned delete_max;     /* keys per DeleteMultipleObjects (1000) */
+    int retries;             /* extra attempts on 5xx/connection errors (4; -1: none) */
+    long retry_base_ms;      /* first backoff, doubled each time (100 ms) */
+    long connect_timeout_ms; /* 10 s */
+    long low_speed_time_s;   /* abort after this long under 1 byte/s (60 s) */
+};
+
+/*
+ * The OSS driver. NULL on a configuration error (logged; the secret never is). The config
+ * strings are copied. Uses libcurl easy handles (pooled, sharing connections and DNS).
+ */
+struct storage *storage_oss_new(const struct storage_oss_config *cfg);
 
 /*
  * Reads the whole file at path, at most max bytes (REG_ERR_TOO_LARGE above that).
@@ -70,8 +138,8 @@ static inline enum regerr storage_get_content(struct storage *s, const char *pat
     return s->ops->get_content(s, path, max, out, len);
 }
 /* Writes data as the whole content of path, creating parent directories, atomically. */
-static inline enum regerr storage_put_content(struct storage *s, const char *path,
-                                              const void *data, size_t len)
+static inline enum regerr storage_put_content(struct storage *s, const char *path, const void *data,
+                                              size_t len)
 {
     return s->ops->put_content(s, path, data, len);
 }
@@ -108,17 +176,55 @@ static inline enum regerr storage_open_writer(struct storage *s, const char *pat
 {
     return s->ops->open_writer(s, path, append, out);
 }
+/*
+ * A signed, expiring URL for GET of path (the client downloads from the store directly).
+ * REG_ERR_UNSUPPORTED for drivers that have none (filesystem). *url is the caller's.
+ */
+static inline enum regerr storage_presign_get(struct storage *s, const char *path, long expires_s,
+                                              char **url)
+{
+    if (!s->ops->presign_get)
+        return REG_ERR_UNSUPPORTED;
+    return s->ops->presign_get(s, path, expires_s, url);
+}
+/*
+ * Streams bytes [off, off + len) of path (len 0: to the end) into cb. REG_ERR_RANGE_INVALID
+ * when off is past the end (off == size is an empty read). REG_ERR_UNSUPPORTED for drivers
+ * without it (filesystem: use open_read).
+ */
+static inline enum regerr storage_read_range(struct storage *s, const char *path, uint64_t off,
+                                             uint64_t len, storage_read_cb cb, void *ctx)
+{
+    if (!s->ops->read_range)
+        return REG_ERR_UNSUPPORTED;
+    return s->ops->read_range(s, path, off, len, cb, ctx);
+}
 static inline void storage_free(struct storage *s)
 {
     if (s)
         s->ops->free(s);
 }
 
-/* Writer: bytes go to the file as they come; size is what the file holds now. */
-enum regerr storage_writer_write(struct storage_writer *w, const void *data, size_t len);
-uint64_t storage_writer_size(const struct storage_writer *w);
+/*
+ * Writer. Filesystem: bytes go to the file as they come; size is what the file holds now.
+ * OSS: bytes are buffered up to chunksize and sent as multipart parts; the object (with an
+ * appended-to object's earlier bytes) appears, whole, at close; size counts every byte the
+ * object will hold. A failed write makes close fail too (and abort the multipart upload).
+ */
+static inline enum regerr storage_writer_write(struct storage_writer *w, const void *data,
+                                               size_t len)
+{
+    return w->ops->write(w, data, len);
+}
+static inline uint64_t storage_writer_size(const struct storage_writer *w)
+{
+    return w->ops->size(w);
+}
 /* Flushes and closes; w is freed whatever the result. */
-enum regerr storage_writer_close(struct storage_writer *w);
+static inline enum regerr storage_writer_close(struct storage_writer *w)
+{
+    return w->ops->close(w);
+}
 
 void storage_list_free(struct storage_list *l);
 

@@ -748,7 +748,7 @@ static int lock_path(const struct config *cfg, char *buf, size_t size)
 int gc_main(const struct config *cfg, struct storage *st, const struct gc_opts *opts)
 {
     char path[PATH_MAX], holder[128] = "";
-    bool busy = false;
+    bool busy = false, nolock = false;
     int rc = 1, fd = -1;
     if (lock_path(cfg, path, sizeof(path)) == 0) {
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -768,10 +768,22 @@ int gc_main(const struct config *cfg, struct storage *st, const struct gc_opts *
             holder[strcspn(holder, "\n")] = '\0';
         }
     } else {
-        busy = true;
+        busy = nolock = true;
         snprintf(path, sizeof(path), "the %s storage",
                  cfg->storage.driver_name ? cfg->storage.driver_name : "configured");
         snprintf(holder, sizeof(holder), "this driver has no lock to tell");
+    }
+    if (busy && !opts->force && !opts->dry_run && nolock) {
+        /* Read-only instances do not help here: nothing tells that they are. */
+        fprintf(stderr,
+                "garbage-collect: refusing to run: %s has no instance lock, so whether a "
+                "regmirror that is not read-only is writing to it cannot be told.\n"
+                "Stop every regmirror on it (or make them read-only: "
+                "storage.maintenance.readonly.enabled: true), then run again with --force "
+                "(blobs being pushed meanwhile can be lost).\n",
+                path);
+        rc = GC_EXIT_BUSY;
+        goto out;
     }
     if (busy && !opts->force && !opts->dry_run) {
         fprintf(stderr,

@@ -19,7 +19,8 @@
  * there; a read-only serve (storage.maintenance.readonly) takes none. garbage-collect takes
  * the lock exclusively without waiting: when it cannot, a writable regmirror is running and
  * it refuses (GC_EXIT_BUSY) unless --force; while garbage-collect holds it, a writable serve
- * refuses to start.
+ * refuses to start. Other drivers (OSS) have no such lock, so garbage-collect cannot tell
+ * whether a writer runs: it refuses unless --force (a dry run goes on, with a warning).
  */
 #include <stdbool.h>
 #include <stddef.h>

@@ -18,7 +18,8 @@ struct fs_storage {
     char *root;
 };
 
-struct storage_writer {
+struct fs_writer {
+    struct storage_writer base;
     int fd;
     uint64_t size;
     char *path; /* for messages */
@@ -128,8 +129,7 @@ static int write_all(int fd, const void *data, size_t len)
     return 0;
 }
 
-static enum regerr fs_put_content(struct storage *s, const char *path, const void *data,
-                                  size_t len)
+static enum regerr fs_put_content(struct storage *s, const char *path, const void *data, size_t len)
 {
     struct fs_storage *fs = (struct fs_storage *)s;
     FS_PATH(fs, path, p);
@@ -295,6 +295,16 @@ static enum regerr fs_open_read(struct storage *s, const char *path, int *fd, ui
     return REG_OK;
 }
 
+static enum regerr fs_writer_write(struct storage_writer *base, const void *data, size_t len);
+static uint64_t fs_writer_size(const struct storage_writer *base);
+static enum regerr fs_writer_close(struct storage_writer *base);
+
+static const struct storage_writer_ops fs_writer_ops = {
+    .write = fs_writer_write,
+    .size = fs_writer_size,
+    .close = fs_writer_close,
+};
+
 static enum regerr fs_open_writer(struct storage *s, const char *path, bool append,
                                   struct storage_writer **out)
 {
@@ -311,20 +321,22 @@ static enum regerr fs_open_writer(struct storage *s, const char *path, bool appe
         return REG_ERR_INTERNAL;
     }
     struct stat st;
-    struct storage_writer *w = calloc(1, sizeof(*w));
+    struct fs_writer *w = calloc(1, sizeof(*w));
     if (!w || fstat(fd, &st) != 0 || !(w->path = strdup(p))) {
         free(w);
         close(fd);
         return REG_ERR_INTERNAL;
     }
+    w->base.ops = &fs_writer_ops;
     w->fd = fd;
     w->size = (uint64_t)st.st_size;
-    *out = w;
+    *out = &w->base;
     return REG_OK;
 }
 
-enum regerr storage_writer_write(struct storage_writer *w, const void *data, size_t len)
+static enum regerr fs_writer_write(struct storage_writer *base, const void *data, size_t len)
 {
+    struct fs_writer *w = (struct fs_writer *)base;
     if (write_all(w->fd, data, len) != 0) {
         log_error("storage: write %s: %s", w->path, strerror(errno));
         return REG_ERR_INTERNAL;
@@ -333,13 +345,14 @@ enum regerr storage_writer_write(struct storage_writer *w, const void *data, siz
     return REG_OK;
 }
 
-uint64_t storage_writer_size(const struct storage_writer *w)
+static uint64_t fs_writer_size(const struct storage_writer *base)
 {
-    return w->size;
+    return ((const struct fs_writer *)base)->size;
 }
 
-enum regerr storage_writer_close(struct storage_writer *w)
+static enum regerr fs_writer_close(struct storage_writer *base)
 {
+    struct fs_writer *w = (struct fs_writer *)base;
     enum regerr result = REG_OK;
     if (close(w->fd) != 0) {
         log_error("storage: close %s: %s", w->path, strerror(errno));
