@@ -1074,7 +1074,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static void peer_text(const struct sockaddr *sa, char *out, size_t len)
+void http_peer_text(const struct sockaddr *sa, char *out, size_t len)
 {
     out[0] = '\0';
     if (sa->sa_family == AF_INET) {
@@ -1102,7 +1102,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
         return;
     }
     char remote[INET6_ADDRSTRLEN];
-    peer_text(sa, remote, sizeof(remote));
+    http_peer_text(sa, remote, sizeof(remote));
     if (conn_new(srv, bev, remote, true) < 0)
         log_warn("http: cannot set up a connection from %s", remote);
 }

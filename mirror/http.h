@@ -73,6 +73,9 @@ struct http_server *http_server_new(struct event_base *base, const struct http_l
 int http_server_listen(struct http_server *srv, const char *addr);
 /* Listens on an already bound, listening socket (tests). The server takes the fd. */
 int http_server_listen_fd(struct http_server *srv, int fd);
+/* A peer address as text for logs and http_server_adopt; IPv4-mapped IPv6 shows as IPv4. */
+struct sockaddr;
+void http_peer_text(const struct sockaddr *sa, char *out, size_t len);
 /* The port of the first listener (for ":0" in tests), or -1. */
 int http_server_port(const struct http_server *srv);
 /*

@@ -308,26 +308,12 @@ static void handshake_event_cb(struct bufferevent *bev, short what, void *arg)
     handshake_free(h, true);
 }
 
-static void peer_text(const struct sockaddr *sa, char *out, size_t len)
-{
-    out[0] = '\0';
-    if (sa->sa_family == AF_INET) {
-        evutil_inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, len);
-    } else if (sa->sa_family == AF_INET6) {
-        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-        if (IN6_IS_ADDR_V4MAPPED(a))
-            evutil_inet_ntop(AF_INET, &a->s6_addr[12], out, len);
-        else
-            evutil_inet_ntop(AF_INET6, a, out, len);
-    }
-}
-
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
     struct tls_server *t = arg;
     char remote[INET6_ADDRSTRLEN];
-    peer_text(sa, remote, sizeof(remote));
+    http_peer_text(sa, remote, sizeof(remote));
     /* Nagle would hold every TLS record of a small response back ~40 ms. */
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
