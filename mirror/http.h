@@ -21,6 +21,9 @@
  * over-long URLs with 414, sends "100 Continue" when the application accepts a body, and
  * closes idle connections after the idle timeout. A streaming download is never cut by a
  * timeout while the client keeps reading. One access log line is written per request.
+ *
+ * The process must ignore SIGPIPE (as the daemon does): responses are written with writev and
+ * sendfile, which raise it when a client has gone away.
  */
 #include <stdbool.h>
 #include <stddef.h>
