@@ -68,41 +68,57 @@ static int mkdirs_parent(const char *p)
     return 0;
 }
 
+/* First read size: links (the common case) are about 75 bytes. */
+#define FS_CONTENT_FIRST 512
+
 static enum regerr fs_get_content(struct storage *s, const char *path, size_t max, char **out,
                                   size_t *len)
 {
     struct fs_storage *fs = (struct fs_storage *)s;
     FS_PATH(fs, path, p);
     enum regerr result = REG_OK;
+    size_t cap = FS_CONTENT_FIRST, got = 0;
+    size_t limit = max < SIZE_MAX - 1 ? max + 1 : max; /* the byte that tells "too big" */
     char *buf = NULL;
     int fd = open(p, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return errno_to_regerr(errno);
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        result = S_ISDIR(st.st_mode) ? REG_ERR_NOT_FOUND : REG_ERR_INTERNAL;
-        goto out;
-    }
-    if ((uint64_t)st.st_size > max) {
-        result = REG_ERR_TOO_LARGE;
-        goto out;
-    }
-    buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        result = REG_ERR_INTERNAL;
-        goto out;
-    }
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+    /* Read to the end without an fstat first: one syscall less on the hot path, and the
+     * file's size may change under us anyway. One byte past max tells that it is too big. */
+    for (;;) {
+        if (!buf || got == cap) {
+            if (buf && cap > max) {
+                result = REG_ERR_TOO_LARGE;
+                goto out;
+            }
+            if (buf)
+                cap = cap > limit / 4 ? limit : cap * 4;
+            char *nb = realloc(buf, cap + 1);
+            if (!nb) {
+                result = REG_ERR_INTERNAL;
+                goto out;
+            }
+            buf = nb;
+        }
+        ssize_t r = read(fd, buf + got, cap - got);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0) {
-            log_error("storage: read %s: %s", p, r < 0 ? strerror(errno) : "short read");
-            result = REG_ERR_INTERNAL;
+        if (r < 0) {
+            if (errno == EISDIR) {
+                result = REG_ERR_NOT_FOUND;
+            } else {
+                log_error("storage: read %s: %s", p, strerror(errno));
+                result = REG_ERR_INTERNAL;
+            }
             goto out;
         }
+        if (r == 0)
+            break;
         got += (size_t)r;
+    }
+    if (got > max) {
+        result = REG_ERR_TOO_LARGE;
+        goto out;
     }
     buf[got] = '\0';
     *out = buf;
