@@ -153,6 +153,15 @@ void auth_entries_free(struct auth_entries *e)
     e->n = 0;
 }
 
+/* A user name fit for a log line: control bytes shown as '?', cut to size - 1 bytes. */
+static void printable(const char *user, char *out, size_t size)
+{
+    size_t k = 0;
+    for (; k + 1 < size && user[k]; k++)
+        out[k] = (unsigned char)user[k] < 0x20 || user[k] == 0x7f ? '?' : user[k];
+    out[k] = '\0';
+}
+
 static bool is_blank(char c)
 {
     return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
@@ -215,10 +224,7 @@ int auth_htpasswd_parse(const char *text, size_t len, struct auth_entries *out, 
         if (why) {
             /* The user name goes into the message, never the hash. */
             char shown[65];
-            size_t k = 0;
-            for (; user[k] && k < sizeof(shown) - 1; k++)
-                shown[k] = (unsigned char)user[k] < 0x20 || user[k] == 0x7f ? '?' : user[k];
-            shown[k] = '\0';
+            printable(user, shown, sizeof(shown));
             set_err(err, errlen,
                     "line %zu (user %s): %s is not supported; create entries with "
                     "htpasswd -B (bcrypt)",
@@ -527,10 +533,7 @@ static const struct auth_entry *find_user(const struct auth *a, const char *user
 static void log_failure(const char *user, const char *remote, const char *why)
 {
     char shown[65];
-    size_t k = 0;
-    for (; user[k] && k < sizeof(shown) - 1; k++)
-        shown[k] = (unsigned char)user[k] < 0x20 || user[k] == 0x7f ? '?' : user[k];
-    shown[k] = '\0';
+    printable(user, shown, sizeof(shown));
     const char *fields[] = {"user", shown, "remote", remote ? remote : "", "reason", why, NULL};
     log_kv(LOG_WARN, fields, "auth: failed login");
 }

@@ -79,20 +79,23 @@ static enum regerr fs_get_content(struct storage *s, const char *path, size_t ma
     enum regerr result = REG_OK;
     size_t cap = FS_CONTENT_FIRST, got = 0;
     size_t limit = max < SIZE_MAX - 1 ? max + 1 : max; /* the byte that tells "too big" */
-    char *buf = NULL;
+    char *buf = malloc(cap + 1);
+    if (!buf)
+        return REG_ERR_INTERNAL;
     int fd = open(p, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (fd < 0) {
+        free(buf);
         return errno_to_regerr(errno);
+    }
     /* Read to the end without an fstat first: one syscall less on the hot path, and the
      * file's size may change under us anyway. One byte past max tells that it is too big. */
     for (;;) {
-        if (!buf || got == cap) {
-            if (buf && cap > max) {
+        if (got == cap) {
+            if (cap > max) {
                 result = REG_ERR_TOO_LARGE;
                 goto out;
             }
-            if (buf)
-                cap = cap > limit / 4 ? limit : cap * 4;
+            cap = cap > limit / 4 ? limit : cap * 4;
             char *nb = realloc(buf, cap + 1);
             if (!nb) {
                 result = REG_ERR_INTERNAL;
