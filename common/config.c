@@ -811,10 +811,20 @@ static bool parse_bytes(const char *s, long long *out)
     static const struct {
         const char *unit;
         long double mult;
-    } units[] = {{"", 1},          {"b", 1},          {"kb", 1e3},      {"mb", 1e6},
-                 {"gb", 1e9},      {"tb", 1e12},      {"k", 1024.0L},   {"kib", 1024.0L},
-                 {"m", 1048576.0L}, {"mib", 1048576.0L}, {"g", 1073741824.0L},
-                 {"gib", 1073741824.0L}, {"t", 1099511627776.0L}, {"tib", 1099511627776.0L}};
+    } units[] = {{"", 1},
+                 {"b", 1},
+                 {"kb", 1e3},
+                 {"mb", 1e6},
+                 {"gb", 1e9},
+                 {"tb", 1e12},
+                 {"k", 1024.0L},
+                 {"kib", 1024.0L},
+                 {"m", 1048576.0L},
+                 {"mib", 1048576.0L},
+                 {"g", 1073741824.0L},
+                 {"gib", 1073741824.0L},
+                 {"t", 1099511627776.0L},
+                 {"tib", 1099511627776.0L}};
     char *end;
     if (!isdigit((unsigned char)*s))
         return false;

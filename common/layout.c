@@ -13,8 +13,8 @@ char *layout_blob_dir(char *buf, const struct digest *d)
 
 char *layout_blob_data(char *buf, const struct digest *d)
 {
-    snprintf(buf, LAYOUT_PATH_MAX, ROOT "/blobs/%s/%.2s/%s/data", digest_algo_name(d->algo),
-             d->hex, d->hex);
+    snprintf(buf, LAYOUT_PATH_MAX, ROOT "/blobs/%s/%.2s/%s/data", digest_algo_name(d->algo), d->hex,
+             d->hex);
     return buf;
 }
 

@@ -21,8 +21,11 @@ int log_level_parse(const char *s, enum log_level *out)
     static const struct {
         const char *name;
         enum log_level level;
-    } map[] = {{"error", LOG_ERROR}, {"warn", LOG_WARN},   {"warning", LOG_WARN},
-               {"info", LOG_INFO},   {"debug", LOG_DEBUG}};
+    } map[] = {{"error", LOG_ERROR},
+               {"warn", LOG_WARN},
+               {"warning", LOG_WARN},
+               {"info", LOG_INFO},
+               {"debug", LOG_DEBUG}};
     for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
         if (strcmp(s, map[i].name) == 0) {
             *out = map[i].level;

@@ -13,8 +13,9 @@ static const struct {
     [REG_ERR_BLOB_UPLOAD_UNKNOWN] = {"BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry"},
     [REG_ERR_DIGEST_INVALID] = {"DIGEST_INVALID", 400,
                                 "provided digest did not match uploaded content"},
-    [REG_ERR_MANIFEST_BLOB_UNKNOWN] = {"MANIFEST_BLOB_UNKNOWN", 400,
-                                       "manifest references a manifest or blob unknown to registry"},
+    [REG_ERR_MANIFEST_BLOB_UNKNOWN] =
+        {"MANIFEST_BLOB_UNKNOWN", 400,
+         "manifest references a manifest or blob unknown to registry"},
     [REG_ERR_MANIFEST_INVALID] = {"MANIFEST_INVALID", 400, "manifest invalid"},
     [REG_ERR_MANIFEST_UNKNOWN] = {"MANIFEST_UNKNOWN", 404, "manifest unknown"},
     [REG_ERR_NAME_INVALID] = {"NAME_INVALID", 400, "invalid repository name"},

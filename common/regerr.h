@@ -10,8 +10,8 @@
 
 enum regerr {
     REG_OK = 0,
-    REG_ERR_INTERNAL,      /* 500, an unexpected failure (I/O error, allocation) */
-    REG_ERR_UNAVAILABLE,   /* 503, storage or upstream not reachable */
+    REG_ERR_INTERNAL,    /* 500, an unexpected failure (I/O error, allocation) */
+    REG_ERR_UNAVAILABLE, /* 503, storage or upstream not reachable */
     REG_ERR_BLOB_UNKNOWN,
     REG_ERR_BLOB_UPLOAD_INVALID,
     REG_ERR_BLOB_UPLOAD_UNKNOWN,
@@ -26,11 +26,11 @@ enum regerr {
     REG_ERR_RANGE_INVALID, /* 416 */
     REG_ERR_UNAUTHORIZED,
     REG_ERR_DENIED,
-    REG_ERR_UNSUPPORTED,   /* 405 for disabled deletes, 400 otherwise via status override */
+    REG_ERR_UNSUPPORTED, /* 405 for disabled deletes, 400 otherwise via status override */
     REG_ERR_TOOMANYREQUESTS,
     REG_ERR_PAGINATION_NUMBER_INVALID,
-    REG_ERR_TOO_LARGE,     /* 413, body over a limit */
-    REG_ERR_NOT_FOUND,     /* storage-level "no such path"; mapped by the caller */
+    REG_ERR_TOO_LARGE, /* 413, body over a limit */
+    REG_ERR_NOT_FOUND, /* storage-level "no such path"; mapped by the caller */
     REG_ERR__COUNT
 };
 

@@ -231,8 +231,8 @@ void api_base(const struct api *api, struct http_req *req, const struct api_rout
  * Pagination shared by _catalog and tags/list: entries after `last`, at most n, and a Link
  * header to the next page when more remain.
  */
-static void paginate(const struct api *api, struct http_req *req, const char *path,
-                     const char *key, const char *name, struct storage_list *l)
+static void paginate(const struct api *api, struct http_req *req, const char *path, const char *key,
+                     const char *name, struct storage_list *l)
 {
     const char *q = http_req_query(req);
     char *nstr = reference_query_get(q, "n");
@@ -253,8 +253,8 @@ static void paginate(const struct api *api, struct http_req *req, const char *pa
     size_t i = start;
     for (; i < l->n && (uint64_t)(i - start) < n; i++)
         json_array_append_new(arr, json_string(l->names[i]));
-    json_t *body = name ? json_pack("{s:s, s:o}", "name", name, key, arr)
-                        : json_pack("{s:o}", key, arr);
+    json_t *body =
+        name ? json_pack("{s:s, s:o}", "name", name, key, arr) : json_pack("{s:o}", key, arr);
     char *link = NULL;
     if (i < l->n && i > start) {
         char *enc = reference_url_encode(l->names[i - 1]);

@@ -62,8 +62,8 @@ static enum regerr pick_default_platform(const struct api *api, const char *name
 }
 
 /* resolved: the digest rt->ref stands for, when the caller has just looked it up; or NULL. */
-static void serve_manifest(const struct api *api, struct http_req *req,
-                           const struct api_route *rt, const struct digest *resolved)
+static void serve_manifest(const struct api *api, struct http_req *req, const struct api_route *rt,
+                           const struct digest *resolved)
 {
     struct registry_manifest m;
     enum regerr result = resolved ? registry_manifest_get_resolved(api->reg, resolved, &m)
@@ -120,10 +120,9 @@ static void put_body(struct http_req *req, void *arg, const char *data, size_t l
     char err[512] = "";
     struct digest d, subject;
     bool has_subject = false;
-    enum regerr result =
-        registry_manifest_put(api->reg, rt->name, rt->ref, data, len,
-                              http_req_header(req, "Content-Type"), &d, &has_subject, &subject,
-                              err, sizeof(err));
+    enum regerr result = registry_manifest_put(api->reg, rt->name, rt->ref, data, len,
+                                               http_req_header(req, "Content-Type"), &d,
+                                               &has_subject, &subject, err, sizeof(err));
     if (result != REG_OK) {
         api_error(api, req, result, *err ? err : NULL);
         goto out;
@@ -169,8 +168,7 @@ static void put_manifest(const struct api *api, struct http_req *req, const stru
     http_req_buffer_body(req, REGISTRY_MANIFEST_MAX, put_body, ctx);
 }
 
-static void delete_manifest(const struct api *api, struct http_req *req,
-                            const struct api_route *rt)
+static void delete_manifest(const struct api *api, struct http_req *req, const struct api_route *rt)
 {
     if (!registry_delete_enabled(api->reg)) {
         api_error(api, req, REG_ERR_UNSUPPORTED, "deletes are disabled (storage.delete.enabled)");

@@ -23,8 +23,8 @@ struct upload_ctx {
     struct api_route rt;
     enum upload_mode mode;
     struct registry_upload *up;
-    struct digest digest;  /* PUT and monolithic POST */
-    bool answered;         /* an error was sent from the data callback */
+    struct digest digest; /* PUT and monolithic POST */
+    bool answered;        /* an error was sent from the data callback */
 };
 
 static bool upload_id_valid(const char *id)

@@ -136,8 +136,8 @@ void http_req_resume_body(struct http_req *req);
 /*
  * Reads the whole body into memory, at most max bytes; above that the server answers 413
  * itself: the callback is not called, the abort callback (if set) runs instead so the
- * application can release what it tied to the request. data is valid during the callback only and is
- * NUL-terminated for convenience (len excludes the NUL).
+ * application can release what it tied to the request. data is valid during the callback only and
+ * is NUL-terminated for convenience (len excludes the NUL).
  */
 typedef void (*http_body_buffered_cb)(struct http_req *req, void *ctx, const char *data,
                                       size_t len);

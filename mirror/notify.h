@@ -67,8 +67,8 @@ struct notify_request {
 
 /*
  * Creates the notifier for cfg->notifications (borrowed: cfg outlives it) on base and makes
- * it the active one. Deliveries go through hc (the daemon's shared client, borrowed). With no enabled endpoint it does nothing at all. NULL when out of
- * memory (logged).
+ * it the active one. Deliveries go through hc (the daemon's shared client, borrowed). With no
+ * enabled endpoint it does nothing at all. NULL when out of memory (logged).
  */
 struct notify *notify_new(struct event_base *base, const struct config *cfg, struct httpc *hc);
 /* Cancels deliveries in flight, drops what is queued, frees n. Takes NULL. */

@@ -211,7 +211,7 @@ struct mfetch {
     bool by_tag;
     bool have_cached; /* a proxied tag with a cached manifest: failures serve it */
     struct digest cached;
-    bool head; /* the running exchange is the tag re-check */
+    bool head;              /* the running exchange is the tag re-check */
     char want[API_REF_MAX]; /* reference of the running GET */
     struct upstream_req *ureq;
     char *body;
@@ -306,8 +306,8 @@ static int m_on_data(struct upstream_req *r, void *ctx, const char *data, size_t
 static void mfetch_fail(struct mfetch *f, enum regerr e, long retry_after, const char *why)
 {
     if (f->have_cached) {
-        log_warn("proxy: upstream check of %s:%s failed (%s); serving the cached manifest",
-                 f->name, f->ref, why);
+        log_warn("proxy: upstream check of %s:%s failed (%s); serving the cached manifest", f->name,
+                 f->ref, why);
         mfetch_finish(f, REG_OK, -1, NULL);
         return;
     }
@@ -328,7 +328,8 @@ static void mfetch_store(struct mfetch *f)
         return;
     }
     if (have_want && !digest_equal(&want, &got)) {
-        mfetch_fail(f, REG_ERR_UNAVAILABLE, -1, "the upstream sent a manifest with the wrong digest");
+        mfetch_fail(f, REG_ERR_UNAVAILABLE, -1,
+                    "the upstream sent a manifest with the wrong digest");
         return;
     }
     struct manifest m;
@@ -388,8 +389,8 @@ static void mfetch_start(struct mfetch *f)
     if (!f->rm->main)
         name = strchr(f->name, '/') + 1;
     f->len = 0;
-    f->ureq = upstream_fetch(f->rm->up, f->head ? "HEAD" : "GET", name, suffix, manifest_accept,
-                             &cb, f);
+    f->ureq =
+        upstream_fetch(f->rm->up, f->head ? "HEAD" : "GET", name, suffix, manifest_accept, &cb, f);
     if (!f->ureq)
         mfetch_fail(f, REG_ERR_INTERNAL, -1, "cannot start the upstream request");
 }
@@ -1010,8 +1011,8 @@ struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struc
     px->remotes = calloc(1 + cfg->proxy.nremotes, sizeof(*px->remotes));
     if (!px->remotes)
         goto fail;
-    if (add_remote(px, DEFAULT_HOST, cfg->proxy.remoteurl, cfg->proxy.username,
-                   cfg->proxy.password, true) != 0)
+    if (add_remote(px, DEFAULT_HOST, cfg->proxy.remoteurl, cfg->proxy.username, cfg->proxy.password,
+                   true) != 0)
         goto fail;
     for (size_t i = 0; i < cfg->proxy.nremotes; i++) {
         const struct config_proxy_remote *r = &cfg->proxy.remotes[i];

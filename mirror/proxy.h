@@ -42,8 +42,7 @@ void proxy_free(struct proxy *px);
  * it need not be looked up again.
  */
 typedef void (*proxy_manifest_serve_fn)(const struct api *api, struct http_req *req,
-                                        const struct api_route *rt,
-                                        const struct digest *resolved);
+                                        const struct api_route *rt, const struct digest *resolved);
 void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *req,
                     const struct api_route *rt, proxy_manifest_serve_fn serve_local);
 /* serve_local for blobs; linked_size, when >= 0, is the size of the blob the proxy has just

@@ -29,7 +29,7 @@ struct upload_state {
     /* sha256 only: it is what clients and registries use, and hashing twice halves the
      * ingest rate. A sha512 commit re-hashes the data from storage instead. */
     struct digest_hasher *hasher;
-    uint64_t hashed;                 /* bytes fed to the hashers */
+    uint64_t hashed; /* bytes fed to the hashers */
 };
 
 /* A stored manifest: its body and media type, by digest. */
@@ -523,8 +523,8 @@ static struct mcache_entry *mcache_find(struct registry *reg, const struct diges
 }
 
 /* Keeps a copy of a manifest the caller verified to have digest d (or read back as d). */
-static void mcache_put(struct registry *reg, const struct digest *d, const char *body,
-                       size_t len, const char *media_type)
+static void mcache_put(struct registry *reg, const struct digest *d, const char *body, size_t len,
+                       const char *media_type)
 {
     if (len > MCACHE_ENTRY_MAX || mcache_find(reg, d))
         return;
@@ -797,8 +797,7 @@ enum regerr registry_blob_link(struct registry *reg, const char *name, const str
     return write_link(reg, layout_layer_link(path, name, d), d);
 }
 
-enum regerr registry_upload_reader(struct registry *reg, const char *name, const char *id,
-                                   int *fd)
+enum regerr registry_upload_reader(struct registry *reg, const char *name, const char *id, int *fd)
 {
     char path[LAYOUT_PATH_MAX];
     uint64_t size;
@@ -849,8 +848,8 @@ static int vec_push(struct name_vec *vec, const char *s)
 /* Repository names can nest 128 levels at most within 255 characters; stop well before. */
 #define CATALOG_DEPTH_MAX 64
 
-static enum regerr walk_repos(struct registry *reg, const char *dir, const char *prefix,
-                              int depth, struct name_vec *vec)
+static enum regerr walk_repos(struct registry *reg, const char *dir, const char *prefix, int depth,
+                              struct name_vec *vec)
 {
     struct storage_list l = {0};
     enum regerr result = storage_list(reg->st, dir, &l);

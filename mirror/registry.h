@@ -138,8 +138,7 @@ bool registry_blob_stored(struct registry *reg, const struct digest *d);
 /* Links a stored blob into name. */
 enum regerr registry_blob_link(struct registry *reg, const char *name, const struct digest *d);
 /* Opens the data an upload session has received so far, for readers that follow it. */
-enum regerr registry_upload_reader(struct registry *reg, const char *name, const char *id,
-                                   int *fd);
+enum regerr registry_upload_reader(struct registry *reg, const char *name, const char *id, int *fd);
 
 /* ---- discovery ---- */
 /* Sorted tags of name; NAME_UNKNOWN for an unknown repository. storage_list_free the list. */

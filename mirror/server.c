@@ -17,21 +17,17 @@ struct server {
     struct http_server *http;
     struct http_server *debug;   /* http.debug.addr; NULL when unset */
     const struct health *health; /* for /healthz; NULL: always ok */
-    struct auth *auth;      /* auth.htpasswd; NULL without client auth */
-    struct tls_server *tls; /* http.tls.certificate; NULL for plain HTTP */
+    struct auth *auth;           /* auth.htpasswd; NULL without client auth */
+    struct tls_server *tls;      /* http.tls.certificate; NULL for plain HTTP */
 };
 
 typedef void (*route_fn)(const struct api *api, struct http_req *req, const struct api_route *rt);
 
 static const route_fn routes[] = {
-    [API_ROUTE_BASE] = api_base,
-    [API_ROUTE_CATALOG] = api_catalog,
-    [API_ROUTE_TAGS] = api_tags,
-    [API_ROUTE_MANIFEST] = api_manifest,
-    [API_ROUTE_BLOB] = api_blob,
-    [API_ROUTE_UPLOAD_START] = api_upload_start,
-    [API_ROUTE_UPLOAD] = api_upload,
-    [API_ROUTE_REFERRERS] = api_referrers,
+    [API_ROUTE_BASE] = api_base,     [API_ROUTE_CATALOG] = api_catalog,
+    [API_ROUTE_TAGS] = api_tags,     [API_ROUTE_MANIFEST] = api_manifest,
+    [API_ROUTE_BLOB] = api_blob,     [API_ROUTE_UPLOAD_START] = api_upload_start,
+    [API_ROUTE_UPLOAD] = api_upload, [API_ROUTE_REFERRERS] = api_referrers,
 };
 
 static void not_found(struct http_req *req)
@@ -133,8 +129,8 @@ static int server_setup_auth_tls(struct server *srv, struct event_base *base,
     return 0;
 }
 
-struct server *server_new(struct event_base *base, const struct config *cfg,
-                          struct registry *reg, struct proxy *proxy, struct cache *cache)
+struct server *server_new(struct event_base *base, const struct config *cfg, struct registry *reg,
+                          struct proxy *proxy, struct cache *cache)
 {
     struct server *srv = calloc(1, sizeof(*srv));
     if (!srv)
@@ -209,8 +205,7 @@ int server_observe(struct server *srv, struct event_base *base, const struct hea
         return -1;
     http_server_set_access_log(srv->debug, false);
     if (http_server_listen(srv->debug, cfg->http.debug.addr) != 0) {
-        log_error("cannot listen on http.debug.addr %s: %s", cfg->http.debug.addr,
-                  strerror(errno));
+        log_error("cannot listen on http.debug.addr %s: %s", cfg->http.debug.addr, strerror(errno));
         return -1;
     }
     log_info("debug server on %s: /debug/health%s%s", cfg->http.debug.addr,

@@ -16,8 +16,8 @@ struct cache;
 struct server;
 
 /* Creates the server and listens on cfg->http.addr. NULL on error (logged). */
-struct server *server_new(struct event_base *base, const struct config *cfg,
-                          struct registry *reg, struct proxy *proxy, struct cache *cache);
+struct server *server_new(struct event_base *base, const struct config *cfg, struct registry *reg,
+                          struct proxy *proxy, struct cache *cache);
 void server_free(struct server *srv);
 
 struct health;

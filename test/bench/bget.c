@@ -42,8 +42,17 @@
 #define HEAD_MAX 16384
 #define MAX_HEADERS 16
 
-enum phase { P_CONNECT, P_SEND, P_HEAD, P_BODY, P_CHUNK_SIZE, P_CHUNK_DATA, P_CHUNK_CRLF,
-             P_TRAILER, P_DONE };
+enum phase {
+    P_CONNECT,
+    P_SEND,
+    P_HEAD,
+    P_BODY,
+    P_CHUNK_SIZE,
+    P_CHUNK_DATA,
+    P_CHUNK_CRLF,
+    P_TRAILER,
+    P_DONE
+};
 
 struct result {
     int conn, status;
@@ -414,20 +423,38 @@ int main(int argc, char **argv)
     g_total = 1;
     while ((opt = getopt(argc, argv, "c:n:IH:se:t:d:q")) != -1) {
         switch (opt) {
-        case 'c': conns = atoi(optarg); break;
-        case 'n': g_total = atoi(optarg); break;
-        case 'I': g_head = true; break;
+        case 'c':
+            conns = atoi(optarg);
+            break;
+        case 'n':
+            g_total = atoi(optarg);
+            break;
+        case 'I':
+            g_head = true;
+            break;
         case 'H':
             hl += (size_t)snprintf(headers + hl, sizeof(headers) - hl, "%s\r\n", optarg);
             if (hl >= sizeof(headers))
                 usage();
             break;
-        case 's': g_hash = true; break;
-        case 'e': g_expect = optarg; g_hash = true; break;
-        case 't': limit = atof(optarg); break;
-        case 'd': duration = atof(optarg); break;
-        case 'q': summary = true; break;
-        default: usage();
+        case 's':
+            g_hash = true;
+            break;
+        case 'e':
+            g_expect = optarg;
+            g_hash = true;
+            break;
+        case 't':
+            limit = atof(optarg);
+            break;
+        case 'd':
+            duration = atof(optarg);
+            break;
+        case 'q':
+            summary = true;
+            break;
+        default:
+            usage();
         }
     }
     if (optind != argc - 1 || conns < 1 || g_total < 1)
@@ -442,7 +469,8 @@ int main(int argc, char **argv)
         usage();
     g_req_len = (size_t)snprintf(g_req, sizeof(g_req),
                                  "%s %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: regmirror-bget\r\n"
-                                 "%s\r\n", g_head ? "HEAD" : "GET", path, host, port, headers);
+                                 "%s\r\n",
+                                 g_head ? "HEAD" : "GET", path, host, port, headers);
     if (duration > 0)
         g_total = 1 << 30;
     if (conns > g_total)
@@ -490,9 +518,9 @@ int main(int argc, char **argv)
         double p99 = g_finished ? lat[(int)((g_finished - 1) * 0.99)] : -1;
         printf("{\"wall\": %.6f, \"bytes\": %llu, \"errors\": %d, \"timed_out\": %d, "
                "\"requests\": %d, \"non2xx\": %d, \"failed\": %d, \"rate\": %.1f, "
-               "\"p50\": %.6f, \"p99\": %.6f}\n", wall, (unsigned long long)bytes,
-               g_errors + unfinished, unfinished, g_finished, non2xx, failed,
-               wall > 0 ? g_finished / wall : 0, p50, p99);
+               "\"p50\": %.6f, \"p99\": %.6f}\n",
+               wall, (unsigned long long)bytes, g_errors + unfinished, unfinished, g_finished,
+               non2xx, failed, wall > 0 ? g_finished / wall : 0, p50, p99);
         return g_errors + unfinished ? 1 : 0;
     }
     printf("{\"wall\": %.6f, \"bytes\": %llu, \"errors\": %d, \"timed_out\": %d, \"requests\": [",
@@ -500,8 +528,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < g_finished; i++) {
         struct result *r = &g_results[i];
         printf("%s\n {\"conn\": %d, \"status\": %d, \"bytes\": %llu, \"ttfb\": %.6f, "
-               "\"time\": %.6f, \"sha256\": \"%s\"}", i ? "," : "", r->conn, r->status,
-               (unsigned long long)r->bytes, r->ttfb, r->time, r->sha);
+               "\"time\": %.6f, \"sha256\": \"%s\"}",
+               i ? "," : "", r->conn, r->status, (unsigned long long)r->bytes, r->ttfb, r->time,
+               r->sha);
     }
     printf("]}\n");
     return g_errors + unfinished ? 1 : 0;

@@ -76,11 +76,11 @@ static void test_route_of(void **state)
 static void test_requests_and_histogram(void **state)
 {
     metrics_reset();
-    metrics_request("/v2/a/blobs/sha256:1", HTTP_GET, 200, 3000);     /* 3 ms */
-    metrics_request("/v2/a/blobs/sha256:1", HTTP_GET, 200, 700000);   /* 0.7 s */
-    metrics_request("/v2/a/blobs/sha256:1", HTTP_GET, 404, 1000);     /* 1 ms */
-    metrics_request("/v2/a/manifests/v1", HTTP_PUT, 201, 400000000);  /* 400 s: +Inf */
-    metrics_request("/v2/a/manifests/v1", HTTP_OPTIONS, 599, 10);     /* other status */
+    metrics_request("/v2/a/blobs/sha256:1", HTTP_GET, 200, 3000);    /* 3 ms */
+    metrics_request("/v2/a/blobs/sha256:1", HTTP_GET, 200, 700000);  /* 0.7 s */
+    metrics_request("/v2/a/blobs/sha256:1", HTTP_GET, 404, 1000);    /* 1 ms */
+    metrics_request("/v2/a/manifests/v1", HTTP_PUT, 201, 400000000); /* 400 s: +Inf */
+    metrics_request("/v2/a/manifests/v1", HTTP_OPTIONS, 599, 10);    /* other status */
     char *t = render();
     assert_true(has_line(t, "regmirror_http_requests_total{route=\"blob\",method=\"GET\","
                             "code=\"200\"} 2"));
@@ -131,7 +131,8 @@ static void test_counters_and_ratio(void **state)
     char *t = render();
     assert_true(has_line(t, "regmirror_blob_bytes_total{source=\"cache\"} 1000"));
     assert_true(has_line(t, "regmirror_blob_bytes_total{source=\"upstream\"} 250"));
-    assert_true(has_line(t, "regmirror_proxy_cache_requests_total{kind=\"blob\",result=\"hit\"} 2"));
+    assert_true(
+        has_line(t, "regmirror_proxy_cache_requests_total{kind=\"blob\",result=\"hit\"} 2"));
     assert_true(has_line(t, "regmirror_proxy_cache_hit_ratio 0.750000"));
     assert_true(has_line(t, "regmirror_upstream_requests_in_flight 1"));
     assert_true(has_line(t, "regmirror_upstream_token_fetches_total 1"));

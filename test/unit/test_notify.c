@@ -193,8 +193,7 @@ static void test_envelope(void **state)
     assert_string_equal(str_at(e, "target", "tag"), "v1");
     assert_string_equal(str_at(e, "target", "url"), "http://h/v2/lib/app/manifests/x");
     assert_non_null(strstr(str_at(e, "target", "digest"), "sha256:e3b0"));
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(e, "target"), "size")),
-                     42);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(e, "target"), "size")), 42);
     assert_string_equal(str_at(e, "request", "addr"), "10.0.0.1");
     assert_string_equal(str_at(e, "request", "host"), "h:5000");
     assert_string_equal(str_at(e, "request", "method"), "PUT");
@@ -225,9 +224,9 @@ static void test_filters(void **state)
     f->ep.nignoredmediatypes = 1;
     struct notify *n = notify_new(f->base, &f->cfg, f->httpc);
     emit(n, NOTIFY_PULL, "application/vnd.oci.image.manifest.v1+json", "v1"); /* action */
-    emit(n, NOTIFY_PUSH, NOTIFY_BLOB_MEDIA_TYPE, NULL);                      /* media type */
-    emit(n, NOTIFY_MOUNT, NOTIFY_BLOB_MEDIA_TYPE, NULL);                     /* media type */
-    emit(n, NOTIFY_DELETE, NULL, NULL);                                      /* passes */
+    emit(n, NOTIFY_PUSH, NOTIFY_BLOB_MEDIA_TYPE, NULL);                       /* media type */
+    emit(n, NOTIFY_MOUNT, NOTIFY_BLOB_MEDIA_TYPE, NULL);                      /* media type */
+    emit(n, NOTIFY_DELETE, NULL, NULL);                                       /* passes */
     run_until_posts(f, 1);
     assert_int_equal(total_events(f), 1);
     assert_string_equal(str_at(event_at(f, 0), "action", NULL), "delete");
