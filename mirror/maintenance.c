@@ -92,6 +92,18 @@ static enum regerr w_open_writer(struct storage *s, const char *path, bool appen
     return storage_open_writer(W(s)->inner, path, append, out);
 }
 
+/* The optional ops pass through untouched when the wrapped driver has them. */
+static enum regerr w_presign_get(struct storage *s, const char *path, long expires_s, char **url)
+{
+    return storage_presign_get(W(s)->inner, path, expires_s, url);
+}
+
+static enum regerr w_read_range(struct storage *s, const char *path, uint64_t off, uint64_t len,
+                                storage_read_cb cb, void *ctx)
+{
+    return storage_read_range(W(s)->inner, path, off, len, cb, ctx);
+}
+
 static void w_free(struct storage *s)
 {
     struct watch *w = W(s);
@@ -118,6 +130,8 @@ struct storage *maintenance_storage_wrap(struct storage *inner)
         .remove = w_remove,
         .open_read = w_open_read,
         .open_writer = w_open_writer,
+        .presign_get = inner->ops->presign_get ? w_presign_get : NULL,
+        .read_range = inner->ops->read_range ? w_read_range : NULL,
         .free = w_free,
     };
     w->base.ops = &w->ops;

@@ -224,6 +224,18 @@ static enum regerr w_open_writer(struct storage *s, const char *path, bool appen
 {
     return counted(storage_open_writer(INNER(s), path, append, out), METRICS_OP_OPEN_WRITER);
 }
+/* The optional ops pass through untouched when the wrapped driver has them. */
+static enum regerr w_presign_get(struct storage *s, const char *path, long expires_s, char **url)
+{
+    return storage_presign_get(INNER(s), path, expires_s, url);
+}
+
+static enum regerr w_read_range(struct storage *s, const char *path, uint64_t off, uint64_t len,
+                                storage_read_cb cb, void *ctx)
+{
+    return storage_read_range(INNER(s), path, off, len, cb, ctx);
+}
+
 static void w_free(struct storage *s)
 {
     struct mstorage *m = (struct mstorage *)s;
@@ -249,6 +261,8 @@ struct storage *metrics_storage_wrap(struct storage *inner)
         .remove = w_remove,
         .open_read = w_open_read,
         .open_writer = w_open_writer,
+        .presign_get = inner->ops->presign_get ? w_presign_get : NULL,
+        .read_range = inner->ops->read_range ? w_read_range : NULL,
         .free = w_free,
     };
     m->base.ops = &m->ops;
