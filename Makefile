@@ -64,9 +64,14 @@ run: deps
 unit: asan
 	@set -e; for t in $(B)/asan/unit/test_*; do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 $$t; done
 
-# libFuzzer targets: clang, linked against the same sources.
+# libFuzzer targets: clang. The sources are compiled once with coverage (fuzzer-no-link) and
+# every target links against those objects.
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined
-$(B)/fuzz/%: test/fuzz/%.c $(COMMON_SRC) $(MIRROR_SRC)
+FUZZ_OBJS  := $(patsubst %.c,$(B)/fuzz/obj/%.o,$(COMMON_SRC) $(MIRROR_SRC))
+$(B)/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(filter-out -Werror,$(WARN)) -g -O1 -fsanitize=fuzzer-no-link,address,undefined $(INC) $(PKG_CFLAGS) -c $< -o $@
+$(B)/fuzz/%: test/fuzz/%.c $(FUZZ_OBJS)
 	@mkdir -p $(B)/fuzz
 	clang $(filter-out -Werror,$(WARN)) $(FUZZ_FLAGS) $(INC) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)
 fuzz: $(patsubst test/fuzz/%.c,$(B)/fuzz/%,$(FUZZ_SRC))
