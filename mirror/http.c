@@ -1187,35 +1187,30 @@ static int add_listener(struct http_server *srv, struct evconnlistener *l)
     return 0;
 }
 
-int http_server_listen(struct http_server *srv, const char *addr)
+struct evconnlistener *http_listen_bind(struct event_base *base, const char *addr,
+                                        evconnlistener_cb cb, void *arg)
 {
-    int result = -1;
+    struct evconnlistener *l = NULL;
     struct addrinfo *res = NULL;
     char host[256];
-    const char *port;
     const char *colon = strrchr(addr, ':');
-    if (!colon || colon[1] == '\0') {
-        errno = EINVAL;
-        goto out;
-    }
-    port = colon + 1;
+    if (!colon || colon[1] == '\0')
+        goto bad;
     const char *h = addr;
     size_t hlen = (size_t)(colon - addr);
     if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
         h++;
         hlen -= 2;
     }
-    if (hlen >= sizeof(host)) {
-        errno = EINVAL;
-        goto out;
-    }
+    if (hlen >= sizeof(host))
+        goto bad;
     memcpy(host, h, hlen);
     host[hlen] = '\0';
 
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
                              .ai_family = AF_UNSPEC};
-    int gai = getaddrinfo(hlen ? host : NULL, port, &hints, &res);
+    int gai = getaddrinfo(hlen ? host : NULL, colon + 1, &hints, &res);
     if (gai != 0) {
         log_error("http: cannot resolve listen address %s: %s", addr, gai_strerror(gai));
         errno = EINVAL;
@@ -1227,21 +1222,27 @@ int http_server_listen(struct http_server *srv, const char *addr)
             bool preferred = hlen == 0 && ai->ai_family == AF_INET6;
             if ((pass == 0) != preferred)
                 continue;
-            struct evconnlistener *l = evconnlistener_new_bind(
-                srv->base, accept_cb, srv,
-                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, -1, ai->ai_addr,
-                (int)ai->ai_addrlen);
-            if (l) {
-                result = add_listener(srv, l);
+            l = evconnlistener_new_bind(
+                base, cb, arg, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+                -1, ai->ai_addr, (int)ai->ai_addrlen);
+            if (l)
                 goto out;
-            }
         }
     }
     log_error("http: cannot listen on %s: %s", addr, strerror(errno));
+    goto out;
+bad:
+    log_error("http: bad listen address %s", addr);
+    errno = EINVAL;
 out:
     if (res)
         freeaddrinfo(res);
-    return result;
+    return l;
+}
+
+int http_server_listen(struct http_server *srv, const char *addr)
+{
+    return add_listener(srv, http_listen_bind(srv->base, addr, accept_cb, srv));
 }
 
 int http_server_listen_fd(struct http_server *srv, int fd)

@@ -31,6 +31,7 @@
 #include <sys/types.h>
 
 #include <event2/event.h>
+#include <event2/listener.h>
 #include <http_parser.h>
 
 struct http_server;
@@ -74,6 +75,13 @@ struct http_server *http_server_new(struct event_base *base, const struct http_l
                                     const struct http_server_handler *handler);
 /* Listens on "host:port", ":port" or "[v6]:port"; several calls add listeners. 0 or -1 (errno). */
 int http_server_listen(struct http_server *srv, const char *addr);
+/*
+ * Parses "host:port", ":port" or "[v6]:port" and binds a listener calling cb(arg) for each
+ * connection; a wildcard prefers IPv6 (dual stack). NULL with errno set on error (logged).
+ * http_server_listen and the TLS listener both bind through it.
+ */
+struct evconnlistener *http_listen_bind(struct event_base *base, const char *addr,
+                                        evconnlistener_cb cb, void *arg);
 /* Listens on an already bound, listening socket (tests). The server takes the fd. */
 int http_server_listen_fd(struct http_server *srv, int fd);
 /* A peer address as text for logs and http_server_adopt; IPv4-mapped IPv6 shows as IPv4. */

@@ -1,7 +1,6 @@
 #include "tls.h"
 
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdbool.h>
@@ -408,57 +407,10 @@ struct tls_server *tls_server_new(struct event_base *base, const struct config *
     return t;
 }
 
-/* The listening address as in http_server_listen: a wildcard prefers IPv6 (dual stack). */
+/* The listening address as in http_server_listen (http_listen_bind parses and binds it). */
 int tls_server_listen(struct tls_server *t, const char *addr)
 {
-    int result = -1;
-    struct addrinfo *res = NULL;
-    char host[256];
-    const char *colon = strrchr(addr, ':');
-    if (!colon || colon[1] == '\0')
-        goto bad;
-    const char *h = addr;
-    size_t hlen = (size_t)(colon - addr);
-    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
-        h++;
-        hlen -= 2;
-    }
-    if (hlen >= sizeof(host))
-        goto bad;
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
-                             .ai_family = AF_UNSPEC};
-    int gai = getaddrinfo(hlen ? host : NULL, colon + 1, &hints, &res);
-    if (gai != 0) {
-        log_error("tls: cannot resolve listen address %s: %s", addr, gai_strerror(gai));
-        goto out;
-    }
-    for (int pass = 0; pass < 2; pass++) {
-        for (const struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-            bool preferred = hlen == 0 && ai->ai_family == AF_INET6;
-            if ((pass == 0) != preferred)
-                continue;
-            struct evconnlistener *l = evconnlistener_new_bind(
-                t->base, accept_cb, t,
-                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, -1, ai->ai_addr,
-                (int)ai->ai_addrlen);
-            if (l) {
-                result = add_listener(t, l);
-                goto out;
-            }
-        }
-    }
-    log_error("tls: cannot listen on %s: %s", addr, strerror(errno));
-    goto out;
-bad:
-    log_error("tls: bad listen address %s", addr);
-    errno = EINVAL;
-out:
-    if (res)
-        freeaddrinfo(res);
-    return result;
+    return add_listener(t, http_listen_bind(t->base, addr, accept_cb, t));
 }
 
 int tls_server_listen_fd(struct tls_server *t, int fd)
