@@ -19,12 +19,15 @@
 
 struct proxy;
 struct cache;
+struct offload;
 
 struct api {
     const struct config *cfg;
     struct registry *reg;
     struct proxy *proxy; /* NULL unless proxy.remoteurl is set */
     struct cache *cache; /* storage.cache.blobdescriptor; NULL: none */
+    /* Storage work goes through it (offload.h): inline for the filesystem, threads for OSS. */
+    struct offload *offload;
 };
 
 enum api_route_kind {

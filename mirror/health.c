@@ -384,7 +384,7 @@ static struct check *add_check(struct health *h, enum check_kind kind, const cha
 }
 
 struct health *health_new(struct event_base *base, const struct config *cfg, struct storage *st,
-                          struct httpc *client)
+                          struct httpc *client, struct offload *ol)
 {
     struct health *h = calloc(1, sizeof(*h));
     if (!h)

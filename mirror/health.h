@@ -35,6 +35,7 @@ struct http_req;
 struct storage;
 struct health;
 struct httpc;
+struct offload;
 
 #define HEALTH_UPSTREAM_INTERVAL_MS 30000
 #define HEALTH_DEFAULT_TIMEOUT_MS 3000
@@ -44,7 +45,7 @@ struct httpc;
  * shared client, borrowed: it outlives h). NULL when out of memory (logged).
  */
 struct health *health_new(struct event_base *base, const struct config *cfg, struct storage *st,
-                          struct httpc *client);
+                          struct httpc *client, struct offload *ol);
 /* Stops every check (in-flight probes are cancelled) and frees h. Takes NULL. */
 void health_free(struct health *h);
 

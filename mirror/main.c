@@ -15,6 +15,7 @@
 #include "maintenance.h"
 #include "metrics.h"
 #include "notify.h"
+#include "offload.h"
 #include "proxy.h"
 #include "registry.h"
 #include "server.h"
@@ -78,24 +79,21 @@ static void oss_config_from(struct storage_oss_config *oc, const struct config *
 }
 
 /*
- * The configured driver; NULL on error (logged). blocking: the caller may block in storage
- * calls (garbage-collect). serve may not: its storage calls run on the event loop, so it
- * cannot use the OSS driver's blocking requests until they move to worker threads.
+ * Worker threads for a remote driver's blocking requests (offload.h). They mostly wait on
+ * the network, so there are more of them than cores; the OSS driver pools its connections.
  */
-static struct storage *open_storage(const struct config *cfg, bool blocking)
+#define REMOTE_STORAGE_THREADS 16
+
+/* The configured driver; NULL on error (logged). */
+static struct storage *open_storage(const struct config *cfg)
 {
     struct storage_oss_config oc;
     switch (cfg->storage.driver) {
     case CONFIG_STORAGE_FILESYSTEM:
         return storage_fs_new(cfg->storage.filesystem.rootdirectory);
     case CONFIG_STORAGE_OSS:
-        if (blocking) {
-            oss_config_from(&oc, cfg);
-            return storage_oss_new(&oc);
-        }
-        log_error("storage driver oss: serve does not support it yet (only filesystem); "
-                  "garbage-collect does");
-        return NULL;
+        oss_config_from(&oc, cfg);
+        return storage_oss_new(&oc);
     default:
         log_error("storage driver %s is not available in this build yet",
                   cfg->storage.driver_name ? cfg->storage.driver_name : "(unknown)");
@@ -140,6 +138,7 @@ static int serve(const char *path)
     struct maintenance *mt = NULL;
     struct cache *cache = NULL;
     struct httpc *hc = NULL; /* one libcurl multi on the loop for upstreams, webhooks, probes */
+    struct offload *ol = NULL;
     int lockfd = -1;
     if (load_config(path, &cfg) != 0)
         return 1;
@@ -150,30 +149,33 @@ static int serve(const char *path)
     base = event_base_new();
     if (!base)
         goto out;
-    st = metrics_storage_wrap(open_storage(&cfg, false)); /* counts storage errors */
+    st = metrics_storage_wrap(open_storage(&cfg)); /* counts storage errors */
     st = maintenance_storage_wrap(st);                    /* sees links written during eviction */
     if (!st || gc_serve_lock(&cfg, &lockfd) != 0)
         goto out;
     if (open_cache(base, &cfg, &cache) != 0)
         goto out;
     hc = httpc_new(base);
-    if (!hc)
+    /* Filesystem calls are local syscalls and stay on the loop; OSS calls go to threads. */
+    ol = offload_new(base, cfg.storage.driver == CONFIG_STORAGE_FILESYSTEM ? 0
+                                                                           : REMOTE_STORAGE_THREADS);
+    if (!hc || !ol)
         goto out;
     struct registry_opts opts = {.delete_enabled = cfg.storage.delete_enabled};
     reg = registry_new(st, &opts);
     if (!reg)
         goto out;
     if (cfg.proxy.remoteurl[0]) {
-        px = proxy_new(base, &cfg, reg, hc);
+        px = proxy_new(base, &cfg, reg, hc, ol);
         if (!px)
             goto out;
     }
     nt = notify_new(base, &cfg, hc);
-    hl = health_new(base, &cfg, st, hc);
-    srv = server_new(base, &cfg, reg, px, cache);
+    hl = health_new(base, &cfg, st, hc, ol);
+    srv = server_new(base, &cfg, reg, px, cache, ol);
     if (!nt || !hl || !srv || server_observe(srv, base, hl) != 0)
         goto out;
-    mt = maintenance_new(base, &cfg, st, reg, px, cache);
+    mt = maintenance_new(base, &cfg, st, reg, px, cache, ol);
     if (!mt)
         goto out;
     sigint = evsignal_new(base, SIGINT, on_signal, base);
@@ -193,6 +195,8 @@ out:
     server_free(srv);
     proxy_free(px);
     health_free(hl);
+    /* Before what its jobs use: the registry, the storage, the cache. */
+    offload_free(ol);
     notify_free(nt);
     /* Last of the network users: each one above cancelled its own requests. */
     httpc_free(hc);
@@ -219,7 +223,7 @@ static int garbage_collect(int argc, char **argv)
         return 1;
     log_setup(cfg.log.level, cfg.log.formatter);
     /* The bare driver: no metrics or maintenance wrappers in the offline command. */
-    struct storage *st = open_storage(&cfg, true);
+    struct storage *st = open_storage(&cfg);
     int rc = st ? gc_main(&cfg, st, &opts) : 1;
     storage_free(st);
     config_free(&cfg);

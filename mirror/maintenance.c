@@ -838,7 +838,7 @@ static void evict_tick(evutil_socket_t fd, short what, void *arg)
 
 struct maintenance *maintenance_new(struct event_base *base, const struct config *cfg,
                                     struct storage *st, struct registry *reg, struct proxy *px,
-                                    struct cache *cache)
+                                    struct cache *cache, struct offload *ol)
 {
     if (st->ops->put_content != w_put_content) {
         log_error("maintenance: the storage is not wrapped for it");

@@ -28,6 +28,7 @@
 
 struct maintenance;
 struct cache;
+struct offload;
 
 /*
  * Wraps a storage driver so that the maintenance learns which links are written while an
@@ -43,7 +44,7 @@ struct storage *maintenance_storage_wrap(struct storage *inner);
  */
 struct maintenance *maintenance_new(struct event_base *base, const struct config *cfg,
                                     struct storage *st, struct registry *reg, struct proxy *px,
-                                    struct cache *cache);
+                                    struct cache *cache, struct offload *ol);
 /* Stops the timers; work in progress is dropped (a pass leaves a consistent store any time). */
 void maintenance_free(struct maintenance *m);
 

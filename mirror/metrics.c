@@ -162,7 +162,7 @@ void metrics_request(const char *path, enum http_method method, int status, uint
 void metrics_storage_error(enum metrics_storage_op op)
 {
     if (op < METRICS_OP__COUNT)
-        storage_errors[op]++;
+        __atomic_fetch_add(&storage_errors[op], 1, __ATOMIC_RELAXED);
 }
 
 void metrics_reset(void)
@@ -184,7 +184,7 @@ struct mstorage {
 static enum regerr counted(enum regerr result, enum metrics_storage_op op)
 {
     if (result != REG_OK && result != REG_ERR_NOT_FOUND)
-        storage_errors[op]++;
+        __atomic_fetch_add(&storage_errors[op], 1, __ATOMIC_RELAXED);
     return result;
 }
 

@@ -67,15 +67,16 @@ enum metrics_route {
     METRICS_ROUTE__COUNT
 };
 
+/* Updated atomically: storage work also runs on offload threads (offload.h). */
 extern uint64_t metrics_counters[METRICS__COUNT];
 
 static inline void metrics_add(enum metrics_counter c, uint64_t n)
 {
-    metrics_counters[c] += n;
+    __atomic_fetch_add(&metrics_counters[c], n, __ATOMIC_RELAXED);
 }
 static inline void metrics_inc(enum metrics_counter c)
 {
-    metrics_counters[c]++;
+    __atomic_fetch_add(&metrics_counters[c], 1, __ATOMIC_RELAXED);
 }
 static inline void metrics_dec(enum metrics_counter c)
 {

@@ -43,6 +43,7 @@ struct proxy {
     const struct config *cfg;
     struct registry *reg;
     struct httpc *httpc;
+    struct offload *offload;
     struct remote *remotes;
     size_t nremotes;
     struct mfetch *mfetches;
@@ -999,7 +1000,7 @@ static int add_remote(struct proxy *px, const char *host, const char *url, const
 }
 
 struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struct registry *reg,
-                        struct httpc *hc)
+                        struct httpc *hc, struct offload *ol)
 {
     struct proxy *px = calloc(1, sizeof(*px));
     if (!px)
@@ -1008,6 +1009,7 @@ struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struc
     px->cfg = cfg;
     px->reg = reg;
     px->httpc = hc;
+    px->offload = ol;
     px->remotes = calloc(1 + cfg->proxy.nremotes, sizeof(*px->remotes));
     if (!px->remotes)
         goto fail;

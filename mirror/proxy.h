@@ -28,11 +28,13 @@
 
 struct proxy;
 struct httpc;
+struct offload;
 
-/* Upstream requests go through hc (the daemon's shared client, borrowed). NULL when out of
- * memory or an upstream URL is unusable (logged). */
+/* Upstream requests go through hc (the daemon's shared client, borrowed); storage work
+ * through ol (borrowed, see offload.h). NULL when out of memory or an upstream URL is
+ * unusable (logged). */
 struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struct registry *reg,
-                        struct httpc *hc);
+                        struct httpc *hc, struct offload *ol);
 void proxy_free(struct proxy *px);
 
 /*

@@ -1,6 +1,7 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,9 +43,14 @@ struct mcache_entry {
     char body[];
 };
 
+/*
+ * Calls may come from several threads at once (offload.h): the mutex guards the upload
+ * states and the manifest cache; storage drivers are thread-safe themselves.
+ */
 struct registry {
     struct storage *st;
     struct registry_opts opts;
+    pthread_mutex_t mu;
     struct upload_state *states;
     size_t nstates;
     /* The manifest cache: bounded by MCACHE_BYTES, entries and headers counted. */
@@ -55,7 +61,7 @@ struct registry {
 
 struct registry_upload {
     struct registry *reg;
-    struct upload_state *state; /* owned by reg->states */
+    struct upload_state *state; /* taken out of reg->states while the session is open */
     struct storage_writer *w;
     char *name;
     char id[37];
@@ -68,6 +74,7 @@ struct registry *registry_new(struct storage *st, const struct registry_opts *op
         return NULL;
     reg->st = st;
     reg->opts = *opts;
+    pthread_mutex_init(&reg->mu, NULL);
     return reg;
 }
 
@@ -92,6 +99,7 @@ void registry_free(struct registry *reg)
         reg->mhead = e->next;
         free(e);
     }
+    pthread_mutex_destroy(&reg->mu);
     free(reg);
 }
 
@@ -192,6 +200,7 @@ enum regerr registry_blob_mount(struct registry *reg, const char *name, const ch
 
 /* ---- uploads ---- */
 
+/* The upload states: the caller holds reg->mu. */
 static struct upload_state *state_find(struct registry *reg, const char *name, const char *id,
                                        bool unlink_it)
 {
@@ -215,17 +224,21 @@ static void state_drop(struct registry *reg, const char *name, const char *id)
         state_free(s);
 }
 
+/* Drops the oldest state (the tail): its commit will re-hash the data from storage. */
+static void state_evict_oldest(struct registry *reg)
+{
+    struct upload_state **p = &reg->states;
+    while ((*p)->next)
+        p = &(*p)->next;
+    state_free(*p);
+    *p = NULL;
+    reg->nstates--;
+}
+
 static struct upload_state *state_add(struct registry *reg, const char *name, const char *id)
 {
-    if (reg->nstates >= UPLOAD_STATES_MAX) {
-        /* Drop the oldest (the tail): its commit will re-hash the data from storage. */
-        struct upload_state **p = &reg->states;
-        while ((*p)->next)
-            p = &(*p)->next;
-        state_free(*p);
-        *p = NULL;
-        reg->nstates--;
-    }
+    if (reg->nstates >= UPLOAD_STATES_MAX)
+        state_evict_oldest(reg);
     struct upload_state *s = calloc(1, sizeof(*s));
     if (!s)
         return NULL;
@@ -274,9 +287,10 @@ enum regerr registry_upload_start(struct registry *reg, const char *name, char i
     result = storage_put_content(reg->st, layout_upload_data(path, name, id), "", 0);
     if (result != REG_OK)
         return result;
-    if (!state_add(reg, name, id))
-        return REG_ERR_INTERNAL;
-    return REG_OK;
+    pthread_mutex_lock(&reg->mu);
+    bool added = state_add(reg, name, id) != NULL;
+    pthread_mutex_unlock(&reg->mu);
+    return added ? REG_OK : REG_ERR_INTERNAL;
 }
 
 enum regerr registry_upload_size(struct registry *reg, const char *name, const char *id,
@@ -290,6 +304,27 @@ enum regerr registry_upload_size(struct registry *reg, const char *name, const c
     if (result == REG_OK)
         *size = st.size;
     return result;
+}
+
+/* Closes the writer and hands the hash state back to the registry for the next request. */
+static void upload_release(struct registry_upload *up)
+{
+    if (up->w)
+        storage_writer_close(up->w);
+    if (up->state) {
+        struct registry *reg = up->reg;
+        pthread_mutex_lock(&reg->mu);
+        /* Another request that opened the session meanwhile made its own state stale. */
+        state_drop(reg, up->name, up->id);
+        if (reg->nstates >= UPLOAD_STATES_MAX)
+            state_evict_oldest(reg);
+        up->state->next = reg->states;
+        reg->states = up->state;
+        reg->nstates++;
+        pthread_mutex_unlock(&reg->mu);
+    }
+    free(up->name);
+    free(up);
 }
 
 enum regerr registry_upload_open(struct registry *reg, const char *name, const char *id,
@@ -309,16 +344,17 @@ enum regerr registry_upload_open(struct registry *reg, const char *name, const c
     }
     up->reg = reg;
     snprintf(up->id, sizeof(up->id), "%s", id);
-    up->state = state_find(reg, name, id, false);
+    pthread_mutex_lock(&reg->mu);
+    up->state = state_find(reg, name, id, true);
+    pthread_mutex_unlock(&reg->mu);
     /* A state that missed bytes (restart, eviction) is useless: commit re-hashes instead. */
     if (up->state && up->state->hashed != st.size) {
-        state_drop(reg, name, id);
+        state_free(up->state);
         up->state = NULL;
     }
     result = storage_open_writer(reg->st, path, true, &up->w);
     if (result != REG_OK) {
-        free(up->name);
-        free(up);
+        upload_release(up);
         return result;
     }
     *out = up;
@@ -343,17 +379,15 @@ enum regerr registry_upload_write(struct registry_upload *up, const void *data, 
     return REG_OK;
 }
 
-static void upload_release(struct registry_upload *up)
-{
-    if (up->w)
-        storage_writer_close(up->w);
-    free(up->name);
-    free(up);
-}
 
 void registry_upload_close(struct registry_upload *up)
 {
     upload_release(up);
+}
+
+static int hash_chunk(void *ctx, const void *data, size_t len)
+{
+    return digest_hasher_update(ctx, data, len);
 }
 
 /* Digest of what an upload holds, from the in-memory state or by reading the data back. */
@@ -369,14 +403,20 @@ static enum regerr upload_digest(struct registry_upload *up, enum digest_algo al
         h = up->state->hasher;
         return digest_hasher_final(h, out) == 0 ? REG_OK : REG_ERR_INTERNAL;
     }
-    result = storage_open_read(up->reg->st, layout_upload_data(path, up->name, up->id), &fd, &size);
-    if (result != REG_OK)
-        return result;
     h = digest_hasher_new(algo);
-    if (!h) {
-        result = REG_ERR_INTERNAL;
+    if (!h)
+        return REG_ERR_INTERNAL;
+    layout_upload_data(path, up->name, up->id);
+    result = storage_open_read(up->reg->st, path, &fd, &size);
+    if (result == REG_ERR_UNSUPPORTED) {
+        /* A remote driver: stream the object through the hasher. */
+        result = storage_read_range(up->reg->st, path, 0, 0, hash_chunk, h);
+        if (result == REG_OK && digest_hasher_final(h, out) != 0)
+            result = REG_ERR_INTERNAL;
         goto out;
     }
+    if (result != REG_OK)
+        goto out;
     char buf[65536];
     for (;;) {
         ssize_t r = read(fd, buf, sizeof(buf));
@@ -406,8 +446,10 @@ enum regerr registry_upload_commit(struct registry_upload *up, const struct dige
     struct digest got;
     enum regerr result = upload_digest(up, d->algo, &got);
     /* A finalized hasher cannot take more bytes: forget the state either way. */
-    state_drop(reg, up->name, up->id);
-    up->state = NULL;
+    if (up->state) {
+        state_free(up->state);
+        up->state = NULL;
+    }
     enum regerr closed = storage_writer_close(up->w);
     up->w = NULL;
     if (result == REG_OK)
@@ -440,7 +482,9 @@ out:
 enum regerr registry_upload_cancel(struct registry *reg, const char *name, const char *id)
 {
     char path[LAYOUT_PATH_MAX];
+    pthread_mutex_lock(&reg->mu);
     state_drop(reg, name, id);
+    pthread_mutex_unlock(&reg->mu);
     enum regerr result = storage_remove(reg->st, layout_upload_dir(path, name, id));
     return result == REG_ERR_NOT_FOUND ? REG_ERR_BLOB_UPLOAD_UNKNOWN : result;
 }
@@ -586,17 +630,21 @@ enum regerr registry_manifest_get_resolved(struct registry *reg, const struct di
     char path[LAYOUT_PATH_MAX];
     memset(out, 0, sizeof(*out));
     out->digest = *d;
+    pthread_mutex_lock(&reg->mu);
     const struct mcache_entry *e = mcache_find(reg, d);
     if (e) {
         /* a copy: the caller owns the body, and the entry may be evicted meanwhile */
-        if (!(out->body = malloc(e->len + 1)))
-            return REG_ERR_INTERNAL;
-        memcpy(out->body, e->body, e->len);
-        out->body[e->len] = '\0';
-        out->len = e->len;
-        snprintf(out->media_type, sizeof(out->media_type), "%s", e->media_type);
-        return REG_OK;
+        out->body = malloc(e->len + 1);
+        if (out->body) {
+            memcpy(out->body, e->body, e->len);
+            out->body[e->len] = '\0';
+            out->len = e->len;
+            snprintf(out->media_type, sizeof(out->media_type), "%s", e->media_type);
+        }
     }
+    pthread_mutex_unlock(&reg->mu);
+    if (e)
+        return out->body ? REG_OK : REG_ERR_INTERNAL;
     enum regerr result = storage_get_content(reg->st, layout_blob_data(path, d),
                                              REGISTRY_MANIFEST_MAX, &out->body, &out->len);
     if (result == REG_ERR_NOT_FOUND)
@@ -610,7 +658,11 @@ enum regerr registry_manifest_get_resolved(struct registry *reg, const struct di
     /* Only bytes that hash to d are kept: a damaged file must not outlive a repair. */
     struct digest got;
     if (digest_compute(d->algo, out->body, out->len, &got) == 0 && digest_equal(&got, d))
+    {
+        pthread_mutex_lock(&reg->mu);
         mcache_put(reg, d, out->body, out->len, out->media_type);
+        pthread_mutex_unlock(&reg->mu);
+    }
     return REG_OK;
 }
 

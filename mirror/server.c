@@ -130,7 +130,7 @@ static int server_setup_auth_tls(struct server *srv, struct event_base *base,
 }
 
 struct server *server_new(struct event_base *base, const struct config *cfg, struct registry *reg,
-                          struct proxy *proxy, struct cache *cache)
+                          struct proxy *proxy, struct cache *cache, struct offload *ol)
 {
     struct server *srv = calloc(1, sizeof(*srv));
     if (!srv)
@@ -139,6 +139,7 @@ struct server *server_new(struct event_base *base, const struct config *cfg, str
     srv->api.reg = reg;
     srv->api.proxy = proxy;
     srv->api.cache = cache;
+    srv->api.offload = ol;
     struct http_server_handler handler = {
         .on_request = on_request, .on_error = on_error, .on_complete = on_complete, .arg = srv};
     srv->http = http_server_new(base, NULL, &handler);

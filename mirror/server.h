@@ -10,6 +10,8 @@
 #include "config.h"
 #include "registry.h"
 
+struct offload;
+
 struct proxy;
 struct cache;
 
@@ -17,7 +19,7 @@ struct server;
 
 /* Creates the server and listens on cfg->http.addr. NULL on error (logged). */
 struct server *server_new(struct event_base *base, const struct config *cfg, struct registry *reg,
-                          struct proxy *proxy, struct cache *cache);
+                          struct proxy *proxy, struct cache *cache, struct offload *ol);
 void server_free(struct server *srv);
 
 struct health;
