@@ -849,6 +849,46 @@ enum regerr registry_blob_link(struct registry *reg, const char *name, const str
     return write_link(reg, layout_layer_link(path, name, d), d);
 }
 
+enum regerr registry_blob_import(struct registry *reg, const char *name, const struct digest *d,
+                                 int fd, uint64_t len)
+{
+    char path[LAYOUT_PATH_MAX];
+    struct storage_stat st;
+    if (storage_stat(reg->st, layout_blob_data(path, d), &st) == REG_OK)
+        goto link; /* same digest, same bytes */
+    struct storage_writer *w;
+    enum regerr result = storage_open_writer(reg->st, path, false, &w);
+    if (result != REG_OK)
+        return result;
+    static const size_t chunk = 1u << 20;
+    char *buf = malloc(chunk);
+    uint64_t off = 0;
+    if (!buf)
+        result = REG_ERR_INTERNAL;
+    while (result == REG_OK && off < len) {
+        size_t want = len - off < chunk ? (size_t)(len - off) : chunk;
+        ssize_t r = pread(fd, buf, want, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            log_error("registry: reading the spool of %s failed: %s", path,
+                      r < 0 ? strerror(errno) : "short file");
+            result = REG_ERR_INTERNAL;
+            break;
+        }
+        result = storage_writer_write(w, buf, (size_t)r);
+        off += (uint64_t)r;
+    }
+    free(buf);
+    enum regerr closed = storage_writer_close(w);
+    if (result == REG_OK)
+        result = closed;
+    if (result != REG_OK)
+        return result;
+link:
+    return write_link(reg, layout_layer_link(path, name, d), d);
+}
+
 enum regerr registry_upload_reader(struct registry *reg, const char *name, const char *id, int *fd)
 {
     char path[LAYOUT_PATH_MAX];

@@ -137,6 +137,15 @@ enum regerr registry_proxy_pulled(struct registry *reg, const char *name, const 
 bool registry_blob_stored(struct registry *reg, const struct digest *d);
 /* Links a stored blob into name. */
 enum regerr registry_blob_link(struct registry *reg, const char *name, const struct digest *d);
+/*
+ * Stores len bytes read from fd (a verified local file: the proxy's spool) as blob d and
+ * links it into name. Meant for remote drivers, where the object appears whole at the
+ * writer's close (one multipart upload) or not at all; the filesystem writer writes in place,
+ * so on the filesystem the spool is committed with registry_upload_commit (a rename).
+ * Blocking: call it from offload work.
+ */
+enum regerr registry_blob_import(struct registry *reg, const char *name, const struct digest *d,
+                                 int fd, uint64_t len);
 /* Opens the data an upload session has received so far, for readers that follow it. */
 enum regerr registry_upload_reader(struct registry *reg, const char *name, const char *id, int *fd);
 
