@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "offload.h"
 #include "reference.h"
 
 /* Page size when the client asks for none, and the most one page may hold. */
@@ -286,66 +287,122 @@ out:
     free(last);
 }
 
-void api_catalog(const struct api *api, struct http_req *req, const struct api_route *rt)
+/* A listing (catalog, tags, referrers) read from storage off the loop (offload.h). */
+struct list_job {
+    const struct api *api;
+    struct api_route rt;
+    char *artifact_type; /* referrers: the filter, or NULL */
+    struct storage_list l;
+    json_t *index; /* referrers */
+    enum regerr result;
+};
+
+static void list_work(void *arg)
 {
+    struct list_job *j = arg;
+    struct registry *reg = j->api->reg;
+    struct digest subject;
+    switch (j->rt.kind) {
+    case API_ROUTE_CATALOG:
+        j->result = registry_catalog(reg, &j->l);
+        break;
+    case API_ROUTE_TAGS:
+        j->result = registry_tags(reg, j->rt.name, &j->l);
+        break;
+    default:
+        digest_parse(j->rt.ref, strlen(j->rt.ref), &subject);
+        j->result = registry_referrers(reg, j->rt.name, &subject, j->artifact_type, &j->index);
+        break;
+    }
+}
+
+static void answer_referrers(const struct api *api, struct http_req *req, struct list_job *j)
+{
+    char *text = json_dumps(j->index, JSON_COMPACT);
+    if (!text) {
+        api_error(api, req, REG_ERR_INTERNAL, NULL);
+        return;
+    }
+    api_start(api, req, 200);
+    http_resp_header(req, "Content-Type", MANIFEST_MT_OCI_INDEX);
+    if (j->artifact_type)
+        http_resp_header(req, "OCI-Filters-Applied", "artifactType");
+    http_resp_body_mem(req, text, strlen(text));
+    free(text);
+}
+
+static void list_done(void *arg, struct http_req *req)
+{
+    struct list_job *j = arg;
+    const struct api *api = j->api;
+    if (!req)
+        goto out;
+    if (j->result != REG_OK) {
+        if (j->rt.kind == API_ROUTE_TAGS)
+            api_errorf(api, req, j->result, "repository %s", j->rt.name);
+        else
+            api_error(api, req, j->result, NULL);
+        goto out;
+    }
+    char path[API_NAME_MAX + 32];
+    switch (j->rt.kind) {
+    case API_ROUTE_CATALOG:
+        paginate(api, req, "/v2/_catalog", "repositories", NULL, &j->l);
+        break;
+    case API_ROUTE_TAGS:
+        snprintf(path, sizeof(path), "/v2/%s/tags/list", j->rt.name);
+        paginate(api, req, path, "tags", j->rt.name, &j->l);
+        break;
+    default:
+        answer_referrers(api, req, j);
+        break;
+    }
+out:
+    storage_list_free(&j->l);
+    json_decref(j->index);
+    free(j->artifact_type);
+    free(j);
+}
+
+/* GET only; takes artifact_type. */
+static void list(const struct api *api, struct http_req *req, const struct api_route *rt,
+                 char *artifact_type)
+{
+    struct list_job *j = NULL;
     if (http_req_method(req) != HTTP_GET) {
         api_error(api, req, REG_ERR_UNSUPPORTED, NULL);
-        return;
+        goto fail;
     }
-    struct storage_list l = {0};
-    enum regerr result = registry_catalog(api->reg, &l);
-    if (result != REG_OK) {
-        api_error(api, req, result, NULL);
-        return;
+    j = calloc(1, sizeof(*j));
+    if (!j) {
+        api_error(api, req, REG_ERR_INTERNAL, NULL);
+        goto fail;
     }
-    paginate(api, req, "/v2/_catalog", "repositories", NULL, &l);
-    storage_list_free(&l);
+    j->api = api;
+    j->rt = *rt;
+    j->artifact_type = artifact_type;
+    offload_req(api->offload, req, list_work, list_done, j);
+    return;
+fail:
+    free(artifact_type);
+}
+
+void api_catalog(const struct api *api, struct http_req *req, const struct api_route *rt)
+{
+    list(api, req, rt, NULL);
 }
 
 void api_tags(const struct api *api, struct http_req *req, const struct api_route *rt)
 {
-    if (http_req_method(req) != HTTP_GET) {
-        api_error(api, req, REG_ERR_UNSUPPORTED, NULL);
-        return;
-    }
-    struct storage_list l = {0};
-    enum regerr result = registry_tags(api->reg, rt->name, &l);
-    if (result != REG_OK) {
-        api_errorf(api, req, result, "repository %s", rt->name);
-        return;
-    }
-    char path[API_NAME_MAX + 32];
-    snprintf(path, sizeof(path), "/v2/%s/tags/list", rt->name);
-    paginate(api, req, path, "tags", rt->name, &l);
-    storage_list_free(&l);
+    list(api, req, rt, NULL);
 }
 
 void api_referrers(const struct api *api, struct http_req *req, const struct api_route *rt)
 {
-    if (http_req_method(req) != HTTP_GET) {
-        api_error(api, req, REG_ERR_UNSUPPORTED, NULL);
-        return;
-    }
-    struct digest subject;
-    digest_parse(rt->ref, strlen(rt->ref), &subject);
     char *artifact_type = reference_query_get(http_req_query(req), "artifactType");
     if (artifact_type && !*artifact_type) {
         free(artifact_type);
         artifact_type = NULL;
     }
-    json_t *index = NULL;
-    enum regerr result = registry_referrers(api->reg, rt->name, &subject, artifact_type, &index);
-    if (result != REG_OK) {
-        api_error(api, req, result, NULL);
-    } else {
-        char *text = json_dumps(index, JSON_COMPACT);
-        json_decref(index);
-        api_start(api, req, 200);
-        http_resp_header(req, "Content-Type", MANIFEST_MT_OCI_INDEX);
-        if (artifact_type)
-            http_resp_header(req, "OCI-Filters-Applied", "artifactType");
-        http_resp_body_mem(req, text, strlen(text));
-        free(text);
-    }
-    free(artifact_type);
+    list(api, req, rt, artifact_type);
 }

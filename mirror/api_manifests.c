@@ -7,6 +7,7 @@
 
 #include "log.h"
 #include "notify.h"
+#include "offload.h"
 #include "proxy.h"
 
 #define ACCEPT_LINES_MAX 32
@@ -61,34 +62,57 @@ static enum regerr pick_default_platform(const struct api *api, const char *name
     return result;
 }
 
-/* resolved: the digest rt->ref stands for, when the caller has just looked it up; or NULL. */
-static void serve_manifest(const struct api *api, struct http_req *req, const struct api_route *rt,
-                           const struct digest *resolved)
-{
+/* A manifest GET/HEAD: read off the loop, answered on it. */
+struct get_job {
+    const struct api *api;
+    struct api_route rt;
+    bool have_resolved;
+    struct digest resolved;
+    bool pick_platform; /* a Docker list by tag for a client that takes no lists */
     struct registry_manifest m;
-    enum regerr result = resolved ? registry_manifest_get_resolved(api->reg, resolved, &m)
-                                  : registry_manifest_get(api->reg, rt->name, rt->ref, &m);
-    if (result != REG_OK) {
-        api_errorf(api, req, result, "manifest %s:%s", rt->name, rt->ref);
+    char stored_type[128]; /* media type of the manifest ref names (before any pick) */
+    enum regerr result, picked;
+};
+
+static void get_work(void *arg)
+{
+    struct get_job *j = arg;
+    j->result = j->have_resolved ? registry_manifest_get_resolved(j->api->reg, &j->resolved, &j->m)
+                                 : registry_manifest_get(j->api->reg, j->rt.name, j->rt.ref, &j->m);
+    if (j->result != REG_OK)
         return;
+    snprintf(j->stored_type, sizeof(j->stored_type), "%s", j->m.media_type);
+    j->picked = REG_OK;
+    if (j->pick_platform && strcmp(j->m.media_type, MANIFEST_MT_DOCKER_LIST) == 0)
+        j->picked = pick_default_platform(j->api, j->rt.name, &j->m);
+}
+
+static void get_done(void *arg, struct http_req *req)
+{
+    struct get_job *j = arg;
+    const struct api *api = j->api;
+    struct registry_manifest *m = &j->m;
+    if (!req)
+        goto out;
+    if (j->result != REG_OK) {
+        api_errorf(api, req, j->result, "manifest %s:%s", j->rt.name, j->rt.ref);
+        goto out;
     }
     const char *accept[ACCEPT_LINES_MAX];
     size_t naccept = accept_lines(req, accept);
-    if (naccept && !manifest_accepts(accept, naccept, m.media_type)) {
-        if (is_oci(m.media_type)) {
+    if (naccept && !manifest_accepts(accept, naccept, j->stored_type)) {
+        if (is_oci(j->stored_type)) {
             api_errorf(api, req, REG_ERR_MANIFEST_UNKNOWN,
-                       "%s found, but the Accept header does not allow it", m.media_type);
+                       "%s found, but the Accept header does not allow it", j->stored_type);
             goto out;
         }
-        /* By digest the client asked for exactly this manifest. */
-        if (strcmp(m.media_type, MANIFEST_MT_DOCKER_LIST) == 0 && !strchr(rt->ref, ':') &&
-            pick_default_platform(api, rt->name, &m) != REG_OK) {
+        if (j->picked != REG_OK) {
             api_error(api, req, REG_ERR_INTERNAL, NULL);
             goto out;
         }
     }
     char ds[DIGEST_STR_MAX], etag[DIGEST_STR_MAX + 2];
-    digest_str(&m.digest, ds);
+    digest_str(&m->digest, ds);
     snprintf(etag, sizeof(etag), "\"%s\"", ds);
     const char *inm = http_req_header(req, "If-None-Match");
     if (inm && (strcmp(inm, etag) == 0 || strcmp(inm, ds) == 0)) {
@@ -98,50 +122,126 @@ static void serve_manifest(const struct api *api, struct http_req *req, const st
         http_resp_no_body(req, -1);
         goto out;
     }
-    notify_manifest(api, req, NOTIFY_PULL, rt->name, rt->ref, &m.digest, m.media_type,
-                    (int64_t)m.len);
+    notify_manifest(api, req, NOTIFY_PULL, j->rt.name, j->rt.ref, &m->digest, m->media_type,
+                    (int64_t)m->len);
     api_start(api, req, 200);
-    http_resp_header(req, "Content-Type", m.media_type);
+    http_resp_header(req, "Content-Type", m->media_type);
     http_resp_header(req, "Docker-Content-Digest", ds);
     http_resp_header(req, "ETag", etag);
     if (http_req_method(req) == HTTP_HEAD)
-        http_resp_no_body(req, (int64_t)m.len);
+        http_resp_no_body(req, (int64_t)m->len);
     else
-        http_resp_body_mem(req, m.body, m.len);
+        http_resp_body_mem(req, m->body, m->len);
 out:
-    registry_manifest_release(&m);
+    registry_manifest_release(m);
+    free(j);
+}
+
+/* resolved: the digest rt->ref stands for, when the caller has just looked it up; or NULL. */
+static void serve_manifest(const struct api *api, struct http_req *req, const struct api_route *rt,
+                           const struct digest *resolved)
+{
+    struct get_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        api_error(api, req, REG_ERR_INTERNAL, NULL);
+        return;
+    }
+    j->api = api;
+    j->rt = *rt;
+    if (resolved) {
+        j->have_resolved = true;
+        j->resolved = *resolved;
+    }
+    /* The request's headers stay on the loop: decide here what work needs from them. By
+     * digest the client asked for exactly that manifest, so no platform is picked. */
+    const char *accept[ACCEPT_LINES_MAX];
+    size_t naccept = accept_lines(req, accept);
+    j->pick_platform = naccept && !strchr(rt->ref, ':') &&
+                       !manifest_accepts(accept, naccept, MANIFEST_MT_DOCKER_LIST);
+    offload_req(api->offload, req, get_work, get_done, j);
+}
+
+/* A manifest PUT: validated and stored off the loop. */
+struct put_job {
+    const struct api *api;
+    struct api_route rt;
+    const char *body; /* the request's buffer (inline pool) or the job's copy */
+    char *copy;
+    size_t len;
+    char *content_type;
+    struct digest d, subject;
+    bool has_subject;
+    enum regerr result;
+    char err[512];
+};
+
+static void put_work(void *arg)
+{
+    struct put_job *j = arg;
+    j->result =
+        registry_manifest_put(j->api->reg, j->rt.name, j->rt.ref, j->body, j->len, j->content_type,
+                              &j->d, &j->has_subject, &j->subject, j->err, sizeof(j->err));
+}
+
+static void put_done(void *arg, struct http_req *req)
+{
+    struct put_job *j = arg;
+    const struct api *api = j->api;
+    const struct api_route *rt = &j->rt;
+    if (!req)
+        goto out;
+    if (j->result != REG_OK) {
+        api_error(api, req, j->result, *j->err ? j->err : NULL);
+        goto out;
+    }
+    char ds[DIGEST_STR_MAX], path[API_NAME_MAX + DIGEST_STR_MAX + 32];
+    digest_str(&j->d, ds);
+    snprintf(path, sizeof(path), "/v2/%s/manifests/%s", rt->name, ds);
+    char *url = api_url(api, req, path);
+    notify_manifest(api, req, NOTIFY_PUSH, rt->name, rt->ref, &j->d, j->content_type,
+                    (int64_t)j->len);
+    api_start(api, req, 201);
+    http_resp_header(req, "Location", url ? url : path);
+    http_resp_header(req, "Docker-Content-Digest", ds);
+    if (j->has_subject)
+        http_resp_header(req, "OCI-Subject", digest_str(&j->subject, ds));
+    http_resp_no_body(req, 0);
+    free(url);
+out:
+    free(j->copy);
+    free(j->content_type);
+    free(j);
 }
 
 static void put_body(struct http_req *req, void *arg, const char *data, size_t len)
 {
     struct put_ctx *ctx = arg;
     const struct api *api = ctx->api;
-    const struct api_route *rt = &ctx->rt;
-    char err[512] = "";
-    struct digest d, subject;
-    bool has_subject = false;
-    enum regerr result = registry_manifest_put(api->reg, rt->name, rt->ref, data, len,
-                                               http_req_header(req, "Content-Type"), &d,
-                                               &has_subject, &subject, err, sizeof(err));
-    if (result != REG_OK) {
-        api_error(api, req, result, *err ? err : NULL);
-        goto out;
+    http_req_on_abort(req, NULL, NULL); /* ctx is freed here whatever happens */
+    struct put_job *j = calloc(1, sizeof(*j));
+    const char *ct = http_req_header(req, "Content-Type");
+    if (!j || (ct && !(j->content_type = strdup(ct))))
+        goto oom;
+    j->api = api;
+    j->rt = ctx->rt;
+    j->len = len;
+    j->body = data;
+    /* The body buffer lives only during this callback: a worker needs its own copy. */
+    if (!offload_inline(api->offload)) {
+        if (!(j->copy = malloc(len ? len : 1)))
+            goto oom;
+        memcpy(j->copy, data, len);
+        j->body = j->copy;
     }
-    char ds[DIGEST_STR_MAX], path[API_NAME_MAX + DIGEST_STR_MAX + 32];
-    digest_str(&d, ds);
-    snprintf(path, sizeof(path), "/v2/%s/manifests/%s", rt->name, ds);
-    char *url = api_url(api, req, path);
-    notify_manifest(api, req, NOTIFY_PUSH, rt->name, rt->ref, &d,
-                    http_req_header(req, "Content-Type"), (int64_t)len);
-    api_start(api, req, 201);
-    http_resp_header(req, "Location", url ? url : path);
-    http_resp_header(req, "Docker-Content-Digest", ds);
-    if (has_subject)
-        http_resp_header(req, "OCI-Subject", digest_str(&subject, ds));
-    http_resp_no_body(req, 0);
-    free(url);
-out:
     free(ctx);
+    offload_req(api->offload, req, put_work, put_done, j);
+    return;
+oom:
+    if (j)
+        free(j->content_type);
+    free(j);
+    free(ctx);
+    api_error(api, req, REG_ERR_INTERNAL, NULL);
 }
 
 static void put_abort(struct http_req *req, void *arg)
@@ -168,20 +268,48 @@ static void put_manifest(const struct api *api, struct http_req *req, const stru
     http_req_buffer_body(req, REGISTRY_MANIFEST_MAX, put_body, ctx);
 }
 
+struct delete_job {
+    const struct api *api;
+    struct api_route rt;
+    enum regerr result;
+};
+
+static void delete_work(void *arg)
+{
+    struct delete_job *j = arg;
+    j->result = registry_manifest_delete(j->api->reg, j->rt.name, j->rt.ref);
+}
+
+static void delete_done(void *arg, struct http_req *req)
+{
+    struct delete_job *j = arg;
+    const struct api *api = j->api;
+    if (!req)
+        goto out;
+    if (j->result != REG_OK) {
+        api_errorf(api, req, j->result, "manifest %s:%s", j->rt.name, j->rt.ref);
+        goto out;
+    }
+    notify_manifest(api, req, NOTIFY_DELETE, j->rt.name, j->rt.ref, NULL, NULL, -1);
+    api_start(api, req, 202);
+    http_resp_no_body(req, 0);
+out:
+    free(j);
+}
+
 static void delete_manifest(const struct api *api, struct http_req *req, const struct api_route *rt)
 {
     if (!registry_delete_enabled(api->reg)) {
         api_error(api, req, REG_ERR_UNSUPPORTED, "deletes are disabled (storage.delete.enabled)");
         return;
     }
-    enum regerr result = registry_manifest_delete(api->reg, rt->name, rt->ref);
-    if (result != REG_OK) {
-        api_errorf(api, req, result, "manifest %s:%s", rt->name, rt->ref);
+    struct delete_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        api_error(api, req, REG_ERR_INTERNAL, NULL);
         return;
     }
-    notify_manifest(api, req, NOTIFY_DELETE, rt->name, rt->ref, NULL, NULL, -1);
-    api_start(api, req, 202);
-    http_resp_no_body(req, 0);
+    *j = (struct delete_job){api, *rt, REG_OK};
+    offload_req(api->offload, req, delete_work, delete_done, j);
 }
 
 void api_manifest(const struct api *api, struct http_req *req, const struct api_route *rt)

@@ -150,15 +150,15 @@ static int serve(const char *path)
     if (!base)
         goto out;
     st = metrics_storage_wrap(open_storage(&cfg)); /* counts storage errors */
-    st = maintenance_storage_wrap(st);                    /* sees links written during eviction */
+    st = maintenance_storage_wrap(st);             /* sees links written during eviction */
     if (!st || gc_serve_lock(&cfg, &lockfd) != 0)
         goto out;
     if (open_cache(base, &cfg, &cache) != 0)
         goto out;
     hc = httpc_new(base);
     /* Filesystem calls are local syscalls and stay on the loop; OSS calls go to threads. */
-    ol = offload_new(base, cfg.storage.driver == CONFIG_STORAGE_FILESYSTEM ? 0
-                                                                           : REMOTE_STORAGE_THREADS);
+    ol = offload_new(base,
+                     cfg.storage.driver == CONFIG_STORAGE_FILESYSTEM ? 0 : REMOTE_STORAGE_THREADS);
     if (!hc || !ol)
         goto out;
     struct registry_opts opts = {.delete_enabled = cfg.storage.delete_enabled};

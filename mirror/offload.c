@@ -51,6 +51,18 @@ static void push(struct job **head, struct job **tail, struct job *j)
     *tail = j;
 }
 
+/* Queues j for the loop; the caller holds o->mu. */
+static void finish(struct offload *o, struct job *j)
+{
+    bool wake = !o->dhead;
+    push(&o->dhead, &o->dtail, j);
+    if (wake) {
+        uint64_t one = 1;
+        /* Only fails when the counter would overflow, which one pending wake-up cannot. */
+        (void)!write(o->efd, &one, sizeof(one));
+    }
+}
+
 static void *worker(void *p)
 {
     struct offload *o = p;
@@ -67,13 +79,7 @@ static void *worker(void *p)
         pthread_mutex_unlock(&o->mu);
         j->work(j->arg);
         pthread_mutex_lock(&o->mu);
-        bool wake = !o->dhead;
-        push(&o->dhead, &o->dtail, j);
-        if (wake) {
-            uint64_t one = 1;
-            /* Only fails when the counter would overflow, which one pending wake-up cannot. */
-            (void)!write(o->efd, &one, sizeof(one));
-        }
+        finish(o, j);
     }
     pthread_mutex_unlock(&o->mu);
     return NULL;
@@ -195,6 +201,19 @@ void offload_run(struct offload *o, offload_work_fn work, offload_done_fn done, 
     push(&o->qhead, &o->qtail, j);
     pthread_cond_signal(&o->cv);
     pthread_mutex_unlock(&o->mu);
+}
+
+int offload_post(struct offload *o, offload_done_fn fn, void *arg)
+{
+    struct job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return -1;
+    j->done = fn;
+    j->arg = arg;
+    pthread_mutex_lock(&o->mu);
+    finish(o, j);
+    pthread_mutex_unlock(&o->mu);
+    return 0;
 }
 
 static void req_abort(struct http_req *req, void *p)

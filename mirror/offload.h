@@ -42,6 +42,13 @@ void offload_free(struct offload *o);
 void offload_run(struct offload *o, offload_work_fn work, offload_done_fn done, void *arg);
 
 /*
+ * Threaded pools only. From a worker thread (inside work): has fn(arg, false) called on the loop
+ * soon, in order with other posts and before this job's done. For work that hands results over as
+ * it goes (a streamed read). Returns -1 when out of memory (nothing is posted).
+ */
+int offload_post(struct offload *o, offload_done_fn fn, void *arg);
+
+/*
  * The same for work on behalf of req: takes req's abort callback for the duration (the caller
  * sets its own again in done if it needs one) and hands done req, or NULL when the request
  * was aborted meanwhile.

@@ -176,6 +176,20 @@ enum regerr registry_blob_open(struct registry *reg, const char *name, const str
     return result == REG_ERR_NOT_FOUND ? REG_ERR_BLOB_UNKNOWN : result;
 }
 
+enum regerr registry_blob_url(struct registry *reg, const struct digest *d, long expires_s,
+                              char **url)
+{
+    char path[LAYOUT_PATH_MAX];
+    return storage_presign_get(reg->st, layout_blob_data(path, d), expires_s, url);
+}
+
+enum regerr registry_blob_read(struct registry *reg, const struct digest *d, uint64_t off,
+                               uint64_t len, storage_read_cb cb, void *ctx)
+{
+    char path[LAYOUT_PATH_MAX];
+    return storage_read_range(reg->st, layout_blob_data(path, d), off, len, cb, ctx);
+}
+
 enum regerr registry_blob_delete(struct registry *reg, const char *name, const struct digest *d)
 {
     char path[LAYOUT_PATH_MAX];
@@ -378,7 +392,6 @@ enum regerr registry_upload_write(struct registry_upload *up, const void *data, 
     }
     return REG_OK;
 }
-
 
 void registry_upload_close(struct registry_upload *up)
 {
@@ -657,8 +670,7 @@ enum regerr registry_manifest_get_resolved(struct registry *reg, const struct di
     }
     /* Only bytes that hash to d are kept: a damaged file must not outlive a repair. */
     struct digest got;
-    if (digest_compute(d->algo, out->body, out->len, &got) == 0 && digest_equal(&got, d))
-    {
+    if (digest_compute(d->algo, out->body, out->len, &got) == 0 && digest_equal(&got, d)) {
         pthread_mutex_lock(&reg->mu);
         mcache_put(reg, d, out->body, out->len, out->media_type);
         pthread_mutex_unlock(&reg->mu);

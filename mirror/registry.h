@@ -42,6 +42,16 @@ enum regerr registry_blob_stat(struct registry *reg, const char *name, const str
 /* Opens a linked blob for reading; the caller owns *fd. */
 enum regerr registry_blob_open(struct registry *reg, const char *name, const struct digest *d,
                                int *fd, uint64_t *size);
+/*
+ * For drivers without local files (open_read answers REG_ERR_UNSUPPORTED): a signed URL the
+ * client may GET the blob from until expires_s (REG_ERR_UNSUPPORTED when the driver has
+ * none; *url is the caller's), or the bytes [off, off + len) streamed into cb (blocking).
+ * The caller has found the blob linked already.
+ */
+enum regerr registry_blob_url(struct registry *reg, const struct digest *d, long expires_s,
+                              char **url);
+enum regerr registry_blob_read(struct registry *reg, const struct digest *d, uint64_t off,
+                               uint64_t len, storage_read_cb cb, void *ctx);
 /* Unlinks the blob from the repository (the data stays until garbage collection). */
 enum regerr registry_blob_delete(struct registry *reg, const char *name, const struct digest *d);
 /* Links a blob that repository from has into name; BLOB_UNKNOWN when from lacks it. */
