@@ -1521,6 +1521,7 @@ static const struct field proxy_fields[] = {
         .hint = "5m"),
     DUR("tagfreshness", C(proxy.tagfreshness_ms), .hint = "30s"),
     I64("maxsize", C(proxy.maxsize), 0, LLONG_MAX, .flags = F_BYTES, .hint = "10GB"),
+    STR("spooldir", C(proxy.spooldir), .def = "/var/tmp/regmirror-spool", .flags = F_ZERODEF),
     SECTIONS("remotes", C(proxy.remotes), C(proxy.nremotes), remote_schema),
 };
 SCHEMA(proxy_schema, proxy_fields, 0, 0, on_proxy, NULL);

@@ -338,6 +338,9 @@ struct config {
         /* regmirror key: bound on the proxied content's bytes (0: none); beyond it the least
          * recently pulled images are evicted. */
         int64_t maxsize;
+        /* regmirror key: a local directory for the blob spool when the store is remote (its
+         * content belongs to the running daemon and is removed at start). */
+        char *spooldir;
         struct config_proxy_remote *remotes;
         size_t nremotes;
     } proxy;

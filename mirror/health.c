@@ -19,6 +19,7 @@
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
+#include "offload.h"
 #include "storage.h"
 
 enum check_kind { CHECK_STORAGE, CHECK_FILE, CHECK_HTTP, CHECK_TCP, CHECK_UPSTREAM };
@@ -45,6 +46,16 @@ struct check {
     long status;
     /* tcp probes */
     struct bufferevent *bev;
+    /* storage probes */
+    struct probe *probe;
+};
+
+/* A storage probe on a worker: it outlives its check when health_free comes first. */
+struct probe {
+    struct check *c; /* NULL once the check is gone */
+    struct storage *st;
+    bool failed;
+    char err[128];
 };
 
 struct health {
@@ -52,6 +63,7 @@ struct health {
     const struct config *cfg;
     struct storage *st;
     struct httpc *httpc;
+    struct offload *ol;
     struct evdns_base *dns;
     struct check *checks;
     size_t nchecks;
@@ -92,34 +104,62 @@ static void check_done(struct check *c, const char *err)
 
 /* ---- the probes ---- */
 
-static void run_storage(struct check *c)
+/* On a worker (the driver may be remote): stat and list the root. */
+static void storage_work(void *arg)
 {
-    struct storage *st = c->h->st;
+    struct probe *p = arg;
     struct storage_stat s;
     struct storage_list l = {0};
-    char err[128];
-    enum regerr result = storage_stat(st, "/", &s);
+    enum regerr result = storage_stat(p->st, "/", &s);
+    p->failed = true;
     if (result == REG_ERR_NOT_FOUND) {
-        check_done(c, "storage root is missing or not a directory");
+        snprintf(p->err, sizeof(p->err), "storage root is missing or not a directory");
         return;
     }
     if (result != REG_OK) {
-        snprintf(err, sizeof(err), "stat of the storage root failed: %s", regerr_code(result));
-        check_done(c, err);
+        snprintf(p->err, sizeof(p->err), "stat of the storage root failed: %s",
+                 regerr_code(result));
         return;
     }
     if (!s.is_dir) {
-        check_done(c, "storage root is not a directory");
+        snprintf(p->err, sizeof(p->err), "storage root is not a directory");
         return;
     }
-    result = storage_list(st, "/", &l);
+    result = storage_list(p->st, "/", &l);
     storage_list_free(&l);
     if (result != REG_OK) {
-        snprintf(err, sizeof(err), "listing the storage root failed: %s", regerr_code(result));
-        check_done(c, err);
+        snprintf(p->err, sizeof(p->err), "listing the storage root failed: %s",
+                 regerr_code(result));
         return;
     }
-    check_done(c, NULL);
+    p->failed = false;
+}
+
+static void storage_done(void *arg, bool cancelled)
+{
+    struct probe *p = arg;
+    struct check *c = p->c;
+    if (c) {
+        c->probe = NULL;
+        if (cancelled)
+            c->running = false; /* shutting down: no next run */
+        else
+            check_done(c, p->failed ? p->err : NULL);
+    }
+    free(p);
+}
+
+static void run_storage(struct check *c)
+{
+    struct probe *p = calloc(1, sizeof(*p));
+    if (!p) {
+        check_done(c, "out of memory");
+        return;
+    }
+    p->c = c;
+    p->st = c->h->st;
+    c->probe = p;
+    offload_run(c->h->ol, storage_work, storage_done, p);
 }
 
 static void run_file(struct check *c)
@@ -392,6 +432,7 @@ struct health *health_new(struct event_base *base, const struct config *cfg, str
     h->base = base;
     h->cfg = cfg;
     h->st = st;
+    h->ol = ol;
     size_t n = cfg->health.nfile + cfg->health.nhttp + cfg->health.ntcp + 2 + cfg->proxy.nremotes;
     h->checks = calloc(n, sizeof(*h->checks));
     h->httpc = client;
@@ -460,6 +501,8 @@ void health_free(struct health *h)
             httpc_cancel(c->req); /* no callback follows */
         if (c->bev)
             bufferevent_free(c->bev);
+        if (c->probe)
+            c->probe->c = NULL; /* the probe's done frees it */
         if (c->timer)
             event_free(c->timer);
         free(c->key);

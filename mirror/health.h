@@ -14,9 +14,9 @@
  *  - upstream (regmirror): when proxying, GET <remoteurl>/v2/ of every upstream every
  *    HEALTH_UPSTREAM_INTERVAL_MS; any HTTP answer below 500 counts as reachable. Reported, but
  *    never makes the mirror unhealthy: it still serves its cache. Key "upstream_<url>".
- * Every check runs once right after start, then at its interval. File and storage checks are
- * a few syscalls on the loop (as every storage access of the filesystem driver); http, tcp
- * and upstream checks are asynchronous.
+ * Every check runs once right after start, then at its interval. The file check is a stat on
+ * the loop; the storage check goes through the offload pool (inline for the filesystem driver,
+ * a worker thread for a remote one); http, tcp and upstream checks are asynchronous.
  *
  * Pages:
  *  - /debug/health (on http.debug.addr): registry:2's JSON, an object of failing check ->
@@ -25,7 +25,8 @@
  *  - /healthz (on the main listener): "ok" with 200, or "unhealthy" with 503, then one
  *    "key: error" line per failing check.
  *
- * The module borrows base, cfg and st; they outlive it.
+ * The module borrows base, cfg, st and the pool; they outlive it (a storage probe still running
+ * at health_free ends in the pool's done, which offload_free runs at the latest).
  */
 #include <stdbool.h>
 

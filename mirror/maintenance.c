@@ -2,6 +2,9 @@
 #include "maintenance.h"
 
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,9 +14,15 @@
 #include "gc.h"
 #include "layout.h"
 #include "log.h"
+#include "offload.h"
 
 /* Work per timer tick before yielding to the event loop. */
 #define TICK_BUDGET_US 4000
+/* Work per job on a worker thread: bounds how long shutdown waits for one. */
+#define WORK_BUDGET_US 100000
+/* Units and blobs per job on a worker, each checked against the proxy on the loop before. */
+#define UNIT_BATCH 16
+#define DATA_BATCH 64
 /* Pause between eviction passes: this many times the last pass's work, within bounds. */
 #define PAUSE_FACTOR 20
 #define PAUSE_MIN_US 1000000LL
@@ -24,15 +33,32 @@
 static const enum digest_algo algos[] = {DIGEST_SHA256, DIGEST_SHA512};
 #define NALGOS (sizeof(algos) / sizeof(algos[0]))
 
-/* ---- the storage wrapper that records links written during a pass ---- */
+/* ---- the storage wrapper that records what is linked (or, with workers, used) in a pass ---- */
 
+/*
+ * With worker threads, writers and readers run while a pass checks and deletes. Every
+ * registry call that writes a link to blob d (mount, upload commit, import, manifest store)
+ * stats d's data first, in the same call; a manifest put also stats every blob it references;
+ * a reader reads a link (tag, revision, blob in a repository) before what it names. While a
+ * pass records, the wrapper notes d at that stat, link write or link read, holding the gate
+ * shared; the pass holds the gate exclusively from its last look (touched, pull record, tag)
+ * to the end of the delete. A caller that came first is seen and d stays; one that comes later
+ * waits for the delete to end, then finds the link or data gone (it goes upstream, fails, or
+ * stores the bytes again) or writes a link after the old one went: a new link, which the next
+ * pass sees. Recording starts before the scan, so a call that began before it is noted long
+ * before any delete. On the loop alone (the filesystem) nothing comes between a check and its
+ * delete: no gate there.
+ */
 struct watch {
     struct storage base;
     struct storage_ops ops;
     struct storage *inner;
+    pthread_mutex_t mu; /* guards recording, overflow and touched */
     bool recording;
     bool overflow; /* a digest could not be recorded: nothing may be deleted this pass */
     struct gc_set touched;
+    bool gated; /* set before any worker runs */
+    pthread_rwlock_t gate;
 };
 
 static struct watch *W(struct storage *s)
@@ -40,30 +66,94 @@ static struct watch *W(struct storage *s)
     return (struct watch *)s;
 }
 
+/* Notes d as in use while a pass records. */
+static void w_record(struct watch *w, const struct digest *d)
+{
+    pthread_mutex_lock(&w->mu);
+    if (w->recording && gc_set_add(&w->touched, d, NULL) < 0)
+        w->overflow = true;
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* The same for the digest a link's text names. */
+static void w_record_link(struct watch *w, const void *text, size_t len)
+{
+    struct digest d;
+    pthread_mutex_lock(&w->mu);
+    if (w->recording && digest_parse(text, len, &d) == 0 && gc_set_add(&w->touched, &d, NULL) < 0)
+        w->overflow = true;
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* The digest of a blob's data path (layout_blob_data); false for any other path. */
+static bool blob_data_digest(const char *path, struct digest *d)
+{
+    char s[DIGEST_STR_MAX + 8], again[LAYOUT_PATH_MAX];
+    size_t n = strlen(path);
+    if (n < 5 || strcmp(path + n - 5, "/data") != 0)
+        return false;
+    const char *hex_end = path + n - 5, *hex = hex_end;
+    while (hex > path && hex[-1] != '/')
+        hex--;
+    /* <algo>/<two hex>/<hex>/data */
+    if (hex - path < 5 || hex[-4] != '/')
+        return false;
+    const char *algo_end = hex - 4, *algo = algo_end;
+    while (algo > path && algo[-1] != '/')
+        algo--;
+    int len = snprintf(s, sizeof(s), "%.*s:%.*s", (int)(algo_end - algo), algo,
+                       (int)(hex_end - hex), hex);
+    return len > 0 && (size_t)len < sizeof(s) && digest_parse(s, (size_t)len, d) == 0 &&
+           strcmp(layout_blob_data(again, d), path) == 0;
+}
+
+static bool is_link(const char *path)
+{
+    size_t n = strlen(path);
+    return n >= 5 && strcmp(path + n - 5, "/link") == 0;
+}
+
 static enum regerr w_get_content(struct storage *s, const char *path, size_t max, char **out,
                                  size_t *len)
 {
-    return storage_get_content(W(s)->inner, path, max, out, len);
+    struct watch *w = W(s);
+    if (!w->gated || !is_link(path))
+        return storage_get_content(w->inner, path, max, out, len);
+    /* A reader that found a link (a tag, a blob in a repository) reads its target next. */
+    pthread_rwlock_rdlock(&w->gate);
+    enum regerr result = storage_get_content(w->inner, path, max, out, len);
+    if (result == REG_OK)
+        w_record_link(w, *out, *len);
+    pthread_rwlock_unlock(&w->gate);
+    return result;
 }
 
 static enum regerr w_put_content(struct storage *s, const char *path, const void *data, size_t len)
 {
     struct watch *w = W(s);
-    enum regerr result = storage_put_content(w->inner, path, data, len);
-    size_t n = strlen(path);
+    if (w->gated)
+        pthread_rwlock_rdlock(&w->gate);
     /* Every link (blob into a repository, revision, tag) names its target: that target is
      * in use from now on, whatever the pass saw before. */
-    if (w->recording && n >= 5 && strcmp(path + n - 5, "/link") == 0) {
-        struct digest d;
-        if (digest_parse(data, len, &d) == 0 && gc_set_add(&w->touched, &d, NULL) < 0)
-            w->overflow = true;
-    }
+    if (is_link(path))
+        w_record_link(w, data, len);
+    enum regerr result = storage_put_content(w->inner, path, data, len);
+    if (w->gated)
+        pthread_rwlock_unlock(&w->gate);
     return result;
 }
 
 static enum regerr w_stat(struct storage *s, const char *path, struct storage_stat *out)
 {
-    return storage_stat(W(s)->inner, path, out);
+    struct watch *w = W(s);
+    struct digest d;
+    /* A writer's existence check before its link (see struct watch). */
+    if (w->gated && blob_data_digest(path, &d)) {
+        pthread_rwlock_rdlock(&w->gate);
+        w_record(w, &d);
+        pthread_rwlock_unlock(&w->gate);
+    }
+    return storage_stat(w->inner, path, out);
 }
 
 static enum regerr w_list(struct storage *s, const char *path, struct storage_list *out)
@@ -109,6 +199,8 @@ static void w_free(struct storage *s)
     struct watch *w = W(s);
     storage_free(w->inner);
     gc_set_free(&w->touched);
+    pthread_mutex_destroy(&w->mu);
+    pthread_rwlock_destroy(&w->gate);
     free(w);
 }
 
@@ -119,6 +211,22 @@ struct storage *maintenance_storage_wrap(struct storage *inner)
     struct watch *w = calloc(1, sizeof(*w));
     if (!w)
         return inner;
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    /* A delete waits for the writers in progress, not for every later one. */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    if (pthread_mutex_init(&w->mu, NULL) != 0) {
+        pthread_rwlockattr_destroy(&attr);
+        free(w);
+        return inner;
+    }
+    if (pthread_rwlock_init(&w->gate, &attr) != 0) {
+        pthread_rwlockattr_destroy(&attr);
+        pthread_mutex_destroy(&w->mu);
+        free(w);
+        return inner;
+    }
+    pthread_rwlockattr_destroy(&attr);
     w->inner = inner;
     w->ops = (struct storage_ops){
         .name = inner->ops->name,
@@ -139,6 +247,12 @@ struct storage *maintenance_storage_wrap(struct storage *inner)
 }
 
 /* ---- the maintenance ---- */
+
+/* A cache entry to drop on the loop: repo NULL for the blob everywhere. */
+struct gone {
+    const char *repo;
+    struct digest d;
+};
 
 /* A proxied image (a manifest revision) or a proxied blob link no manifest reaches. */
 struct unit {
@@ -183,20 +297,34 @@ struct evict {
     size_t ndata;
     size_t evicted_units;
     uint64_t freed;
+    bool finished;
+    /* With workers: the units or blobs before batch_end were checked on the loop; busy holds
+     * those the proxy was using, gone what the batch removed (the cache forgets it after). */
+    size_t batch_end;
+    struct gc_set busy;
+    struct gone *gone;
+    size_t ngone, capgone;
 };
 
 struct maintenance {
     struct event_base *base;
     const struct config *cfg;
     struct watch *w;
+    /* The driver under the wrapper: the maintenance's own reads are no uses of anything. */
     struct storage *st;
     struct registry *reg;
     struct proxy *px;
     struct cache *cache; /* told about every link and blob evicted */
+    struct offload *ol;
+    bool threaded; /* passes run on workers, between loop steps */
     struct event *purge_ev, *evict_ev;
     struct gc_walk *purge_walk;
     size_t purged;
+    bool purge_finished;
     struct evict ev;
+    unsigned jobs;    /* on workers now */
+    bool dying;       /* freed while jobs ran: the last one's done frees it */
+    atomic_bool stop; /* tells work in progress to return */
 };
 
 static int64_t now_us(void)
@@ -264,35 +392,99 @@ static void purge_repo(struct maintenance *m, const char *name)
     storage_list_free(&l);
 }
 
-static void purge_tick(evutil_socket_t fd, short what, void *arg)
+/* Purges repositories until budget_us is spent or the walk ends (purge_finished). */
+static void purge_run(struct maintenance *m, int64_t budget_us)
 {
-    struct maintenance *m = arg;
     int64_t t0 = now_us();
     char name[LAYOUT_PATH_MAX];
     if (!m->purge_walk) {
         m->purge_walk = gc_walk_new(m->st);
         m->purged = 0;
-        if (!m->purge_walk)
-            goto pass_done;
-    }
-    for (;;) {
-        int r = gc_walk_next(m->purge_walk, name);
-        if (r <= 0)
-            break;
-        purge_repo(m, name);
-        if (now_us() - t0 > TICK_BUDGET_US) {
-            schedule(m->purge_ev, 0);
+        if (!m->purge_walk) {
+            m->purge_finished = true;
             return;
         }
     }
-    log_info("uploadpurging: pass done, %zu stale uploads removed", m->purged);
-pass_done:
+    while (!atomic_load(&m->stop)) {
+        if (gc_walk_next(m->purge_walk, name) <= 0) {
+            log_info("uploadpurging: pass done, %zu stale uploads removed", m->purged);
+            m->purge_finished = true;
+            return;
+        }
+        purge_repo(m, name);
+        if (now_us() - t0 > budget_us)
+            return;
+    }
+}
+
+/* On the loop after a step: the next step now, or the next pass after the interval. */
+static void purge_next(struct maintenance *m)
+{
+    if (!m->purge_finished) {
+        schedule(m->purge_ev, 0);
+        return;
+    }
     gc_walk_free(m->purge_walk);
     m->purge_walk = NULL;
+    m->purge_finished = false;
     schedule(m->purge_ev, m->cfg->storage.maintenance.uploadpurging.interval_ms * 1000);
 }
 
+static void maintenance_release(struct maintenance *m);
+
+/* Ends a job on the loop; false when the maintenance is gone or the pool stopping. */
+static bool job_end(struct maintenance *m, bool cancelled)
+{
+    m->jobs--;
+    if (m->dying) {
+        if (m->jobs == 0)
+            maintenance_release(m);
+        return false;
+    }
+    return !cancelled;
+}
+
+static void purge_work(void *arg)
+{
+    purge_run(arg, WORK_BUDGET_US);
+}
+
+static void purge_done(void *arg, bool cancelled)
+{
+    struct maintenance *m = arg;
+    if (job_end(m, cancelled))
+        purge_next(m);
+}
+
+static void purge_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct maintenance *m = arg;
+    if (!m->threaded) {
+        purge_run(m, TICK_BUDGET_US);
+        purge_next(m);
+        return;
+    }
+    m->jobs++;
+    offload_run(m->ol, purge_work, purge_done, m);
+}
+
 /* ---- eviction: scan ---- */
+
+static void set_overflow(struct watch *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->overflow = true;
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void set_recording(struct watch *w, bool on)
+{
+    pthread_mutex_lock(&w->mu);
+    w->recording = on;
+    w->overflow = false;
+    gc_set_free(&w->touched);
+    pthread_mutex_unlock(&w->mu);
+}
 
 static void evict_reset(struct evict *ev)
 {
@@ -320,6 +512,8 @@ static void evict_reset(struct evict *ev)
     gc_set_free(&ev->keep);
     free(ev->order);
     free(ev->data);
+    gc_set_free(&ev->busy);
+    free(ev->gone);
     *ev = (struct evict){0};
 }
 
@@ -576,7 +770,7 @@ static void evict_unit(struct maintenance *m, struct unit *u, uint64_t *total)
             struct gc_set_entry *z = gc_set_find(&ev->sizes, d);
             *total -= z && z->val <= *total ? z->val : *total;
             if (!gc_set_find(&ev->local, d) && gc_push_digest(&ev->data, &ev->ndata, d) != 0)
-                m->w->overflow = true; /* deletes nothing rather than too much */
+                set_overflow(m->w); /* deletes nothing rather than too much */
         }
         struct gc_set_entry *h = gc_set_find(&r->held, d);
         if (h && h->val > 0)
@@ -663,7 +857,52 @@ static int plan(struct maintenance *m)
 
 static bool touched(struct maintenance *m, const struct digest *d)
 {
-    return m->w->overflow || gc_set_find(&m->w->touched, d) != NULL;
+    pthread_mutex_lock(&m->w->mu);
+    bool t = m->w->overflow || gc_set_find(&m->w->touched, d) != NULL;
+    pthread_mutex_unlock(&m->w->mu);
+    return t;
+}
+
+/* Whether the proxy uses d: asked on the loop, or what the loop found before the batch. */
+static bool in_flight(struct maintenance *m, const struct digest *d)
+{
+    if (!m->px)
+        return false;
+    return m->threaded ? gc_set_find(&m->ev.busy, d) != NULL : proxy_busy(m->px, d);
+}
+
+/* The cache forgets d (in repo, or everywhere when NULL) now on the loop, else after the
+ * batch (and did before it). False when that cannot be arranged: then d stays. */
+static bool forget(struct maintenance *m, const char *repo, const struct digest *d)
+{
+    struct evict *ev = &m->ev;
+    if (!m->threaded) {
+        cache_forget(m->cache, repo, d);
+        return true;
+    }
+    if (ev->ngone == ev->capgone) {
+        size_t cap = ev->capgone ? ev->capgone * 2 : 64;
+        struct gone *ng = realloc(ev->gone, cap * sizeof(*ng));
+        if (!ng)
+            return false;
+        ev->gone = ng;
+        ev->capgone = cap;
+    }
+    ev->gone[ev->ngone++] = (struct gone){repo, *d};
+    return true;
+}
+
+/* The exclusive side of the gate (see struct watch) around one check-and-delete. */
+static void gate_close(struct maintenance *m)
+{
+    if (m->w->gated)
+        pthread_rwlock_wrlock(&m->w->gate);
+}
+
+static void gate_open(struct maintenance *m)
+{
+    if (m->w->gated)
+        pthread_rwlock_unlock(&m->w->gate);
 }
 
 /* Whether the pull record of d in repository name is newer than the pass saw. */
@@ -680,7 +919,7 @@ static void keep_reach(struct maintenance *m, const struct unit *u)
 {
     for (size_t i = 0; i < u->nreach; i++) {
         if (gc_set_add(&m->ev.keep, &u->reach[i], NULL) < 0)
-            m->w->overflow = true;
+            set_overflow(m->w);
     }
 }
 
@@ -688,11 +927,12 @@ static void keep_reach(struct maintenance *m, const struct unit *u)
 static void unlink_blob(struct maintenance *m, struct erepo *r, const struct digest *d)
 {
     char path[LAYOUT_PATH_MAX];
+    if (!forget(m, r->name, d))
+        return;
     layout_layer_link(path, r->name, d);
     *strrchr(path, '/') = '\0';
     storage_remove(m->st, path);
     storage_remove(m->st, layout_proxy_pulled(path, r->name, d));
-    cache_forget(m->cache, r->name, d);
 }
 
 static void apply_unit(struct maintenance *m, struct unit *u)
@@ -701,8 +941,7 @@ static void apply_unit(struct maintenance *m, struct unit *u)
     struct erepo *r = &ev->repos[u->repo];
     char path[LAYOUT_PATH_MAX];
     /* Pulled, linked or asked for since the scan: it stays, with all it reaches. */
-    if (pulled_again(m, r->name, &u->d, u->pulled) || touched(m, &u->d) ||
-        (m->px && proxy_busy(m->px, &u->d))) {
+    if (pulled_again(m, r->name, &u->d, u->pulled) || touched(m, &u->d) || in_flight(m, &u->d)) {
         keep_reach(m, u);
         return;
     }
@@ -728,39 +967,44 @@ static void apply_unit(struct maintenance *m, struct unit *u)
     for (size_t i = 1; i < u->nreach; i++) {
         const struct digest *d = &u->reach[i];
         struct gc_set_entry *h = gc_set_find(&r->held, d);
-        if (gc_set_find(&r->links, d) && (!h || h->val == 0) && !touched(m, d) &&
-            !(m->px && proxy_busy(m->px, d)))
+        if (gc_set_find(&r->links, d) && (!h || h->val == 0) && !touched(m, d) && !in_flight(m, d))
             unlink_blob(m, r, d);
     }
 }
 
-/* Adds what the manifests linked since the pass began reach to the keep set. */
+/* Adds what the manifests linked since the pass began reach to the keep set. Those linked
+ * later are caught by touched(): a manifest put stats each blob it references. */
 static void keep_touched(struct maintenance *m)
 {
     struct gc_set *t = &m->w->touched;
+    struct digest *seen = NULL;
+    size_t nseen = 0;
+    pthread_mutex_lock(&m->w->mu);
     for (size_t i = 0; i < t->cap && !m->w->overflow; i++) {
-        if (!t->v[i].used)
-            continue;
+        if (t->v[i].used && gc_push_digest(&seen, &nseen, &t->v[i].d) != 0)
+            m->w->overflow = true;
+    }
+    pthread_mutex_unlock(&m->w->mu);
+    for (size_t i = 0; i < nseen; i++) {
         struct digest *v = NULL;
         size_t n = 0;
         bool unsafe = m->ev.unsafe;
-        if (reach(m, &t->v[i].d, &v, &n) != 0 || add_all(&m->ev.keep, v, n) != 0)
-            m->w->overflow = true;
+        if (reach(m, &seen[i], &v, &n) != 0 || add_all(&m->ev.keep, v, n) != 0)
+            set_overflow(m->w);
         m->ev.unsafe = unsafe; /* a touched blob that is no manifest is just a blob */
         free(v);
     }
+    free(seen);
 }
 
 static void apply_data(struct maintenance *m, const struct digest *d)
 {
     char path[LAYOUT_PATH_MAX];
     struct storage_stat sst;
-    if (m->ev.unsafe || touched(m, d) || gc_set_find(&m->ev.keep, d) ||
-        (m->px && proxy_busy(m->px, d)))
+    if (m->ev.unsafe || touched(m, d) || gc_set_find(&m->ev.keep, d) || in_flight(m, d))
         return;
-    if (storage_stat(m->st, layout_blob_data(path, d), &sst) != REG_OK)
+    if (storage_stat(m->st, layout_blob_data(path, d), &sst) != REG_OK || !forget(m, NULL, d))
         return;
-    cache_forget(m->cache, NULL, d);
     if (storage_remove(m->st, layout_blob_dir(path, d)) == REG_OK)
         m->ev.freed += sst.size;
 }
@@ -774,19 +1018,129 @@ static void evict_done(struct maintenance *m)
                  ev->unsafe ? " (no data removed: a manifest could not be read)" : "");
     int64_t pause = ev->busy_us * PAUSE_FACTOR;
     pause = pause < PAUSE_MIN_US ? PAUSE_MIN_US : pause > PAUSE_MAX_US ? PAUSE_MAX_US : pause;
-    m->w->recording = false;
-    m->w->overflow = false;
-    gc_set_free(&m->w->touched);
+    set_recording(m->w, false);
     evict_reset(ev);
     schedule(m->evict_ev, pause);
+}
+
+/* The units or blobs of the next batch, on the loop before a worker takes it: which the proxy
+ * uses, and the cache entries the batch may remove go now (a miss at worst). */
+static void evict_prepare(struct maintenance *m)
+{
+    struct evict *ev = &m->ev;
+    gc_set_free(&ev->busy);
+    if (ev->phase == E_UNITS) {
+        size_t end = ev->next + UNIT_BATCH < ev->norder ? ev->next + UNIT_BATCH : ev->norder;
+        for (size_t k = ev->next; k < end; k++) {
+            const struct unit *u = &ev->units[ev->order[k]];
+            const struct erepo *r = &ev->repos[u->repo];
+            for (size_t i = 0; i < u->nreach; i++) {
+                const struct digest *d = &u->reach[i];
+                if (m->px && proxy_busy(m->px, d) && gc_set_add(&ev->busy, d, NULL) < 0)
+                    set_overflow(m->w);
+                if (gc_set_find(&r->links, d))
+                    cache_forget(m->cache, r->name, d);
+            }
+        }
+        ev->batch_end = end;
+    } else if (ev->phase == E_DATA) {
+        size_t end = ev->next + DATA_BATCH < ev->ndata ? ev->next + DATA_BATCH : ev->ndata;
+        for (size_t k = ev->next; k < end; k++) {
+            const struct digest *d = &ev->data[k];
+            if (m->px && proxy_busy(m->px, d) && gc_set_add(&ev->busy, d, NULL) < 0)
+                set_overflow(m->w);
+            cache_forget(m->cache, NULL, d);
+        }
+        ev->batch_end = end;
+    }
+}
+
+/* Enters a phase of units or blobs: on the loop all at once, with workers batch by batch. */
+static void evict_phase(struct maintenance *m, enum ephase phase)
+{
+    m->ev.phase = phase;
+    m->ev.next = 0;
+    m->ev.batch_end = m->threaded ? 0 : SIZE_MAX;
+}
+
+/* Runs the pass for budget_us, or until the next batch needs the loop, or to its end
+ * (finished). The last looks and the deletes hold the gate. */
+static void evict_run(struct maintenance *m, int64_t budget_us)
+{
+    struct evict *ev = &m->ev;
+    int64_t t0 = now_us();
+    char name[LAYOUT_PATH_MAX];
+    while (now_us() - t0 < budget_us && !atomic_load(&m->stop)) {
+        if (ev->phase == E_SCAN) {
+            int r = gc_walk_next(ev->walk, name);
+            if (r < 0 || (r > 0 && scan_repo(m, name) != 0)) {
+                log_warn("eviction: scanning the store failed; trying again later");
+                ev->finished = true;
+                break;
+            }
+            if (r == 0) {
+                if (plan(m) != 0) {
+                    ev->finished = true;
+                    break;
+                }
+                evict_phase(m, E_UNITS);
+            }
+        } else if (ev->phase == E_UNITS) {
+            if (ev->next < ev->norder) {
+                if (ev->next >= ev->batch_end)
+                    break;
+                gate_close(m);
+                apply_unit(m, &ev->units[ev->order[ev->next++]]);
+                gate_open(m);
+                continue;
+            }
+            keep_touched(m);
+            evict_phase(m, E_DATA);
+        } else {
+            if (ev->next >= ev->ndata) {
+                ev->finished = true;
+                break;
+            }
+            if (ev->next >= ev->batch_end)
+                break;
+            gate_close(m);
+            apply_data(m, &ev->data[ev->next++]);
+            gate_open(m);
+        }
+    }
+    ev->busy_us += now_us() - t0;
+}
+
+/* On the loop after a step: the cache forgets what the step removed; then the next step, or
+ * the pause before the next pass. */
+static void evict_next(struct maintenance *m)
+{
+    struct evict *ev = &m->ev;
+    for (size_t i = 0; i < ev->ngone; i++)
+        cache_forget(m->cache, ev->gone[i].repo, &ev->gone[i].d);
+    ev->ngone = 0;
+    if (ev->finished)
+        evict_done(m);
+    else
+        schedule(m->evict_ev, 0);
+}
+
+static void evict_work(void *arg)
+{
+    evict_run(arg, WORK_BUDGET_US);
+}
+
+static void evict_after(void *arg, bool cancelled)
+{
+    struct maintenance *m = arg;
+    if (job_end(m, cancelled))
+        evict_next(m);
 }
 
 static void evict_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct maintenance *m = arg;
     struct evict *ev = &m->ev;
-    int64_t t0 = now_us();
-    char name[LAYOUT_PATH_MAX];
     if (ev->phase == E_IDLE) {
         ev->walk = gc_walk_new(m->st);
         if (!ev->walk) {
@@ -794,44 +1148,16 @@ static void evict_tick(evutil_socket_t fd, short what, void *arg)
             return;
         }
         ev->phase = E_SCAN;
-        m->w->recording = true;
+        set_recording(m->w, true);
     }
-    while (now_us() - t0 < TICK_BUDGET_US) {
-        if (ev->phase == E_SCAN) {
-            int r = gc_walk_next(ev->walk, name);
-            if (r < 0 || (r > 0 && scan_repo(m, name) != 0)) {
-                log_warn("eviction: scanning the store failed; trying again later");
-                ev->busy_us += now_us() - t0;
-                evict_done(m);
-                return;
-            }
-            if (r == 0) {
-                if (plan(m) != 0) {
-                    ev->busy_us += now_us() - t0;
-                    evict_done(m);
-                    return;
-                }
-                ev->phase = E_UNITS;
-            }
-        } else if (ev->phase == E_UNITS) {
-            if (ev->next < ev->norder) {
-                apply_unit(m, &ev->units[ev->order[ev->next++]]);
-                continue;
-            }
-            keep_touched(m);
-            ev->next = 0;
-            ev->phase = E_DATA;
-        } else {
-            if (ev->next >= ev->ndata) {
-                ev->busy_us += now_us() - t0;
-                evict_done(m);
-                return;
-            }
-            apply_data(m, &ev->data[ev->next++]);
-        }
+    if (!m->threaded) {
+        evict_run(m, TICK_BUDGET_US);
+        evict_next(m);
+        return;
     }
-    ev->busy_us += now_us() - t0;
-    schedule(m->evict_ev, 0);
+    evict_prepare(m);
+    m->jobs++;
+    offload_run(m->ol, evict_work, evict_after, m);
 }
 
 /* ---- life cycle ---- */
@@ -851,9 +1177,12 @@ struct maintenance *maintenance_new(struct event_base *base, const struct config
     m->cfg = cfg;
     m->cache = cache;
     m->w = W(st);
-    m->st = st;
+    m->st = m->w->inner;
     m->reg = reg;
     m->px = px;
+    m->ol = ol;
+    m->threaded = !offload_inline(ol);
+    atomic_init(&m->stop, false);
     if (cfg->storage.maintenance.readonly)
         return m;
     bool purge = cfg->storage.maintenance.uploadpurging.enabled;
@@ -873,6 +1202,8 @@ struct maintenance *maintenance_new(struct event_base *base, const struct config
         m->evict_ev = evtimer_new(base, evict_tick, m);
         if (!m->evict_ev)
             goto fail;
+        /* Workers start taking jobs only once the loop runs, after this. */
+        m->w->gated = m->threaded;
         schedule(m->evict_ev, PAUSE_MIN_US);
         log_info("eviction: proxy.ttl %" PRId64 " ms, proxy.maxsize %" PRId64 " bytes (0: none)",
                  cfg->proxy.ttl_ms, cfg->proxy.maxsize);
@@ -883,6 +1214,14 @@ fail:
     return NULL;
 }
 
+static void maintenance_release(struct maintenance *m)
+{
+    gc_walk_free(m->purge_walk);
+    evict_reset(&m->ev);
+    set_recording(m->w, false);
+    free(m);
+}
+
 void maintenance_free(struct maintenance *m)
 {
     if (!m)
@@ -891,9 +1230,12 @@ void maintenance_free(struct maintenance *m)
         event_free(m->purge_ev);
     if (m->evict_ev)
         event_free(m->evict_ev);
-    gc_walk_free(m->purge_walk);
-    evict_reset(&m->ev);
-    m->w->recording = false;
-    gc_set_free(&m->w->touched);
-    free(m);
+    m->purge_ev = m->evict_ev = NULL;
+    if (m->jobs > 0) {
+        /* The jobs use m: their done frees it (offload_free runs it at the latest). */
+        atomic_store(&m->stop, true);
+        m->dying = true;
+        return;
+    }
+    maintenance_release(m);
 }

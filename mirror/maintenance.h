@@ -17,6 +17,13 @@
  *    progress, a new pull), or in flight in the proxy is never removed. Links go before data.
  *    Passes repeat after a pause of twenty times the time the last one took (1 s to 60 s).
  *
+ * With a remote driver (the offload pool not inline) each step runs as offload work on a
+ * worker (a tenth of a second of work at most, or one batch of units or blobs) and the next one is
+ * scheduled from its done; what only the loop may ask (proxy_busy, cache_forget) is asked there,
+ * before and after each batch. Writers then run on other workers during a pass: the wrapper and the
+ * pass share a gate so that a link written after the pass looked still keeps what it names
+ * (see struct watch in maintenance.c).
+ *
  * Read-only mode (storage.maintenance.readonly) runs none of it.
  */
 #include <event2/event.h>
@@ -31,9 +38,10 @@ struct cache;
 struct offload;
 
 /*
- * Wraps a storage driver so that the maintenance learns which links are written while an
- * eviction pass runs. The wrapper owns inner (storage_free frees both). NULL in, NULL out;
- * inner itself when out of memory (maintenance_new then refuses it).
+ * Wraps a storage driver so that the maintenance learns which links are written (and, with
+ * worker threads, which blobs are looked up) while an eviction pass runs. The wrapper owns inner
+ * (storage_free frees both). NULL in, NULL out; inner itself when out of memory (maintenance_new
+ * then refuses it).
  */
 struct storage *maintenance_storage_wrap(struct storage *inner);
 
@@ -45,7 +53,11 @@ struct storage *maintenance_storage_wrap(struct storage *inner);
 struct maintenance *maintenance_new(struct event_base *base, const struct config *cfg,
                                     struct storage *st, struct registry *reg, struct proxy *px,
                                     struct cache *cache, struct offload *ol);
-/* Stops the timers; work in progress is dropped (a pass leaves a consistent store any time). */
+/*
+ * Stops the timers; work in progress is dropped (a pass leaves a consistent store any time).
+ * A step still on a worker stops early and frees the rest in its done, so call it before
+ * offload_free.
+ */
 void maintenance_free(struct maintenance *m);
 
 #endif

@@ -1,16 +1,21 @@
 #include "proxy.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "httpc.h"
+#include "layout.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
+#include "offload.h"
 #include "reference.h"
 #include "upstream.h"
 
@@ -27,6 +32,9 @@ static const char *const manifest_accept[] = {
 /* Pull records (proxy.ttl) are written at most this often per repository and digest. */
 #define PULLED_EVERY_S 600
 #define PULLED_SLOTS 4096
+/* A lookup that ran while a fetch of what it looks for ended is repeated, at most this often,
+ * rather than starting a second upstream fetch. */
+#define LOOKUP_TRIES 4
 
 struct remote {
     char *host; /* what ?ns= names; the main upstream is DEFAULT_HOST */
@@ -44,6 +52,15 @@ struct proxy {
     struct registry *reg;
     struct httpc *httpc;
     struct offload *offload;
+    /* With a remote store (threaded pool) blobs are spooled in a registry of their own on
+     * the local disk, then imported; NULL on the filesystem, where the store is the spool. */
+    struct storage *spool_st;
+    struct registry *spool;
+    int spool_lock; /* flock'd spool directory, or -1 */
+    unsigned jobs;  /* offload jobs that use px */
+    bool closing;   /* proxy_free ran: the last job's done frees px */
+    /* Bumped whenever a manifest / blob fetch leaves its table (see LOOKUP_TRIES). */
+    unsigned mseq, bseq;
     struct remote *remotes;
     size_t nremotes;
     struct mfetch *mfetches;
@@ -129,17 +146,84 @@ static uint64_t pulled_key(const char *name, const struct digest *d)
     return h | 1;
 }
 
-/* Records a pull of proxied content for proxy.ttl (see registry_proxy_pulled). */
-static void note_pulled(struct proxy *px, const char *name, const struct digest *d, bool create)
+/* Whether a pull record is due (always when create); notes it in the table when it is. */
+static bool pulled_due(struct proxy *px, const char *name, const struct digest *d, bool create)
 {
     uint64_t key = pulled_key(name, d);
     time_t now = time(NULL);
     size_t slot = key % PULLED_SLOTS;
     if (!create && px->pulled[slot].key == key && now - px->pulled[slot].at < PULLED_EVERY_S)
-        return;
+        return false;
     px->pulled[slot].key = key;
     px->pulled[slot].at = now;
-    registry_proxy_pulled(px->reg, name, d, create);
+    return true;
+}
+
+struct pulled_job {
+    struct registry *reg;
+    struct digest d;
+    bool create;
+    char name[API_NAME_MAX];
+};
+
+static void pulled_work(void *arg)
+{
+    struct pulled_job *j = arg;
+    registry_proxy_pulled(j->reg, j->name, &j->d, j->create);
+}
+
+static void pulled_done(void *arg, bool cancelled)
+{
+    free(arg);
+}
+
+/* Records a pull of proxied content for proxy.ttl (see registry_proxy_pulled). */
+static void note_pulled(struct proxy *px, const char *name, const struct digest *d, bool create)
+{
+    if (!pulled_due(px, name, d, create))
+        return;
+    if (offload_inline(px->offload)) {
+        registry_proxy_pulled(px->reg, name, d, create);
+        return;
+    }
+    struct pulled_job *j = malloc(sizeof(*j));
+    if (!j)
+        return; /* a record lost to memory only lets the content expire earlier */
+    j->reg = px->reg;
+    j->d = *d;
+    j->create = create;
+    snprintf(j->name, sizeof(j->name), "%s", name);
+    offload_run(px->offload, pulled_work, pulled_done, j);
+}
+
+/* The registry the blob spool's upload sessions live in. */
+static struct registry *spool_reg(const struct proxy *px)
+{
+    return px->spool ? px->spool : px->reg;
+}
+
+static void proxy_release(struct proxy *px)
+{
+    registry_free(px->spool);
+    storage_free(px->spool_st);
+    if (px->spool_lock >= 0)
+        close(px->spool_lock);
+    free(px);
+}
+
+/* Starts an offload job that uses px: proxy_free then leaves px to the job's done. */
+static void job_begin(struct proxy *px)
+{
+    px->jobs++;
+}
+
+/* Ends one in done. When closing, the caller frees what is its own first and touches px no
+ * more: the last job frees it. */
+static void job_end(struct proxy *px)
+{
+    px->jobs--;
+    if (px->closing && px->jobs == 0)
+        proxy_release(px);
 }
 
 /*
@@ -220,6 +304,9 @@ struct mfetch {
     char hdr_digest[DIGEST_STR_MAX];
     char content_type[128];
     struct mwaiter *waiters;
+    bool job;           /* an offload job (store or touch) has it */
+    struct digest got;  /* the verified digest being stored */
+    enum regerr stored; /* the job's result */
 };
 
 static void mfetch_start(struct mfetch *f);
@@ -236,22 +323,28 @@ static void mwaiter_abort(struct http_req *req, void *ctx)
     free(w);
 }
 
-static void mfetch_free(struct mfetch *f)
+static void mfetch_unlink(struct mfetch *f)
 {
     for (struct mfetch **p = &f->px->mfetches; *p; p = &(*p)->next) {
         if (*p == f) {
             *p = f->next;
+            f->px->mseq++;
             break;
         }
     }
+}
+
+static void mfetch_free(struct mfetch *f)
+{
+    mfetch_unlink(f);
     if (f->ureq)
         upstream_cancel(f->ureq);
     free(f->body);
     free(f);
 }
 
-/* Answers every waiter (from the cache when result is REG_OK) and frees the fetch. */
-static void mfetch_finish(struct mfetch *f, enum regerr result, long retry_after,
+/* Answers every waiter (from the cache when result is REG_OK). */
+static void mfetch_answer(struct mfetch *f, enum regerr result, long retry_after,
                           const char *detail)
 {
     struct mwaiter *w = f->waiters;
@@ -265,6 +358,13 @@ static void mfetch_finish(struct mfetch *f, enum regerr result, long retry_after
         free(w);
         w = next;
     }
+}
+
+/* Answers every waiter and frees the fetch. */
+static void mfetch_finish(struct mfetch *f, enum regerr result, long retry_after,
+                          const char *detail)
+{
+    mfetch_answer(f, result, retry_after, detail);
     mfetch_free(f);
 }
 
@@ -316,10 +416,59 @@ static void mfetch_fail(struct mfetch *f, enum regerr e, long retry_after, const
     mfetch_finish(f, e, retry_after, why);
 }
 
+/* The storage side of a finished exchange: a GET's manifest stored (and tagged), or a
+ * re-checked tag's time recorded. */
+static void mfetch_work(void *arg)
+{
+    struct mfetch *f = arg;
+    struct registry *reg = f->px->reg;
+    if (f->head) {
+        registry_proxy_tag_touch(reg, f->name, f->ref);
+        return;
+    }
+    f->stored = registry_manifest_store(reg, f->name, NULL, f->body, f->len, &f->got);
+    if (f->stored == REG_OK)
+        registry_proxy_pulled(reg, f->name, &f->got, true);
+    if (f->stored == REG_OK && f->by_tag)
+        f->stored = registry_proxy_tag_set(reg, f->name, f->ref, &f->got);
+}
+
+static void mfetch_done(void *arg, bool cancelled)
+{
+    struct mfetch *f = arg;
+    struct proxy *px = f->px;
+    f->job = false;
+    if (px->closing) {
+        free(f->body);
+        free(f);
+        job_end(px);
+        return;
+    }
+    job_end(px);
+    if (f->head) {
+        mfetch_finish(f, REG_OK, -1, NULL);
+        return;
+    }
+    if (f->stored != REG_OK) {
+        mfetch_fail(f, f->stored, -1, "storing the manifest failed");
+        return;
+    }
+    pulled_due(px, f->name, &f->got, true);
+    mfetch_finish(f, REG_OK, -1, NULL);
+}
+
+/* Runs mfetch_work off the loop; new clients keep joining the fetch meanwhile. */
+static void mfetch_job(struct mfetch *f)
+{
+    f->job = true;
+    f->stored = REG_ERR_UNAVAILABLE; /* what a job cancelled before it ran leaves */
+    job_begin(f->px);
+    offload_run(f->px->offload, mfetch_work, mfetch_done, f);
+}
+
 /* A GET answer arrived: verify, store, tag, answer. */
 static void mfetch_store(struct mfetch *f)
 {
-    struct proxy *px = f->px;
     struct digest want, got;
     bool have_want = digest_parse(f->want, strlen(f->want), &want) == 0 ||
                      digest_parse(f->hdr_digest, strlen(f->hdr_digest), &want) == 0;
@@ -344,16 +493,8 @@ static void mfetch_store(struct mfetch *f)
         return;
     }
     manifest_free(&m);
-    result = registry_manifest_store(px->reg, f->name, NULL, f->body, f->len, &got);
-    if (result == REG_OK)
-        note_pulled(px, f->name, &got, true);
-    if (result == REG_OK && f->by_tag)
-        result = registry_proxy_tag_set(px->reg, f->name, f->ref, &got);
-    if (result != REG_OK) {
-        mfetch_fail(f, result, -1, "storing the manifest failed");
-        return;
-    }
-    mfetch_finish(f, REG_OK, -1, NULL);
+    f->got = got;
+    mfetch_job(f);
 }
 
 static void m_on_done(struct upstream_req *r, void *ctx, const struct upstream_outcome *o)
@@ -371,8 +512,7 @@ static void m_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
     struct digest now;
     if (digest_parse(f->hdr_digest, strlen(f->hdr_digest), &now) == 0 &&
         digest_equal(&now, &f->cached)) {
-        registry_proxy_tag_touch(f->px->reg, f->name, f->ref);
-        mfetch_finish(f, REG_OK, -1, NULL);
+        mfetch_job(f);
         return;
     }
     /* Changed (or no digest in the answer): fetch it, by digest when we know it. */
@@ -442,40 +582,114 @@ static void manifest_join(struct proxy *px, const struct target *t, struct clien
     http_req_on_abort(c->req, mwaiter_abort, w);
 }
 
+/* What the store says about a pulled manifest reference. */
+struct mlookup {
+    struct proxy *px;
+    struct target t;
+    struct client c;
+    unsigned seq; /* px->mseq when the lookup was queued */
+    int tries;
+    bool cached;
+    struct digest cur;
+    bool proxied; /* by tag: a proxied tag, last checked at checked */
+    time_t checked;
+};
+
+static void mlookup_work(void *arg)
+{
+    struct mlookup *l = arg;
+    struct registry *reg = l->px->reg;
+    l->cached = registry_manifest_resolve(reg, l->t.rt.name, l->t.rt.ref, &l->cur) == REG_OK;
+    l->proxied = !strchr(l->t.rt.ref, ':') &&
+                 registry_proxy_tag_checked(reg, l->t.rt.name, l->t.rt.ref, &l->checked);
+}
+
+static bool mfetch_running(const struct proxy *px, const struct target *t)
+{
+    for (const struct mfetch *f = px->mfetches; f; f = f->next) {
+        if (f->rm == t->rm && strcmp(f->name, t->rt.name) == 0 && strcmp(f->ref, t->rt.ref) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Serves from the store or joins the upstream exchange. false: look up again instead (a fetch
+ * of this reference ended while the lookup ran, so the store may hold it now). */
+static bool mlookup_finish(struct mlookup *l)
+{
+    struct proxy *px = l->px;
+    /* By digest: immutable, so whatever is cached is right. A tag pushed here (no marker)
+     * wins over the upstream's tag of the same name; a proxied one is served while fresh. */
+    bool serve = l->cached;
+    if (serve && !strchr(l->t.rt.ref, ':')) {
+        int64_t fresh_ms = px->cfg->proxy.tagfreshness_ms;
+        serve =
+            !l->proxied || (fresh_ms > 0 && (int64_t)(time(NULL) - l->checked) * 1000 < fresh_ms);
+    }
+    if (!serve && l->seq != px->mseq && l->tries < LOOKUP_TRIES && !mfetch_running(px, &l->t))
+        return false;
+    metrics_inc(l->cached ? METRICS_CACHE_HIT_MANIFEST : METRICS_CACHE_MISS_MANIFEST);
+    if (l->cached)
+        note_pulled(px, l->t.rt.name, &l->cur, false);
+    if (serve)
+        client_serve_looked_up(&l->c, &l->cur, -1);
+    else
+        manifest_join(px, &l->t, &l->c, l->cached, &l->cur);
+    return true;
+}
+
+static void mlookup_queue(struct mlookup *l);
+
+static void mlookup_done(void *arg, struct http_req *req)
+{
+    struct mlookup *l = arg;
+    struct proxy *px = l->px;
+    if (!req || px->closing) {
+        free(l);
+        job_end(px);
+        return;
+    }
+    job_end(px);
+    if (!mlookup_finish(l)) {
+        mlookup_queue(l);
+        return;
+    }
+    free(l);
+}
+
+static void mlookup_queue(struct mlookup *l)
+{
+    l->seq = l->px->mseq;
+    l->tries++;
+    job_begin(l->px);
+    offload_req(l->px->offload, l->c.req, mlookup_work, mlookup_done, l);
+}
+
 void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *req,
                     const struct api_route *rt, proxy_manifest_serve_fn serve_local)
 {
-    struct target t;
-    struct client c;
-    if (!begin(px, api, req, rt, NULL, &t, &c))
-        return;
-    c.serve_manifest = serve_local;
-    struct digest cur;
-    bool cached = registry_manifest_resolve(px->reg, t.rt.name, t.rt.ref, &cur) == REG_OK;
-    metrics_inc(cached ? METRICS_CACHE_HIT_MANIFEST : METRICS_CACHE_MISS_MANIFEST);
-    if (cached)
-        note_pulled(px, t.rt.name, &cur, false);
-    if (strchr(t.rt.ref, ':')) {
-        /* By digest: immutable, so whatever is cached is right. */
-        if (cached)
-            client_serve_looked_up(&c, &cur, -1);
-        else
-            manifest_join(px, &t, &c, false, NULL);
+    /* The filesystem answers at once: look up on the stack, with no job. */
+    bool now = offload_inline(px->offload);
+    struct mlookup stack, *l = now ? &stack : malloc(sizeof(*l));
+    if (!l) {
+        api_errorf(api, req, REG_ERR_INTERNAL, "out of memory");
         return;
     }
-    time_t checked;
-    bool proxied = registry_proxy_tag_checked(px->reg, t.rt.name, t.rt.ref, &checked);
-    if (cached && !proxied) {
-        /* Pushed here: local content wins over the upstream's tag of the same name. */
-        client_serve_looked_up(&c, &cur, -1);
+    if (!begin(px, api, req, rt, NULL, &l->t, &l->c)) {
+        if (!now)
+            free(l);
         return;
     }
-    int64_t fresh_ms = px->cfg->proxy.tagfreshness_ms;
-    if (cached && fresh_ms > 0 && (int64_t)(time(NULL) - checked) * 1000 < fresh_ms) {
-        client_serve_looked_up(&c, &cur, -1);
+    l->px = px;
+    l->c.serve_manifest = serve_local;
+    l->tries = 0;
+    if (now) {
+        l->seq = px->mseq;
+        mlookup_work(l);
+        mlookup_finish(l);
         return;
     }
-    manifest_join(px, &t, &c, cached, &cur);
+    mlookup_queue(l);
 }
 
 /* ---- blobs: HEAD, and GET of a blob stored for another repository ---- */
@@ -488,10 +702,14 @@ struct bhead {
     struct digest d;
     struct upstream_req *ureq;
     int64_t size;
+    bool job;    /* its link job runs (the job holds the request's abort callback) */
+    bool linked; /* the job's result */
 };
 
 static void blob_fetch(struct proxy *px, const struct target *t, struct client *c,
                        const struct digest *d);
+static void bhead_work(void *arg);
+static void bhead_done(void *arg, struct http_req *req);
 
 static void bhead_free(struct bhead *b)
 {
@@ -533,9 +751,36 @@ static void bh_on_done(struct upstream_req *r, void *ctx, const struct upstream_
         return;
     }
     /* The upstream has the blob in this repository: link the stored copy and serve it. */
-    if (registry_blob_stored(px->reg, &b->d) &&
-        registry_blob_link(px->reg, c.rt.name, &b->d) == REG_OK) {
-        note_pulled(px, c.rt.name, &b->d, true);
+    b->job = true;
+    b->linked = false;
+    job_begin(px);
+    offload_req(px->offload, c.req, bhead_work, bhead_done, b);
+}
+
+static void bhead_work(void *arg)
+{
+    struct bhead *b = arg;
+    struct registry *reg = b->px->reg;
+    b->linked =
+        registry_blob_stored(reg, &b->d) && registry_blob_link(reg, b->c.rt.name, &b->d) == REG_OK;
+    if (b->linked)
+        registry_proxy_pulled(reg, b->c.rt.name, &b->d, true);
+}
+
+static void bhead_done(void *arg, struct http_req *req)
+{
+    struct bhead *b = arg;
+    struct proxy *px = b->px;
+    struct client c = b->c;
+    b->job = false;
+    if (!req || px->closing) {
+        bhead_free(b);
+        job_end(px);
+        return;
+    }
+    job_end(px);
+    if (b->linked) {
+        pulled_due(px, c.rt.name, &b->d, true);
         bhead_free(b);
         client_serve(&c);
         return;
@@ -616,8 +861,10 @@ struct bfetch {
     long retry_after;
     char why[256];
     struct breader *readers;
-    bool listed; /* in px->bfetches: new requests join it */
-    bool pinned; /* being walked: readers finishing must not free it under the walker */
+    bool listed;    /* in px->bfetches: new requests join it */
+    bool pinned;    /* being walked: readers finishing must not free it under the walker */
+    bool importing; /* the verified spool is being stored (remote store); readers go on */
+    enum regerr imported;
 };
 
 static void bfetch_unlist(struct bfetch *f)
@@ -631,12 +878,13 @@ static void bfetch_unlist(struct bfetch *f)
         }
     }
     f->listed = false;
+    f->px->bseq++;
 }
 
-/* Frees the fetch once the upstream side is over and no reader is left. */
+/* Frees the fetch once the upstream side and any import are over and no reader is left. */
 static void bfetch_maybe_free(struct bfetch *f)
 {
-    if (f->pinned || f->readers || f->state == B_HEADERS || f->state == B_STREAMING)
+    if (f->pinned || f->readers || f->importing || f->state == B_HEADERS || f->state == B_STREAMING)
         return;
     bfetch_unlist(f);
     if (f->fd >= 0)
@@ -816,14 +1064,74 @@ static int b_on_data(struct upstream_req *r, void *ctx, const char *data, size_t
     return 0;
 }
 
+/* Removes the imported spool file (readers hold it open) and its link. */
+static void spool_drop(struct bfetch *f)
+{
+    struct storage *st = f->px->spool_st;
+    char path[LAYOUT_PATH_MAX];
+    storage_remove(st, layout_blob_dir(path, &f->d));
+    layout_layer_link(path, f->name, &f->d);
+    *strrchr(path, '/') = '\0';
+    storage_remove(st, path);
+}
+
+static void bimport_work(void *arg)
+{
+    struct bfetch *f = arg;
+    struct registry *reg = f->px->reg;
+    f->imported = registry_blob_import(reg, f->name, &f->d, f->fd, f->written);
+    if (f->imported == REG_OK)
+        registry_proxy_pulled(reg, f->name, &f->d, true);
+}
+
+static void bimport_done(void *arg, bool cancelled)
+{
+    struct bfetch *f = arg;
+    struct proxy *px = f->px;
+    char ds[DIGEST_STR_MAX];
+    digest_str(&f->d, ds);
+    f->importing = false;
+    spool_drop(f);
+    if (px->closing) {
+        bfetch_maybe_free(f);
+        job_end(px);
+        return;
+    }
+    job_end(px);
+    if (f->imported == REG_OK) {
+        pulled_due(px, f->name, &f->d, true);
+        log_info("proxy: cached %s for %s (%" PRIu64 " bytes)", ds, f->name, f->written);
+    } else {
+        log_warn("proxy: storing %s for %s failed; its clients were served from the spool", ds,
+                 f->name);
+    }
+    /* Stored now (or not at all): new requests find it in the store (or fetch again). */
+    bfetch_unlist(f);
+    bfetch_maybe_free(f);
+}
+
+/*
+ * Remote store: the blob is verified in the local spool; store it from there off the loop.
+ * The fetch stays listed meanwhile, so new requests read the spool rather than fetch again.
+ */
+static void bfetch_import(struct bfetch *f)
+{
+    f->importing = true;
+    f->imported = REG_ERR_UNAVAILABLE; /* what a job cancelled before it ran leaves */
+    job_begin(f->px);
+    offload_run(f->px->offload, bimport_work, bimport_done, f);
+}
+
 static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_outcome *o)
 {
     struct bfetch *f = ctx;
     struct proxy *px = f->px;
+    struct registry *sreg = spool_reg(px);
     char ds[DIGEST_STR_MAX];
     digest_str(&f->d, ds);
     f->ureq = NULL;
-    bfetch_unlist(f);
+    if (!px->spool)
+        bfetch_unlist(f);
     enum regerr result = outcome_error(o, true);
     if (result == REG_OK && f->total >= 0 && f->written != (uint64_t)f->total) {
         result = REG_ERR_UNAVAILABLE;
@@ -839,7 +1147,7 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
         else if (result != REG_OK)
             snprintf(f->why, sizeof(f->why), "storing the blob failed");
         if (result != REG_OK) {
-            registry_upload_cancel(px->reg, f->name, f->id);
+            registry_upload_cancel(sreg, f->name, f->id);
             result = REG_ERR_UNAVAILABLE;
         }
     } else {
@@ -847,13 +1155,22 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
             snprintf(f->why, sizeof(f->why), "%s", o->message);
         registry_upload_close(f->up);
         f->up = NULL;
-        registry_upload_cancel(px->reg, f->name, f->id);
+        registry_upload_cancel(sreg, f->name, f->id);
+    }
+    if (result == REG_OK && px->spool) {
+        /* Readers finish from the spool; the import's done frees f (perhaps before
+         * offload_run returns), so it comes last. */
+        f->state = B_DONE;
+        bfetch_pump_all(f);
+        bfetch_import(f);
+        return;
     }
     if (result == REG_OK) {
         note_pulled(px, f->name, &f->d, true);
         f->state = B_DONE;
         log_info("proxy: cached %s for %s (%" PRIu64 " bytes)", ds, f->name, f->written);
     } else {
+        bfetch_unlist(f);
         f->state = B_FAILED;
         f->err = result;
         f->retry_after = o->retry_after_s;
@@ -891,11 +1208,13 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
         f->fd = -1;
         f->total = -1;
         snprintf(f->name, sizeof(f->name), "%s", t->rt.name);
-        result = registry_upload_start(px->reg, f->name, f->id);
+        /* The spool is local (see spool_reg): these are a few syscalls on the loop. */
+        struct registry *sreg = spool_reg(px);
+        result = registry_upload_start(sreg, f->name, f->id);
         if (result == REG_OK)
-            result = registry_upload_open(px->reg, f->name, f->id, &f->up);
+            result = registry_upload_open(sreg, f->name, f->id, &f->up);
         if (result == REG_OK)
-            result = registry_upload_reader(px->reg, f->name, f->id, &f->fd);
+            result = registry_upload_reader(sreg, f->name, f->id, &f->fd);
         if (result != REG_OK)
             goto fail;
         char suffix[API_REF_MAX + 8];
@@ -915,7 +1234,7 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
             if (f->up)
                 registry_upload_close(f->up);
             if (f->id[0])
-                registry_upload_cancel(px->reg, f->name, f->id);
+                registry_upload_cancel(spool_reg(px), f->name, f->id);
             if (f->fd >= 0)
                 close(f->fd);
             free(f);
@@ -932,33 +1251,119 @@ join:
     reader_pump(rd);
 }
 
+/* What the store says about a pulled blob. */
+struct blookup {
+    struct proxy *px;
+    struct target t;
+    struct client c;
+    struct digest d;
+    bool head;
+    unsigned seq; /* px->bseq when the lookup was queued */
+    int tries;
+    bool linked; /* in rt.name, with size */
+    uint64_t size;
+    bool stored; /* a GET's blob not linked here but stored for another repository */
+};
+
+static void blookup_work(void *arg)
+{
+    struct blookup *l = arg;
+    struct registry *reg = l->px->reg;
+    l->linked = registry_blob_stat(reg, l->t.rt.name, &l->d, &l->size) == REG_OK;
+    l->stored = !l->linked && !l->head && registry_blob_stored(reg, &l->d);
+}
+
+static bool bfetch_running(const struct proxy *px, const struct remote *rm, const struct digest *d)
+{
+    for (const struct bfetch *f = px->bfetches; f; f = f->next) {
+        if (f->rm == rm && digest_equal(&f->d, d))
+            return true;
+    }
+    return false;
+}
+
+/* Serves from the store, asks the upstream, or fetches. false: look up again instead (a
+ * fetch ended while the lookup ran, so the store may hold the blob now). */
+static bool blookup_finish(struct blookup *l)
+{
+    struct proxy *px = l->px;
+    if (l->linked) {
+        metrics_inc(METRICS_CACHE_HIT_BLOB);
+        note_pulled(px, l->t.rt.name, &l->d, false);
+        client_serve_looked_up(&l->c, NULL, (int64_t)l->size);
+        return true;
+    }
+    if (!l->head && !l->stored && l->seq != px->bseq && l->tries < LOOKUP_TRIES &&
+        !bfetch_running(px, l->t.rm, &l->d))
+        return false;
+    metrics_inc(METRICS_CACHE_MISS_BLOB);
+    if (l->head || l->stored)
+        blob_head(px, &l->t, &l->c, &l->d);
+    else
+        blob_fetch(px, &l->t, &l->c, &l->d);
+    return true;
+}
+
+static void blookup_queue(struct blookup *l);
+
+static void blookup_done(void *arg, struct http_req *req)
+{
+    struct blookup *l = arg;
+    struct proxy *px = l->px;
+    if (!req || px->closing) {
+        free(l);
+        job_end(px);
+        return;
+    }
+    job_end(px);
+    if (!blookup_finish(l)) {
+        blookup_queue(l);
+        return;
+    }
+    free(l);
+}
+
+static void blookup_queue(struct blookup *l)
+{
+    l->seq = l->px->bseq;
+    l->tries++;
+    job_begin(l->px);
+    offload_req(l->px->offload, l->c.req, blookup_work, blookup_done, l);
+}
+
 void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
                 const struct api_route *rt, proxy_blob_serve_fn serve_local)
 {
-    struct target t;
-    struct client c;
-    if (!begin(px, api, req, rt, serve_local, &t, &c))
-        return;
-    struct digest d;
-    digest_parse(t.rt.ref, strlen(t.rt.ref), &d);
-    uint64_t size;
-    if (registry_blob_stat(px->reg, t.rt.name, &d, &size) == REG_OK) {
-        metrics_inc(METRICS_CACHE_HIT_BLOB);
-        note_pulled(px, t.rt.name, &d, false);
-        client_serve_looked_up(&c, NULL, (int64_t)size);
+    /* The filesystem answers at once: look up on the stack, with no job. */
+    bool now = offload_inline(px->offload);
+    struct blookup stack, *l = now ? &stack : malloc(sizeof(*l));
+    if (!l) {
+        api_errorf(api, req, REG_ERR_INTERNAL, "out of memory");
         return;
     }
-    metrics_inc(METRICS_CACHE_MISS_BLOB);
-    if (http_req_method(req) == HTTP_HEAD || registry_blob_stored(px->reg, &d))
-        blob_head(px, &t, &c, &d);
-    else
-        blob_fetch(px, &t, &c, &d);
+    if (!begin(px, api, req, rt, serve_local, &l->t, &l->c)) {
+        if (!now)
+            free(l);
+        return;
+    }
+    l->px = px;
+    digest_parse(l->t.rt.ref, strlen(l->t.rt.ref), &l->d);
+    l->head = http_req_method(req) == HTTP_HEAD;
+    l->tries = 0;
+    if (now) {
+        l->seq = px->bseq;
+        blookup_work(l);
+        blookup_finish(l);
+        return;
+    }
+    blookup_queue(l);
 }
 
 bool proxy_busy(const struct proxy *px, const struct digest *d)
 {
-    /* A fetch leaves the list when its upstream side ends; readers still on it hold the
-     * spool by descriptor, so removing the committed blob cannot cut them. */
+    /* A fetch leaves the list when its blob is stored (on the filesystem when its upstream
+     * side ends); readers still on it hold the spool by descriptor, so removing the stored
+     * blob cannot cut them. */
     for (const struct bfetch *f = px->bfetches; f; f = f->next) {
         if (digest_equal(&f->d, d))
             return true;
@@ -999,12 +1404,45 @@ static int add_remote(struct proxy *px, const char *host, const char *url, const
     return 0;
 }
 
+/*
+ * The local spool of a remote store: a filesystem registry of its own under dir. An
+ * exclusive lock on the directory keeps it to one daemon, so what a previous run left there
+ * can be removed.
+ */
+static int spool_open(struct proxy *px, const char *dir)
+{
+    px->spool_st = storage_fs_new(dir);
+    if (!px->spool_st) {
+        log_error("proxy: cannot use proxy.spooldir %s", dir);
+        return -1;
+    }
+    px->spool_lock = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (px->spool_lock < 0 || flock(px->spool_lock, LOCK_EX | LOCK_NB) != 0) {
+        log_error("proxy: proxy.spooldir %s is in use by another regmirror (each instance needs "
+                  "its own): %s",
+                  dir, strerror(errno));
+        return -1;
+    }
+    enum regerr result = storage_remove(px->spool_st, "/docker");
+    if (result != REG_OK && result != REG_ERR_NOT_FOUND) {
+        log_error("proxy: cannot clear proxy.spooldir %s", dir);
+        return -1;
+    }
+    struct registry_opts opts = {.delete_enabled = true};
+    px->spool = registry_new(px->spool_st, &opts);
+    if (!px->spool)
+        return -1;
+    log_info("proxy: spooling blobs in %s", dir);
+    return 0;
+}
+
 struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struct registry *reg,
                         struct httpc *hc, struct offload *ol)
 {
     struct proxy *px = calloc(1, sizeof(*px));
     if (!px)
         return NULL;
+    px->spool_lock = -1;
     px->base = base;
     px->cfg = cfg;
     px->reg = reg;
@@ -1021,6 +1459,8 @@ struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struc
         if (add_remote(px, r->host, r->remoteurl, r->username, r->password, false) != 0)
             goto fail;
     }
+    if (!offload_inline(ol) && spool_open(px, cfg->proxy.spooldir) != 0)
+        goto fail;
     log_info("proxy: pulling through from %s", cfg->proxy.remoteurl);
     return px;
 fail:
@@ -1032,20 +1472,35 @@ void proxy_free(struct proxy *px)
 {
     if (!px)
         return;
-    while (px->mfetches)
-        mfetch_finish(px->mfetches, REG_ERR_UNAVAILABLE, -1, "shutting down");
-    while (px->bheads)
-        bhead_free(px->bheads);
+    px->closing = true;
+    /* What an offload job holds leaves the tables here and is freed by the job's done. */
+    while (px->mfetches) {
+        struct mfetch *f = px->mfetches;
+        mfetch_answer(f, REG_ERR_UNAVAILABLE, -1, "shutting down");
+        if (f->job)
+            mfetch_unlink(f);
+        else
+            mfetch_free(f);
+    }
+    while (px->bheads) {
+        struct bhead *b = px->bheads;
+        if (b->job)
+            px->bheads = b->next;
+        else
+            bhead_free(b);
+    }
     while (px->bfetches) {
         struct bfetch *f = px->bfetches;
         bfetch_unlist(f);
+        if (f->importing)
+            continue;
         if (f->ureq)
             upstream_cancel(f->ureq);
         f->ureq = NULL;
         if (f->up)
             registry_upload_close(f->up);
         f->up = NULL;
-        registry_upload_cancel(px->reg, f->name, f->id);
+        registry_upload_cancel(spool_reg(px), f->name, f->id);
         f->state = B_FAILED;
         snprintf(f->why, sizeof(f->why), "shutting down");
         bfetch_pump_all(f);
@@ -1056,5 +1511,8 @@ void proxy_free(struct proxy *px)
         free(px->remotes[i].host);
     }
     free(px->remotes);
-    free(px);
+    px->remotes = NULL;
+    px->nremotes = 0;
+    if (px->jobs == 0)
+        proxy_release(px);
 }

@@ -13,12 +13,17 @@
  *    (the spool, hashed as it fills) and every client attached to the fetch reads the spool
  *    at its own pace, late joiners from the start. The blob is committed only after its
  *    digest matched; a mismatch or a cut upstream commits nothing and cuts every attached
- *    response short, never ending one that looks complete.
+ *    response short, never ending one that looks complete. On a remote store (OSS) the
+ *    session lives in a filesystem registry of the proxy's own under proxy.spooldir; once
+ *    verified there, the file is imported into the store off the loop while the clients
+ *    read on, and only then is the blob stored (new clients meanwhile read the spool).
  *  - HEAD of an uncached blob answers from an upstream HEAD without fetching the body.
  *  - containerd's ?ns=<host> picks the upstream from proxy.remotes; no ns, or docker.io, the
  *    main one.
  *
- * The proxy borrows base, reg and cfg; they outlive it. proxy_free cuts what is in flight.
+ * The proxy borrows base, reg and cfg; they outlive it. Its storage work runs as offload
+ * jobs (their done continues on the loop). proxy_free cuts what is in flight; a proxy with
+ * jobs still queued is freed by the last one's done (offload_free, after proxy_free).
  */
 #include <stdbool.h>
 

@@ -8,7 +8,8 @@ Our garbage-collect then runs on both, with the same flags: the dry runs print t
 change nothing, the real runs leave the same objects in the bucket as files in the copy (so the
 same kept blobs), every kept blob still hashes to its digest, and every request the driver made
 was signed and verified. Without --force the command refuses on OSS (the driver has no instance
-lock to tell whether a writable regmirror runs; see gc.h), and `serve` still refuses OSS.
+lock to tell whether a writable regmirror runs; see gc.h); `serve` then answers from the
+same bucket.
 """
 
 import hashlib
@@ -237,9 +238,23 @@ def test_gc_on_oss_refuses_without_force(reference_store, emu, tmp_path):
     assert "warning" in dry.stderr and "would delete" in dry.stdout
     assert bucket_files(emu) == before
     assert_all_signed(emu)
-    # serve does not take OSS yet (it needs worker threads for blocking requests).
-    s = subprocess.run([helpers.regmirror_bin(), "serve", cfg], capture_output=True, text=True,
-                       timeout=30)
-    assert s.returncode == 1
-    assert "serve does not support it yet" in s.stderr, s.stderr
+    # serve takes the same bucket, and answers from what the store holds.
+    port = int(re.search(r"addr: 127\.0\.0\.1:(\d+)", open(cfg).read()).group(1))
+    p = subprocess.Popen([helpers.regmirror_bin(), "serve", cfg], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 20
+        while not helpers.port_is_listening(port):
+            assert p.poll() is None and time.time() < deadline, "serve did not start"
+            time.sleep(0.05)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", "/v2/_catalog")
+        resp = c.getresponse()
+        assert resp.status == 200 and b"repositories" in resp.read()
+        c.close()
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    s = subprocess.CompletedProcess([], 0, "", err)
     assert SK not in s.stderr + r.stderr + dry.stderr + dry.stdout
