@@ -2,6 +2,8 @@
 #   make            release build (build/release/regmirror)
 #   make run        install deps, build, serve conf/config.yml on :5000
 #   make test       install deps, build release + asan, run unit, fuzz smoke and integration tests
+#                   (integration: every suite on the filesystem, then the core and proxy
+#                   suites on OSS through the emulator)
 #   make fuzz       build the libFuzzer targets (clang)
 #   make bench      benchmark harness (test/bench)
 
@@ -50,7 +52,7 @@ $(eval $(call variant,debug))
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
 
 .DEFAULT_GOAL := release
-.PHONY: release asan debug deps run test unit integration fuzz fuzz-smoke bench format lint clean
+.PHONY: release asan debug deps run test unit integration integration-fs integration-oss fuzz fuzz-smoke bench format lint clean
 .SECONDARY:
 
 deps:
@@ -84,8 +86,24 @@ fuzz-smoke: fuzz
 	    tail -n 60 $(B)/fuzz/$$n.log; echo "fuzz target $$n failed"; exit 1; fi; \
 	  tail -n 1 $(B)/fuzz/$$n.log; done
 
+# The whole suite on the filesystem, then the core and proxy suites again with the registries
+# storing on OSS (the emulator, test/oss): REGMIRROR_TEST_STORAGE=oss. test_oss_stream.py pushes
+# and reads back a 1 GiB blob (REGMIRROR_STREAM_BYTES) and measures the release build's RSS.
+INTEGRATION_ENV := REGMIRROR_BIN=$(abspath $(B))/asan/regmirror \
+	REGMIRROR_RELEASE_BIN=$(abspath $(B))/release/regmirror
+OSS_SUITES := test_conformance_blobs.py test_conformance_manifests.py \
+	test_conformance_discovery.py test_conformance_management.py test_badinput.py \
+	test_skopeo.py test_proxy.py test_cache.py test_oss_stream.py
 integration: release asan
-	cd test/integration && REGMIRROR_BIN=$(abspath $(B))/asan/regmirror $(PYTHON) -m pytest -q -ra .
+	@rc=0; $(MAKE) --no-print-directory integration-fs || rc=1; \
+	  $(MAKE) --no-print-directory integration-oss || rc=1; exit $$rc
+integration-fs:
+	@echo "== integration: storage.filesystem, every suite"
+	cd test/integration && $(INTEGRATION_ENV) $(PYTHON) -m pytest -q -ra .
+integration-oss:
+	@echo "== integration: storage.oss (OSS emulator), core and proxy suites"
+	cd test/integration && REGMIRROR_TEST_STORAGE=oss $(INTEGRATION_ENV) \
+	  $(PYTHON) -m pytest -q -ra $(OSS_SUITES)
 
 test: deps
 	@$(MAKE) --no-print-directory release asan

@@ -6,6 +6,12 @@ Target selection (see helpers.target_kind):
 
 One registry is shared by the whole session; every test uses its own repository names.
 Tests that need a differently configured registry start their own with `make_registry`.
+
+Storage (see helpers.storage_kind):
+  REGMIRROR_TEST_STORAGE=fs (default)               -> storage.filesystem under tmp dirs
+  REGMIRROR_TEST_STORAGE=oss                        -> storage.oss against one OSS emulator
+                                                       (test/oss/emulator.py) for the session
+On OSS the tests that need the filesystem root itself are skipped (OSS_SKIP below).
 """
 
 import os
@@ -19,16 +25,79 @@ from helpers import Registry
 pytest_plugins = ["conftest_upstream"]
 
 
+# Tests that cannot run when the registries store on OSS, by node id (a prefix of it:
+# a file, a test, a parametrized test), with the reason.
+OSS_SKIP = {
+    "test_interop.py": "shares one filesystem root between regmirror and docker-registry",
+    "test_clients.py": "the mirror runs in a network namespace of its own, where the session's "
+                       "OSS emulator (on the test process's 127.0.0.1) is out of reach",
+    "test_eviction.py": "ages and counts files under the filesystem root (upload purging on OSS "
+                        "is test_maintenance_oss.py)",
+    "test_gc.py": "runs garbage-collect on filesystem roots (on OSS: test_gc_oss.py)",
+    "test_health_metrics.py::test_storage_driver_failure_after_threshold":
+        "removes the filesystem root to make the storage check fail",
+}
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "regmirror_only: behaviour that only regmirror has "
                             "(skipped when the target is docker-registry)")
     config.addinivalue_line("markers", "reference_deviation(reason): the OCI spec requires it and "
                             "distribution 2.8 does otherwise (skipped on docker-registry)")
+    config.addinivalue_line("markers", "oss_only(reason): runs only with "
+                            "REGMIRROR_TEST_STORAGE=oss")
+    config._regmirror_summary = []
 
 
 def pytest_report_header(config):
     kind = helpers.target_kind()
-    return "registry under test: %s (%s)" % (kind, helpers.binary_for(kind) or "REGMIRROR_BIN unset")
+    lines = ["registry under test: %s (%s)" % (kind, helpers.binary_for(kind)
+                                               or "REGMIRROR_BIN unset")]
+    if helpers.storage_kind() == "oss":
+        lines.append("storage: oss (%s=oss: one OSS emulator for the session, bucket %s; blob "
+                     "GETs streamed through the registry)" % (helpers.STORAGE_ENV,
+                                                             helpers.OssStore.BUCKET))
+    else:
+        lines.append("storage: filesystem")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """What tests asked to show (summary_line fixture), and the storage of this run, just
+    above pytest's own summary line."""
+    lines = getattr(config, "_regmirror_summary", [])
+    if lines:
+        terminalreporter.write_sep("-", "regmirror measurements")
+        for line in lines:
+            terminalreporter.write_line(line)
+    terminalreporter.write_line("storage of this run: %s" % (
+        "oss (OSS emulator)" if helpers.storage_kind() == "oss" else "filesystem"))
+
+
+@pytest.fixture(scope="session")
+def summary_line(pytestconfig):
+    """summary_line(text): shows text in the terminal summary (also without -s)."""
+    return pytestconfig._regmirror_summary.append
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _oss_session(tmp_path_factory):
+    """The OSS emulator the registries store on with REGMIRROR_TEST_STORAGE=oss."""
+    if helpers.storage_kind() != "oss":
+        yield None
+        return
+    st = helpers.OssStore(tmp_path_factory.mktemp("oss-emulator"))
+    helpers.set_oss_store(st)
+    yield st
+    helpers.set_oss_store(None)
+    st.stop()
+
+
+@pytest.fixture(scope="session")
+def oss_store(_oss_session):
+    if _oss_session is None:
+        pytest.skip("needs %s=oss" % helpers.STORAGE_ENV)
+    return _oss_session
 
 
 def _skip_reason_for_target():
@@ -41,7 +110,25 @@ def _skip_reason_for_target():
     return None
 
 
+def _oss_skip_reason(nodeid):
+    for prefix, why in OSS_SKIP.items():
+        if nodeid == prefix or nodeid.startswith(prefix + "::") or nodeid.startswith(prefix + "["):
+            return why
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
+    oss = helpers.storage_kind() == "oss"
+    for item in items:
+        if oss:
+            why = _oss_skip_reason(item.nodeid)
+            if why:
+                item.add_marker(pytest.mark.skip(reason="not on OSS: " + why))
+        else:
+            m = item.get_closest_marker("oss_only")
+            if m is not None:
+                item.add_marker(pytest.mark.skip(reason="needs %s=oss: %s" % (
+                    helpers.STORAGE_ENV, m.kwargs.get("reason") or (m.args[0] if m.args else ""))))
     if helpers.target_kind() != "docker-registry":
         return
     for item in items:

@@ -4,6 +4,7 @@ distribution API, building images and OCI layouts, snapshotting storage."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -109,8 +110,12 @@ def binary_for(kind):
     return regmirror_bin()
 
 
-def render_config(rootdir, addr, delete_enabled=True, extra_yaml="", storage_yaml=""):
-    """The config.yml both registries understand."""
+def render_config(rootdir, addr, delete_enabled=True, extra_yaml="", storage_yaml="",
+                  driver_yaml=None):
+    """The config.yml both registries understand. driver_yaml replaces the filesystem driver's
+    section (storage.filesystem.rootdirectory: rootdir) when given."""
+    if driver_yaml is None:
+        driver_yaml = "  filesystem:\n    rootdirectory: %s\n" % rootdir
     text = (
         "version: 0.1\n"
         "log:\n"
@@ -118,8 +123,7 @@ def render_config(rootdir, addr, delete_enabled=True, extra_yaml="", storage_yam
         "  fields:\n"
         "    service: registry\n"
         "storage:\n"
-        "  filesystem:\n"
-        "    rootdirectory: %s\n"
+        "%s"
         "  delete:\n"
         "    enabled: %s\n"
         "%s"
@@ -127,21 +131,245 @@ def render_config(rootdir, addr, delete_enabled=True, extra_yaml="", storage_yam
         "  addr: %s\n"
         "  headers:\n"
         "    X-Content-Type-Options: [nosniff]\n"
-    ) % (rootdir, "true" if delete_enabled else "false", storage_yaml, addr)
+    ) % (driver_yaml, "true" if delete_enabled else "false", storage_yaml, addr)
     return text + extra_yaml
+
+
+# ---------------------------------------------------------------------------
+# storage under test: the filesystem (default) or OSS through the emulator
+
+STORAGE_ENV = "REGMIRROR_TEST_STORAGE"
+OSS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "oss")
+
+
+def storage_kind():
+    """'fs' (default) or 'oss' (REGMIRROR_TEST_STORAGE=oss): the driver of the regmirror
+    registries the fixtures start. docker-registry (the reference, the test upstream) always
+    runs on the filesystem."""
+    want = os.environ.get(STORAGE_ENV, "").strip().lower()
+    if want in ("", "fs", "filesystem"):
+        return "fs"
+    if want == "oss":
+        return "oss"
+    raise RuntimeError("%s must be 'fs' or 'oss', not %r" % (STORAGE_ENV, want))
+
+
+def import_emulator():
+    import sys
+    d = os.path.abspath(OSS_DIR)
+    if d not in sys.path:
+        sys.path.insert(0, d)
+    import emulator
+    return emulator
+
+
+class OssStore:
+    """One OSS emulator (test/oss/emulator.py, in this process) with a fresh bucket; every
+    registry gets its own root directory (key prefix) in that bucket.
+
+    The emulator keeps objects under names hashed from the key, so tests that inspect a
+    registry's root see a materialised view instead: `view(prefix, dest)` hard-links every
+    object under the prefix to dest/root/<key without the prefix> (and the bucket's top-level
+    objects to dest/, where a path escaping the root would land). The view is read-only:
+    writing into it changes the emulator's copy behind its back."""
+
+    AK = "ITESTAK"
+    SK = "it-secret-Zq8w3Lm"
+    BUCKET = "regmirror-it"
+    REGION = "cn-hangzhou"
+
+    def __init__(self, workdir):
+        self.workdir = str(workdir)
+        self.emu = import_emulator().Emulator(
+            os.path.join(self.workdir, "data"), ak=self.AK, sk=self.SK, buckets=[self.BUCKET],
+            region=self.REGION).start()
+        self._spooldir_ok = None
+        self._views = {}  # view directory -> {file: emulator data file name}
+
+    def stop(self):
+        self.emu.stop()
+
+    @property
+    def port(self):
+        return self.emu.port
+
+    def prefix_for(self, rootdir):
+        """The bucket prefix standing for a filesystem root path (registries given the same
+        rootdir share their storage, as on the filesystem)."""
+        h = hashlib.sha1(os.path.abspath(str(rootdir)).encode()).hexdigest()[:10]
+        leaf = os.path.basename(os.path.dirname(os.path.abspath(str(rootdir)))) or "root"
+        return "%s-%s" % (leaf[:40], h)
+
+    def driver_yaml(self, prefix, endpoint=None, bucket=None):
+        """storage.oss against the emulator, rooted at /<prefix>/."""
+        return ("  oss:\n"
+                "    accesskeyid: %s\n"
+                "    accesskeysecret: %s\n"
+                "    region: oss-%s\n"
+                "    endpoint: %s\n"
+                "    bucket: %s\n"
+                "    secure: false\n"
+                "    rootdirectory: /%s/\n" % (self.AK, self.SK, self.REGION,
+                                              endpoint or "localhost:%d" % self.port,
+                                              bucket or self.BUCKET, prefix))
+
+    def keys(self, prefix=""):
+        """The keys under prefix (a root directory, with or without its trailing slash)."""
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        store = self.emu.store
+        b = store.bucket(self.BUCKET)
+        with store.lock:
+            return [k for k, _ in store.iter_keys(b, None, prefix)]
+
+    def read(self, key):
+        return self.emu.get_bytes(self.BUCKET, key)
+
+    def size(self, key):
+        return self.emu.head(self.BUCKET, key)["size"]
+
+    def view(self, prefix, dest):
+        """Materialises the objects under prefix as files under dest/root; returns that.
+        Kept in sync from call to call: only what changed in the bucket is linked or removed
+        (a directory costs a millisecond on some machines, a root holds thousands)."""
+        dest = os.path.abspath(dest)
+        root = os.path.join(dest, "root")
+        state = self._views.get(dest)
+        if state is None or not os.path.isdir(root):
+            shutil.rmtree(dest, ignore_errors=True)
+            os.makedirs(root)
+            state = self._views[dest] = {}
+        store = self.emu.store
+        b = store.bucket(self.BUCKET)
+        pre = prefix.rstrip("/") + "/"
+        want = {}
+        with store.lock:  # no object is replaced or deleted while its data file is linked
+            for key, meta in store.iter_keys(b, None, ""):
+                if key.startswith(pre):
+                    rel = key[len(pre):]
+                    target = os.path.join(root, rel)
+                elif "/" not in key:
+                    rel, target = key, os.path.join(dest, key)
+                else:
+                    continue
+                if not rel or rel.endswith("/"):
+                    continue
+                target = os.path.normpath(target)
+                if not target.startswith(os.path.join(dest, "")):
+                    # a key that climbs out of the view: shown flattened next to the root
+                    target = os.path.join(dest, rel.replace("/", "%2F"))
+                want[target] = meta["data"]
+                if state.get(target) == meta["data"]:
+                    continue
+                if target in state:
+                    os.unlink(target)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                src = os.path.join(os.path.dirname(b.base(key)), meta["data"])
+                try:
+                    os.link(src, target)
+                except OSError:
+                    shutil.copyfile(src, target)
+        for target in set(state) - set(want):
+            os.unlink(target)
+            d = os.path.dirname(target)
+            while d not in (root, dest) and not os.listdir(d):
+                os.rmdir(d)
+                d = os.path.dirname(d)
+        state.clear()
+        state.update(want)
+        return root
+
+    def spooldir_supported(self, binary):
+        """Whether this regmirror knows proxy.spooldir (asked once with check-config)."""
+        if self._spooldir_ok is None:
+            cfg = os.path.join(self.workdir, "spooldir-probe.yml")
+            with open(cfg, "w") as f:
+                f.write(render_config("/nonexistent", "127.0.0.1:1",
+                                      driver_yaml=self.driver_yaml("probe"))
+                        + "proxy:\n  remoteurl: http://127.0.0.1:1\n  spooldir: %s\n"
+                        % self.workdir)
+            p = subprocess.run([binary, "check-config", cfg], capture_output=True, timeout=30,
+                               stdin=subprocess.DEVNULL)
+            self._spooldir_ok = p.returncode == 0
+        return self._spooldir_ok
+
+
+_oss_store = None
+
+
+def set_oss_store(store):
+    global _oss_store
+    _oss_store = store
+
+
+def oss_store():
+    """The session's OssStore (started by conftest when REGMIRROR_TEST_STORAGE=oss)."""
+    if _oss_store is None:
+        raise RuntimeError("no OSS emulator: REGMIRROR_TEST_STORAGE=oss starts one per session")
+    return _oss_store
+
+
+class StoredFiles:
+    """Read access to what a registry stored, by path relative to its root
+    ('docker/registry/v2/...'), whichever the driver."""
+
+    def __init__(self, reg):
+        self.reg = reg
+
+    def list(self):
+        """{relative path: size} of every stored file."""
+        self.reg.settle()
+        if self.reg.storage == "oss":
+            st = oss_store()
+            pre = self.reg.oss_prefix + "/"
+            return {k[len(pre):]: st.size(k) for k in st.keys(pre)}
+        out = {}
+        root = self.reg.fs_root
+        for dirpath, _, files in os.walk(root):
+            for fn in files:
+                p = os.path.join(dirpath, fn)
+                out[os.path.relpath(p, root)] = os.path.getsize(p)
+        return out
+
+    def read(self, rel):
+        self.reg.settle()
+        if self.reg.storage == "oss":
+            return oss_store().read(self.reg.oss_prefix + "/" + rel)
+        with open(os.path.join(self.reg.fs_root, rel), "rb") as f:
+            return f.read()
+
+    def exists(self, rel):
+        if self.reg.storage == "oss":
+            return rel in self.list()
+        return os.path.exists(os.path.join(self.reg.fs_root, rel))
 
 
 class Registry:
     """One registry process on 127.0.0.1:<free port>."""
 
     def __init__(self, kind, workdir, rootdir=None, delete_enabled=True, extra_yaml="",
-                 env=None, binary=None, storage_yaml=""):
+                 env=None, binary=None, storage_yaml="", storage=None, redirect=False,
+                 driver_yaml=None):
+        """storage: 'fs' or 'oss' (default: storage_kind() for regmirror, 'fs' for
+        docker-registry). On OSS the root is a prefix of the session's bucket named after
+        rootdir, blob GETs are streamed through the registry unless redirect is true (then
+        they answer 307 to a presigned emulator URL), and `rootdir` is a read-only view of the
+        stored objects, refreshed on every access. driver_yaml replaces the storage.oss
+        section (another bucket or endpoint of the emulator)."""
         self.kind = kind
         self.binary = binary or binary_for(kind)
         self.workdir = str(workdir)
         os.makedirs(self.workdir, exist_ok=True)
-        self.rootdir = str(rootdir) if rootdir else os.path.join(self.workdir, "root")
-        os.makedirs(self.rootdir, exist_ok=True)
+        self.storage = storage or (storage_kind() if kind == "regmirror" else "fs")
+        self.redirect = redirect
+        self.driver_yaml = driver_yaml
+        self.fs_root = str(rootdir) if rootdir else os.path.join(self.workdir, "root")
+        if self.storage == "oss":
+            self.oss_prefix = oss_store().prefix_for(self.fs_root)
+        else:
+            self.oss_prefix = None
+            os.makedirs(self.fs_root, exist_ok=True)
+        self.files = StoredFiles(self)
         self.delete_enabled = delete_enabled
         self.extra_yaml = extra_yaml
         self.storage_yaml = storage_yaml
@@ -151,6 +379,52 @@ class Registry:
         self.config_path = os.path.join(self.workdir, "config.yml")
         self.log_path = os.path.join(self.workdir, "registry.log")
         self.session = requests.Session()
+
+    @property
+    def rootdir(self):
+        """The storage root: the directory on the filesystem; on OSS a fresh read-only view,
+        taken once the proxy has stored what it spooled (see settle)."""
+        if self.storage == "oss":
+            self.settle()
+            return oss_store().view(self.oss_prefix, os.path.join(self.workdir, "oss-view"))
+        return self.fs_root
+
+    @property
+    def spooldir(self):
+        return os.path.join(self.workdir, "spool")
+
+    def settle(self, timeout=15.0):
+        """On a remote store the proxy answers from its local spool and stores the blob
+        afterwards, off the request; on the filesystem the spool is the store (a rename
+        before the answer). Waits until the spool holds no file, so that what a test then
+        reads from the store is what a filesystem registry would hold at that point."""
+        if self.storage != "oss" or not os.path.isdir(self.spooldir):
+            return
+        deadline = time.monotonic() + timeout
+        while any(files for _, _, files in os.walk(self.spooldir)):
+            if time.monotonic() > deadline or not self.alive():
+                return
+            time.sleep(0.02)
+
+    def render(self):
+        """This registry's config.yml text."""
+        addr = "127.0.0.1:%d" % self.port
+        if self.storage != "oss":
+            return render_config(self.fs_root, addr, self.delete_enabled, self.extra_yaml,
+                                 self.storage_yaml)
+        st = oss_store()
+        storage_yaml = self.storage_yaml
+        if not self.redirect:
+            storage_yaml = "  redirect:\n    disable: true\n" + storage_yaml
+        extra = self.extra_yaml
+        # The proxy's local spool (the store is remote): a directory of this registry's own.
+        if re.search(r"^proxy:\n", extra, re.M) and st.spooldir_supported(self.binary):
+            spool = self.spooldir
+            os.makedirs(spool, exist_ok=True)
+            extra = re.sub(r"^proxy:\n", lambda _: "proxy:\n  spooldir: %s\n" % spool, extra,
+                           count=1, flags=re.M)
+        return render_config(None, addr, self.delete_enabled, extra, storage_yaml,
+                             driver_yaml=self.driver_yaml or st.driver_yaml(self.oss_prefix))
 
     @property
     def is_reference(self):
@@ -174,9 +448,7 @@ class Registry:
         for _ in range(3):  # a port may be taken between free_port() and bind()
             self.port = free_port()
             with open(self.config_path, "w") as f:
-                f.write(render_config(self.rootdir, "127.0.0.1:%d" % self.port,
-                                      self.delete_enabled, self.extra_yaml,
-                                      self.storage_yaml))
+                f.write(self.render())
             env = dict(os.environ)
             for k in list(env):
                 if k.startswith("REGISTRY_") and k != "REGISTRY_UNDER_TEST":
