@@ -37,7 +37,7 @@ static bool is_oci(const char *mt)
  * manifest list, as distribution does. Returns REG_OK with *m replaced, or leaves *m alone
  * when the list has no such entry.
  */
-static enum regerr pick_default_platform(const struct api *api, const char *name,
+static enum regerr pick_default_platform(struct registry *reg, const char *name,
                                          struct registry_manifest *m)
 {
     struct manifest list;
@@ -50,7 +50,7 @@ static enum regerr pick_default_platform(const struct api *api, const char *name
         if (d->os && d->arch && strcmp(d->os, "linux") == 0 && strcmp(d->arch, "amd64") == 0) {
             char ds[DIGEST_STR_MAX];
             struct registry_manifest child;
-            result = registry_manifest_get(api->reg, name, digest_str(&d->digest, ds), &child);
+            result = registry_manifest_get(reg, name, digest_str(&d->digest, ds), &child);
             if (result == REG_OK) {
                 registry_manifest_release(m);
                 *m = child;
@@ -62,9 +62,13 @@ static enum regerr pick_default_platform(const struct api *api, const char *name
     return result;
 }
 
-/* A manifest GET/HEAD: read off the loop, answered on it. */
+/*
+ * A manifest GET/HEAD: read off the loop, answered on it. Work uses reg, never api: at
+ * shutdown the server (and api) may be gone before the pool.
+ */
 struct get_job {
     const struct api *api;
+    struct registry *reg;
     struct api_route rt;
     bool have_resolved;
     struct digest resolved;
@@ -77,14 +81,14 @@ struct get_job {
 static void get_work(void *arg)
 {
     struct get_job *j = arg;
-    j->result = j->have_resolved ? registry_manifest_get_resolved(j->api->reg, &j->resolved, &j->m)
-                                 : registry_manifest_get(j->api->reg, j->rt.name, j->rt.ref, &j->m);
+    j->result = j->have_resolved ? registry_manifest_get_resolved(j->reg, &j->resolved, &j->m)
+                                 : registry_manifest_get(j->reg, j->rt.name, j->rt.ref, &j->m);
     if (j->result != REG_OK)
         return;
     snprintf(j->stored_type, sizeof(j->stored_type), "%s", j->m.media_type);
     j->picked = REG_OK;
     if (j->pick_platform && strcmp(j->m.media_type, MANIFEST_MT_DOCKER_LIST) == 0)
-        j->picked = pick_default_platform(j->api, j->rt.name, &j->m);
+        j->picked = pick_default_platform(j->reg, j->rt.name, &j->m);
 }
 
 static void get_done(void *arg, struct http_req *req)
@@ -147,6 +151,7 @@ static void serve_manifest(const struct api *api, struct http_req *req, const st
         return;
     }
     j->api = api;
+    j->reg = api->reg;
     j->rt = *rt;
     if (resolved) {
         j->have_resolved = true;
@@ -164,6 +169,7 @@ static void serve_manifest(const struct api *api, struct http_req *req, const st
 /* A manifest PUT: validated and stored off the loop. */
 struct put_job {
     const struct api *api;
+    struct registry *reg;
     struct api_route rt;
     const char *body; /* the request's buffer (inline pool) or the job's copy */
     char *copy;
@@ -179,7 +185,7 @@ static void put_work(void *arg)
 {
     struct put_job *j = arg;
     j->result =
-        registry_manifest_put(j->api->reg, j->rt.name, j->rt.ref, j->body, j->len, j->content_type,
+        registry_manifest_put(j->reg, j->rt.name, j->rt.ref, j->body, j->len, j->content_type,
                               &j->d, &j->has_subject, &j->subject, j->err, sizeof(j->err));
 }
 
@@ -223,6 +229,7 @@ static void put_body(struct http_req *req, void *arg, const char *data, size_t l
     if (!j || (ct && !(j->content_type = strdup(ct))))
         goto oom;
     j->api = api;
+    j->reg = api->reg;
     j->rt = ctx->rt;
     j->len = len;
     j->body = data;
@@ -270,6 +277,7 @@ static void put_manifest(const struct api *api, struct http_req *req, const stru
 
 struct delete_job {
     const struct api *api;
+    struct registry *reg;
     struct api_route rt;
     enum regerr result;
 };
@@ -277,7 +285,7 @@ struct delete_job {
 static void delete_work(void *arg)
 {
     struct delete_job *j = arg;
-    j->result = registry_manifest_delete(j->api->reg, j->rt.name, j->rt.ref);
+    j->result = registry_manifest_delete(j->reg, j->rt.name, j->rt.ref);
 }
 
 static void delete_done(void *arg, struct http_req *req)
@@ -308,7 +316,7 @@ static void delete_manifest(const struct api *api, struct http_req *req, const s
         api_error(api, req, REG_ERR_INTERNAL, NULL);
         return;
     }
-    *j = (struct delete_job){api, *rt, REG_OK};
+    *j = (struct delete_job){api, api->reg, *rt, REG_OK};
     offload_req(api->offload, req, delete_work, delete_done, j);
 }
 

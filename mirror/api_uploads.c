@@ -1,7 +1,12 @@
 /*
  * /v2/<name>/blobs/uploads/: POST (session, monolithic ?digest=, mount ?mount=&from=),
  * and /v2/<name>/blobs/uploads/<id>: PATCH, PUT ?digest=, GET status, DELETE.
- * Bodies stream straight into the upload's storage; nothing is held in memory.
+ *
+ * Storage calls run through the offload pool (offload.h). With the filesystem's inline pool
+ * the body goes straight into the upload's storage as it arrives. On remote storage, where a
+ * write may block on a multipart part, the body is gathered on the loop into a buffer that a
+ * worker writes while the next one fills; reading pauses while both are full, so an upload
+ * holds about 2 * UPLOAD_BUF bytes here whatever its size (plus the driver's own buffer).
  */
 #include "api.h"
 
@@ -13,18 +18,37 @@
 #include "cache.h"
 #include "log.h"
 #include "notify.h"
+#include "offload.h"
 #include "reference.h"
+
+/* Body bytes gathered before a worker writes them (remote storage only). */
+#define UPLOAD_BUF (1024 * 1024)
 
 enum upload_mode { MODE_PATCH, MODE_PUT, MODE_MONOLITHIC };
 
-/* One request streaming into an upload session. */
+/*
+ * One request streaming into an upload session. While a job has it (busy), the worker uses
+ * up, wbuf and wlen and sets result and size; the loop keeps to the other fields.
+ * api (the server's) is used only while req is there: at shutdown the server is freed before
+ * the pool has finished, so what work and the last dones need is copied here.
+ */
 struct upload_ctx {
     const struct api *api;
-    struct api_route rt;
+    struct registry *reg;
+    struct offload *ol;
+    struct cache *cache;
+    struct http_req *req; /* NULL once answered or gone */
+    struct api_route rt;  /* ref: the upload id */
     enum upload_mode mode;
+    bool direct; /* inline pool: body pieces are written as they come */
+    bool busy;   /* a job holds ctx */
+    bool ended;  /* the whole body has arrived */
     struct registry_upload *up;
     struct digest digest; /* PUT and monolithic POST */
-    bool answered;        /* an error was sent from the data callback */
+    enum regerr result;   /* of the last job */
+    uint64_t size;        /* the session's size as the last job saw it */
+    char *buf, *wbuf;     /* filling on the loop; being written by a job */
+    size_t len, cap, wlen, wcap;
 };
 
 static bool upload_id_valid(const char *id)
@@ -70,56 +94,285 @@ static void answer_created(const struct api *api, struct http_req *req, const ch
     free(url);
 }
 
+/* ---- the streaming context ---- */
+
 static void ctx_free(struct upload_ctx *ctx)
 {
-    if (ctx->up)
-        registry_upload_close(ctx->up);
+    free(ctx->buf);
+    free(ctx->wbuf);
     free(ctx);
+}
+
+/* Takes the request from ctx, to answer it: its abort no longer concerns ctx. */
+static struct http_req *ctx_release(struct upload_ctx *ctx)
+{
+    struct http_req *req = ctx->req;
+    ctx->req = NULL;
+    http_req_on_abort(req, NULL, NULL);
+    return req;
+}
+
+static void ctx_run(struct upload_ctx *ctx, offload_work_fn work, offload_done_fn done)
+{
+    ctx->busy = true;
+    offload_run(ctx->ol, work, done, ctx);
+}
+
+/* Releases the writer: the session keeps what was written (and size says how much). */
+static void close_work(void *arg)
+{
+    struct upload_ctx *ctx = arg;
+    ctx->size = registry_upload_offset(ctx->up);
+    registry_upload_close(ctx->up);
+    ctx->up = NULL;
+}
+
+static void abandon_done(void *arg, bool cancelled)
+{
+    (void)cancelled;
+    struct upload_ctx *ctx = arg;
+    /* The pool skipped the work at shutdown: the writer still must be released. */
+    if (ctx->up)
+        close_work(ctx);
+    ctx_free(ctx);
+}
+
+/* Frees ctx, whose request is answered or gone, closing its writer off the loop. */
+static void ctx_abandon(struct upload_ctx *ctx)
+{
+    if (ctx->up)
+        ctx_run(ctx, close_work, abandon_done);
+    else
+        ctx_free(ctx);
+}
+
+/* Answers with an error; ctx goes once no job holds it. */
+static void ctx_fail(struct upload_ctx *ctx, enum regerr e)
+{
+    api_error(ctx->api, ctx_release(ctx), e, NULL);
+    if (!ctx->busy)
+        ctx_abandon(ctx);
+}
+
+static void ctx_abort(struct http_req *req, void *arg)
+{
+    (void)req;
+    struct upload_ctx *ctx = arg;
+    ctx->req = NULL;
+    if (!ctx->busy)
+        ctx_abandon(ctx);
+}
+
+/*
+ * The start of a job's done: true when the request still waits for ctx; otherwise ctx was
+ * abandoned. At shutdown (cancelled) the writer is closed here, as no job runs any more.
+ */
+static bool ctx_resume(struct upload_ctx *ctx, bool cancelled)
+{
+    ctx->busy = false;
+    if (cancelled) {
+        if (ctx->req)
+            ctx_release(ctx); /* the server closes the connection */
+        abandon_done(ctx, true);
+        return false;
+    }
+    if (ctx->req)
+        return true;
+    ctx_abandon(ctx);
+    return false;
+}
+
+/* ---- the body ---- */
+
+static void write_work(void *arg)
+{
+    struct upload_ctx *ctx = arg;
+    ctx->result = registry_upload_write(ctx->up, ctx->wbuf, ctx->wlen);
+}
+
+static void write_done(void *arg, bool cancelled);
+
+/* Hands the gathered bytes to a worker; the other buffer fills meanwhile. */
+static void write_start(struct upload_ctx *ctx)
+{
+    char *b = ctx->wbuf;
+    size_t cap = ctx->wcap;
+    ctx->wbuf = ctx->buf;
+    ctx->wcap = ctx->cap;
+    ctx->wlen = ctx->len;
+    ctx->buf = b;
+    ctx->cap = cap;
+    ctx->len = 0;
+    ctx_run(ctx, write_work, write_done);
+}
+
+/* A piece never exceeds what one read gives, so a buffer outgrows UPLOAD_BUF by that only. */
+static int buf_append(struct upload_ctx *ctx, const char *data, size_t len)
+{
+    if (len > ctx->cap - ctx->len) {
+        size_t cap = ctx->len + len < UPLOAD_BUF ? UPLOAD_BUF : ctx->len + len;
+        char *b = realloc(ctx->buf, cap);
+        if (!b)
+            return -1;
+        ctx->buf = b;
+        ctx->cap = cap;
+    }
+    memcpy(ctx->buf + ctx->len, data, len);
+    ctx->len += len;
+    return 0;
 }
 
 static int body_data(struct http_req *req, void *arg, const char *data, size_t len)
 {
     struct upload_ctx *ctx = arg;
-    enum regerr result = registry_upload_write(ctx->up, data, len);
+    enum regerr result = REG_OK;
+    if (ctx->direct) {
+        result = registry_upload_write(ctx->up, data, len);
+    } else if (buf_append(ctx, data, len) != 0) {
+        result = REG_ERR_INTERNAL;
+    } else if (ctx->len >= UPLOAD_BUF) {
+        if (ctx->busy)
+            http_req_pause_body(req); /* write_done resumes */
+        else
+            write_start(ctx);
+    }
     if (result == REG_OK)
         return 0;
-    ctx->answered = true;
-    api_error(ctx->api, req, result, NULL);
+    /* The body's end will not come: release ctx now. */
+    ctx_fail(ctx, result);
     return -1;
 }
 
-static void body_end(struct http_req *req, void *arg)
+static void close_done(void *arg, bool cancelled)
 {
     struct upload_ctx *ctx = arg;
-    const struct api *api = ctx->api;
-    if (ctx->answered)
-        goto out;
-    if (ctx->mode == MODE_PATCH) {
-        uint64_t size = registry_upload_offset(ctx->up);
-        answer_session(api, req, ctx->rt.name, ctx->rt.ref, size, 202);
-        goto out;
-    }
+    if (!ctx_resume(ctx, cancelled))
+        return;
+    answer_session(ctx->api, ctx_release(ctx), ctx->rt.name, ctx->rt.ref, ctx->size, 202);
+    ctx_free(ctx);
+}
+
+static void commit_work(void *arg)
+{
+    struct upload_ctx *ctx = arg;
     struct registry_upload *up = ctx->up;
     ctx->up = NULL;
-    int64_t size = (int64_t)registry_upload_offset(up);
-    enum regerr result = registry_upload_commit(up, &ctx->digest);
-    if (result != REG_OK) {
+    ctx->size = registry_upload_offset(up);
+    ctx->result = registry_upload_commit(up, &ctx->digest);
+}
+
+static void commit_done(void *arg, bool cancelled)
+{
+    struct upload_ctx *ctx = arg;
+    /* The blob is in whether or not the client still waits. */
+    struct cache_desc cd = {.digest = ctx->digest, .size = ctx->size};
+    snprintf(cd.media_type, sizeof(cd.media_type), "application/octet-stream");
+    if (!cancelled && ctx->result == REG_OK)
+        cache_put(ctx->cache, ctx->rt.name, &cd);
+    if (!ctx_resume(ctx, cancelled))
+        return;
+    const struct api *api = ctx->api;
+    struct http_req *req = ctx_release(ctx);
+    if (ctx->result != REG_OK) {
         char ds[DIGEST_STR_MAX];
-        api_errorf(api, req, result, "digest %s", digest_str(&ctx->digest, ds));
+        api_errorf(api, req, ctx->result, "digest %s", digest_str(&ctx->digest, ds));
         goto out;
     }
-    struct cache_desc cd = {.digest = ctx->digest, .size = (uint64_t)size};
-    snprintf(cd.media_type, sizeof(cd.media_type), "application/octet-stream");
-    cache_put(api->cache, ctx->rt.name, &cd);
-    notify_blob(api, req, NOTIFY_PUSH, ctx->rt.name, &ctx->digest, size, NULL);
+    notify_blob(api, req, NOTIFY_PUSH, ctx->rt.name, &ctx->digest, (int64_t)ctx->size, NULL);
     answer_created(api, req, ctx->rt.name, &ctx->digest);
 out:
     ctx_free(ctx);
 }
 
-static void body_abort(struct http_req *req, void *arg)
+/*
+ * Everything is written: PATCH closes the writer before answering, so that the client's
+ * next request sees the data; PUT and POST commit.
+ */
+static void body_finish(struct upload_ctx *ctx)
 {
-    ctx_free(arg);
+    if (ctx->mode == MODE_PATCH)
+        ctx_run(ctx, close_work, close_done);
+    else
+        ctx_run(ctx, commit_work, commit_done);
+}
+
+static void write_done(void *arg, bool cancelled)
+{
+    struct upload_ctx *ctx = arg;
+    if (!ctx_resume(ctx, cancelled))
+        return;
+    if (ctx->result != REG_OK) {
+        ctx_fail(ctx, ctx->result);
+        return;
+    }
+    if (ctx->ended) {
+        if (ctx->len > 0)
+            write_start(ctx);
+        else
+            body_finish(ctx);
+        return;
+    }
+    /* Reading was paused if the other buffer filled up meanwhile. */
+    if (ctx->len >= UPLOAD_BUF)
+        write_start(ctx);
+    http_req_resume_body(ctx->req);
+}
+
+static void body_end(struct http_req *req, void *arg)
+{
+    (void)req;
+    struct upload_ctx *ctx = arg;
+    ctx->ended = true;
+    if (ctx->busy)
+        return; /* write_done goes on */
+    if (ctx->len > 0)
+        write_start(ctx);
+    else
+        body_finish(ctx);
+}
+
+static void open_work(void *arg)
+{
+    struct upload_ctx *ctx = arg;
+    ctx->result = registry_upload_open(ctx->reg, ctx->rt.name, ctx->rt.ref, &ctx->up);
+    if (ctx->result == REG_OK)
+        ctx->size = registry_upload_offset(ctx->up);
+}
+
+/* Whether Content-Range (if any) continues the session at offset with Content-Length. */
+static bool range_ok(struct http_req *req, const char *cr, uint64_t offset)
+{
+    uint64_t start, end;
+    int64_t cl = http_req_content_length(req);
+    return reference_parse_content_range(cr, &start, &end) == 0 && start == offset &&
+           (cl < 0 || (uint64_t)cl == end - start + 1);
+}
+
+static void open_done(void *arg, bool cancelled)
+{
+    struct upload_ctx *ctx = arg;
+    if (!ctx_resume(ctx, cancelled))
+        return;
+    const struct api *api = ctx->api;
+    struct http_req *req = ctx->req;
+    if (ctx->result != REG_OK) {
+        api_errorf(api, ctx_release(ctx), ctx->result, "upload %s", ctx->rt.ref);
+        ctx_free(ctx);
+        return;
+    }
+    const char *cr = http_req_header(req, "Content-Range");
+    if (cr && ctx->mode != MODE_MONOLITHIC && !range_ok(req, cr, ctx->size)) {
+        char size[64];
+        snprintf(size, sizeof(size), "0-%" PRIu64, ctx->size ? ctx->size - 1 : 0);
+        const char *hdrs[] = {"Range", size, NULL};
+        api_error_headers(api, ctx_release(ctx), REG_ERR_RANGE_INVALID, cr, hdrs);
+        ctx_abandon(ctx);
+        return;
+    }
+    if (http_req_has_body(req))
+        http_req_read_body(req, body_data, body_end, ctx);
+    else
+        body_end(req, ctx);
 }
 
 /* Reads ?digest= into d; answers DIGEST_INVALID itself and returns -1 when bad. */
@@ -137,8 +390,8 @@ static int query_digest(const struct api *api, struct http_req *req, struct dige
 }
 
 /*
- * Opens the session and starts streaming the request body into it; the answer comes from
- * body_end. digest is NULL for PATCH.
+ * Opens the session and streams the request body into it; the answer comes once the body
+ * is in. digest is NULL for PATCH.
  */
 static void stream_into(const struct api *api, struct http_req *req, const struct api_route *rt,
                         const char *id, enum upload_mode mode, const struct digest *digest)
@@ -149,37 +402,72 @@ static void stream_into(const struct api *api, struct http_req *req, const struc
         return;
     }
     ctx->api = api;
+    ctx->reg = api->reg;
+    ctx->ol = api->offload;
+    ctx->cache = api->cache;
+    ctx->req = req;
     ctx->rt = *rt;
     snprintf(ctx->rt.ref, sizeof(ctx->rt.ref), "%s", id);
     ctx->mode = mode;
+    ctx->direct = offload_inline(ctx->ol);
     if (digest)
         ctx->digest = *digest;
-    enum regerr result = registry_upload_open(api->reg, rt->name, id, &ctx->up);
-    if (result != REG_OK) {
-        api_errorf(api, req, result, "upload %s", id);
-        ctx_free(ctx);
+    http_req_on_abort(req, ctx_abort, ctx);
+    ctx_run(ctx, open_work, open_done);
+}
+
+/* ---- POST: start, mount ---- */
+
+/* reg is apart from api for the worker: the server may be freed while work runs. */
+struct start_job {
+    const struct api *api;
+    struct registry *reg;
+    struct api_route rt;
+    char *from;     /* try a mount of mount from it; NULL: no mount */
+    char *digest_s; /* ?digest=: a monolithic upload */
+    struct digest mount, digest;
+    bool digest_ok; /* digest_s parsed into digest */
+    bool mounted;
+    char id[37];
+    enum regerr result;
+};
+
+static void start_work(void *arg)
+{
+    struct start_job *j = arg;
+    struct registry *reg = j->reg;
+    /* A mount that cannot be done falls back to a new session, as the spec says. */
+    if (j->from && registry_blob_mount(reg, j->rt.name, j->from, &j->mount) == REG_OK) {
+        j->mounted = true;
         return;
     }
-    const char *cr = http_req_header(req, "Content-Range");
-    if (cr && mode != MODE_MONOLITHIC) {
-        uint64_t start, end;
-        uint64_t offset = registry_upload_offset(ctx->up);
-        int64_t cl = http_req_content_length(req);
-        if (reference_parse_content_range(cr, &start, &end) != 0 || start != offset ||
-            (cl >= 0 && (uint64_t)cl != end - start + 1)) {
-            char size[64];
-            snprintf(size, sizeof(size), "0-%" PRIu64, offset ? offset - 1 : 0);
-            const char *hdrs[] = {"Range", size, NULL};
-            api_error_headers(api, req, REG_ERR_RANGE_INVALID, cr, hdrs);
-            ctx_free(ctx);
-            return;
-        }
+    if (j->digest_s && !j->digest_ok)
+        return;
+    j->result = registry_upload_start(reg, j->rt.name, j->id);
+}
+
+static void start_done(void *arg, struct http_req *req)
+{
+    struct start_job *j = arg;
+    const struct api *api = j->api;
+    if (!req)
+        goto out;
+    if (j->mounted) {
+        notify_blob(api, req, NOTIFY_MOUNT, j->rt.name, &j->mount, -1, j->from);
+        answer_created(api, req, j->rt.name, &j->mount);
+    } else if (j->digest_s && !j->digest_ok) {
+        api_errorf(api, req, REG_ERR_DIGEST_INVALID, "digest parameter is not a valid digest");
+    } else if (j->result != REG_OK) {
+        api_error(api, req, j->result, NULL);
+    } else if (j->digest_s) {
+        stream_into(api, req, &j->rt, j->id, MODE_MONOLITHIC, &j->digest);
+    } else {
+        answer_session(api, req, j->rt.name, j->id, 0, 202);
     }
-    http_req_on_abort(req, body_abort, ctx);
-    if (http_req_has_body(req))
-        http_req_read_body(req, body_data, body_end, ctx);
-    else
-        body_end(req, ctx);
+out:
+    free(j->from);
+    free(j->digest_s);
+    free(j);
 }
 
 void api_upload_start(const struct api *api, struct http_req *req, const struct api_route *rt)
@@ -191,40 +479,71 @@ void api_upload_start(const struct api *api, struct http_req *req, const struct 
     const char *q = http_req_query(req);
     char *mount = reference_query_get(q, "mount");
     char *from = reference_query_get(q, "from");
-    char *digest_s = reference_query_get(q, "digest");
-    struct digest d;
+    struct start_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        api_error(api, req, REG_ERR_INTERNAL, NULL);
+        goto out;
+    }
+    j->api = api;
+    j->reg = api->reg;
+    j->rt = *rt;
+    j->digest_s = reference_query_get(q, "digest");
+    if (j->digest_s)
+        j->digest_ok = digest_parse(j->digest_s, strlen(j->digest_s), &j->digest) == 0;
     if (mount && from) {
-        if (digest_parse(mount, strlen(mount), &d) != 0) {
+        if (digest_parse(mount, strlen(mount), &j->mount) != 0) {
             api_errorf(api, req, REG_ERR_DIGEST_INVALID, "mount=%s", mount);
+            free(j->digest_s);
+            free(j);
             goto out;
         }
-        /* A mount that cannot be done falls back to a new session, as the spec says. */
-        if (reference_name_valid(from, strlen(from)) &&
-            registry_blob_mount(api->reg, rt->name, from, &d) == REG_OK) {
-            notify_blob(api, req, NOTIFY_MOUNT, rt->name, &d, -1, from);
-            answer_created(api, req, rt->name, &d);
-            goto out;
+        if (reference_name_valid(from, strlen(from))) {
+            j->from = from;
+            from = NULL;
         }
     }
-    char id[37];
-    enum regerr result = registry_upload_start(api->reg, rt->name, id);
-    if (result != REG_OK) {
-        api_error(api, req, result, NULL);
-        goto out;
-    }
-    if (digest_s) {
-        if (query_digest(api, req, &d) != 0) {
-            registry_upload_cancel(api->reg, rt->name, id);
-            goto out;
-        }
-        stream_into(api, req, rt, id, MODE_MONOLITHIC, &d);
-        goto out;
-    }
-    answer_session(api, req, rt->name, id, 0, 202);
+    offload_req(api->offload, req, start_work, start_done, j);
 out:
     free(mount);
     free(from);
-    free(digest_s);
+}
+
+/* ---- GET status, DELETE ---- */
+
+struct session_job {
+    const struct api *api;
+    struct registry *reg; /* as in start_job */
+    struct api_route rt;
+    enum http_method method;
+    uint64_t size;
+    enum regerr result;
+};
+
+static void session_work(void *arg)
+{
+    struct session_job *j = arg;
+    if (j->method == HTTP_GET)
+        j->result = registry_upload_size(j->reg, j->rt.name, j->rt.ref, &j->size);
+    else
+        j->result = registry_upload_cancel(j->reg, j->rt.name, j->rt.ref);
+}
+
+static void session_done(void *arg, struct http_req *req)
+{
+    struct session_job *j = arg;
+    const struct api *api = j->api;
+    if (!req)
+        goto out;
+    if (j->result != REG_OK) {
+        api_errorf(api, req, j->result, "upload %s", j->rt.ref);
+    } else if (j->method == HTTP_GET) {
+        answer_session(api, req, j->rt.name, j->rt.ref, j->size, 204);
+    } else {
+        api_start(api, req, 204);
+        http_resp_no_body(req, -1);
+    }
+out:
+    free(j);
 }
 
 void api_upload(const struct api *api, struct http_req *req, const struct api_route *rt)
@@ -233,9 +552,8 @@ void api_upload(const struct api *api, struct http_req *req, const struct api_ro
         api_errorf(api, req, REG_ERR_BLOB_UPLOAD_UNKNOWN, "upload %s", rt->ref);
         return;
     }
-    uint64_t size;
-    enum regerr result;
     struct digest d;
+    struct session_job *j;
     switch (http_req_method(req)) {
     case HTTP_PATCH:
         stream_into(api, req, rt, rt->ref, MODE_PATCH, NULL);
@@ -245,20 +563,17 @@ void api_upload(const struct api *api, struct http_req *req, const struct api_ro
             stream_into(api, req, rt, rt->ref, MODE_PUT, &d);
         break;
     case HTTP_GET:
-        result = registry_upload_size(api->reg, rt->name, rt->ref, &size);
-        if (result != REG_OK)
-            api_errorf(api, req, result, "upload %s", rt->ref);
-        else
-            answer_session(api, req, rt->name, rt->ref, size, 204);
-        break;
     case HTTP_DELETE:
-        result = registry_upload_cancel(api->reg, rt->name, rt->ref);
-        if (result != REG_OK) {
-            api_errorf(api, req, result, "upload %s", rt->ref);
-        } else {
-            api_start(api, req, 204);
-            http_resp_no_body(req, -1);
+        j = calloc(1, sizeof(*j));
+        if (!j) {
+            api_error(api, req, REG_ERR_INTERNAL, NULL);
+            break;
         }
+        j->api = api;
+        j->reg = api->reg;
+        j->rt = *rt;
+        j->method = http_req_method(req);
+        offload_req(api->offload, req, session_work, session_done, j);
         break;
     default:
         api_error(api, req, REG_ERR_UNSUPPORTED, NULL);

@@ -180,7 +180,9 @@ void offload_free(struct offload *o)
 
 void offload_run(struct offload *o, offload_work_fn work, offload_done_fn done, void *arg)
 {
-    if (o->nthreads == 0) {
+    /* Stopping: a done that offload_free runs may chain more work, which no worker would
+     * take. stopping is written on the loop thread, where offload_run is called. */
+    if (o->nthreads == 0 || o->stopping) {
         work(arg);
         if (done)
             done(arg, false);
