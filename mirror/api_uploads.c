@@ -123,7 +123,7 @@ static void close_work(void *arg)
 {
     struct upload_ctx *ctx = arg;
     ctx->size = registry_upload_offset(ctx->up);
-    registry_upload_close(ctx->up);
+    ctx->result = registry_upload_close(ctx->up);
     ctx->up = NULL;
 }
 
@@ -248,6 +248,10 @@ static void close_done(void *arg, bool cancelled)
     struct upload_ctx *ctx = arg;
     if (!ctx_resume(ctx, cancelled))
         return;
+    if (ctx->result != REG_OK) {
+        ctx_fail(ctx, ctx->result);
+        return;
+    }
     answer_session(ctx->api, ctx_release(ctx), ctx->rt.name, ctx->rt.ref, ctx->size, 202);
     ctx_free(ctx);
 }

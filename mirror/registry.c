@@ -320,11 +320,17 @@ enum regerr registry_upload_size(struct registry *reg, const char *name, const c
     return result;
 }
 
-/* Closes the writer and hands the hash state back to the registry for the next request. */
-static void upload_release(struct registry_upload *up)
+/*
+ * Closes the writer and hands the hash state back to the registry for the next request (a
+ * failed close leaves the stored bytes behind what was hashed: the state goes then).
+ */
+static enum regerr upload_release(struct registry_upload *up)
 {
-    if (up->w)
-        storage_writer_close(up->w);
+    enum regerr result = up->w ? storage_writer_close(up->w) : REG_OK;
+    if (up->state && result != REG_OK) {
+        state_free(up->state);
+        up->state = NULL;
+    }
     if (up->state) {
         struct registry *reg = up->reg;
         pthread_mutex_lock(&reg->mu);
@@ -339,6 +345,7 @@ static void upload_release(struct registry_upload *up)
     }
     free(up->name);
     free(up);
+    return result;
 }
 
 enum regerr registry_upload_open(struct registry *reg, const char *name, const char *id,
@@ -393,9 +400,9 @@ enum regerr registry_upload_write(struct registry_upload *up, const void *data, 
     return REG_OK;
 }
 
-void registry_upload_close(struct registry_upload *up)
+enum regerr registry_upload_close(struct registry_upload *up)
 {
-    upload_release(up);
+    return upload_release(up);
 }
 
 static int hash_chunk(void *ctx, const void *data, size_t len)

@@ -72,7 +72,8 @@ enum regerr registry_upload_open(struct registry *reg, const char *name, const c
                                  struct registry_upload **out);
 uint64_t registry_upload_offset(const struct registry_upload *up);
 enum regerr registry_upload_write(struct registry_upload *up, const void *data, size_t len);
-void registry_upload_close(struct registry_upload *up);
+/* Keeps the session. On a remote store closing is what stores the bytes: check the result. */
+enum regerr registry_upload_close(struct registry_upload *up);
 /*
  * Verifies the content against d (DIGEST_INVALID on mismatch, and the session stays so the
  * client may retry), moves it into place, links it into the repository, and ends the

@@ -1349,6 +1349,7 @@ struct oss_writer {
     size_t buflen, bufcap;
     uint64_t size;     /* bytes the object holds at close */
     bool dirty;        /* close must write (else an append writer that wrote nothing) */
+    uint64_t carry;    /* append: the object's bytes, carried over at the first write */
     enum regerr error; /* first failure; close then aborts */
     struct multipart mp;
 };
@@ -1365,12 +1366,59 @@ static enum regerr writer_flush_part(struct oss_writer *w)
     return result;
 }
 
+/*
+ * Append, at the first write: the object's current bytes (w->carry of them) come first. A
+ * small object (up to chunksize) is read into the buffer; a larger one becomes the upload's
+ * first parts by UploadPartCopy, so no byte of it travels through here. The object itself
+ * changes only at close, and an append writer that writes nothing starts no upload at all.
+ */
+static enum regerr writer_carry(struct oss_writer *w)
+{
+    struct oss_storage *o = w->o;
+    uint64_t size = w->carry;
+    enum regerr result;
+    if (size <= o->chunksize) {
+        struct oss_call c = {.what = "GetObject",
+                             .method = "GET",
+                             .key = w->key,
+                             .max_body = (size_t)o->chunksize,
+                             .max_body_set = true};
+        struct oss_resp r = {0};
+        result = call(o, &c, &r);
+        if (result == REG_OK) {
+            w->buf = r.body;
+            w->buflen = r.len;
+            w->bufcap = r.cap;
+            w->size = r.len;
+            r.body = NULL;
+            if (r.len != size)
+                result = REG_ERR_INTERNAL; /* changed under us: the upload would be wrong */
+        }
+        free(r.body);
+        return result;
+    }
+    result = mp_initiate(o, w->key, &w->mp);
+    if (result == REG_OK)
+        result = mp_copy_parts(o, w->key, &w->mp, w->key, size, copy_part_size(o, size));
+    if (result != REG_OK)
+        mp_abort(o, w->key, &w->mp);
+    return result;
+}
+
 static enum regerr oss_writer_write(struct storage_writer *base, const void *data, size_t len)
 {
     struct oss_writer *w = (struct oss_writer *)base;
     const char *p = data;
     if (w->error)
         return w->error;
+    if (len && w->carry) {
+        enum regerr result = writer_carry(w);
+        w->carry = 0;
+        if (result != REG_OK) {
+            w->error = result;
+            return result;
+        }
+    }
     if (len)
         w->dirty = true;
     while (len > 0) {
@@ -1461,50 +1509,6 @@ static const struct storage_writer_ops oss_writer_ops = {
     .close = oss_writer_close,
 };
 
-/*
- * Append: the object's current bytes come first. A small object (up to chunksize) is read
- * into the buffer; a larger one becomes the upload's first parts by UploadPartCopy, so no
- * byte of it travels through here. The object itself changes only at close.
- */
-static enum regerr writer_carry(struct oss_writer *w)
-{
-    struct oss_storage *o = w->o;
-    uint64_t size = 0;
-    enum regerr result = head_object(o, w->key, &size, NULL, NULL, 0);
-    if (result == REG_ERR_NOT_FOUND) {
-        w->dirty = true; /* as O_CREAT: close creates it, empty if nothing was written */
-        return REG_OK;
-    }
-    if (result != REG_OK || size == 0)
-        return result;
-    if (size <= o->chunksize) {
-        struct oss_call c = {.what = "GetObject",
-                             .method = "GET",
-                             .key = w->key,
-                             .max_body = (size_t)o->chunksize,
-                             .max_body_set = true};
-        struct oss_resp r = {0};
-        result = call(o, &c, &r);
-        if (result == REG_OK) {
-            w->buf = r.body;
-            w->buflen = r.len;
-            w->bufcap = r.cap;
-            w->size = r.len;
-            r.body = NULL;
-        }
-        free(r.body);
-        return result;
-    }
-    result = mp_initiate(o, w->key, &w->mp);
-    if (result == REG_OK)
-        result = mp_copy_parts(o, w->key, &w->mp, w->key, size, copy_part_size(o, size));
-    if (result == REG_OK)
-        w->size = size;
-    else
-        mp_abort(o, w->key, &w->mp);
-    return result;
-}
-
 static enum regerr oss_open_writer(struct storage *s, const char *path, bool append,
                                    struct storage_writer **out)
 {
@@ -1520,7 +1524,18 @@ static enum regerr oss_open_writer(struct storage *s, const char *path, bool app
     w->base.ops = &oss_writer_ops;
     w->o = o;
     w->dirty = !append; /* truncate: close writes even when nothing was written */
-    enum regerr result = append ? writer_carry(w) : REG_OK;
+    enum regerr result = REG_OK;
+    if (append) {
+        uint64_t size = 0;
+        result = head_object(o, w->key, &size, NULL, NULL, 0);
+        if (result == REG_ERR_NOT_FOUND) {
+            w->dirty = true; /* as O_CREAT: close creates it, empty if nothing was written */
+            result = REG_OK;
+        } else if (result == REG_OK) {
+            w->carry = size;
+            w->size = size;
+        }
+    }
     if (result != REG_OK) {
         oss_writer_free(w);
         return result;

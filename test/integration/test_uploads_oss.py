@@ -118,6 +118,8 @@ def assert_stored(emu, reg, repo, data, digest):
     assert r.status_code == 200, r.text
     assert r.headers.get("Docker-Content-Digest") == digest
     assert int(r.headers["Content-Length"]) == len(data)
+    # no multipart upload is left behind (an append writer that wrote nothing starts none)
+    assert [u for u in emu.uploads(BUCKET) if "/%s/_uploads/" % repo in u[0]] == []
 
 
 def upload_keys(emu, repo, uuid):
