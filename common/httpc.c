@@ -17,6 +17,13 @@
 #define MAX_REDIRECTS 5L
 /* Idle connections curl keeps for reuse across all hosts. */
 #define POOL_SIZE 64L
+/*
+ * curl's receive buffer for GETs whose body the caller takes (blobs): one recv() and one
+ * poll() per buffer instead of per 16 KiB. curl 7.x accepts at most 512 KiB. curl still hands
+ * the body over in 16 KiB pieces, so these requests gather them (up to the same size) and
+ * pass them on once per loop event: the caller writes a blob spool in large pieces.
+ */
+#define BODY_BUFFER_SIZE (512L * 1024)
 
 /*
  * A request's life: PENDING (created, waiting for the loop to add it to curl), RUNNING (in the
@@ -49,6 +56,11 @@ struct httpc_req {
     bool paused;              /* the caller wants no on_data now */
     bool curl_paused;         /* curl holds bytes we declined; a resume must unpause curl */
     enum httpc_result forced; /* a reason decided in a callback, beats curl's result code */
+    /* Gathered body bytes not yet passed to on_data (acc_cap > 0: this request gathers). */
+    char *acc;
+    size_t acc_len, acc_cap;
+    bool done_pending; /* curl finished while gathered bytes wait for a resume */
+    CURLcode done_code;
     struct httpc_headers headers;
     char errbuf[CURL_ERROR_SIZE];
 };
@@ -214,7 +226,86 @@ static void req_free(struct httpc_req *r)
     curl_easy_cleanup(r->easy);
     curl_slist_free_all(r->hdrs);
     headers_clear(&r->headers);
+    free(r->acc);
     free(r);
+}
+
+static enum httpc_result map_result(const struct httpc_req *r, CURLcode code);
+static const char *result_message(struct httpc_req *r, enum httpc_result res, CURLcode code);
+
+/* The request is over: nothing more runs for it but on_done, and the loop frees it. */
+static void req_report_done(struct httpc_req *r, CURLcode code)
+{
+    enum httpc_result res = map_result(r, code);
+    r->state = REQ_DEAD;
+    schedule_work(r->c);
+    if (r->cb.on_done)
+        r->cb.on_done(r, r->ctx, res, result_message(r, res, code));
+}
+
+/*
+ * Passes the gathered bytes to on_data. Afterwards acc_len is 0 unless the caller declined
+ * them (HTTPC_PAUSE: r->paused is set and they come again after httpc_resume). A refusal
+ * sets r->forced; the request may be dead (cancelled from on_data).
+ */
+static void acc_deliver(struct httpc_req *r)
+{
+    if (r->acc_len == 0 || r->paused || r->state == REQ_DEAD)
+        return;
+    int rc = r->cb.on_data(r, r->ctx, r->acc, r->acc_len);
+    if (r->state == REQ_DEAD)
+        return;
+    if (rc == HTTPC_PAUSE) {
+        r->paused = true;
+        return;
+    }
+    r->acc_len = 0;
+    if (rc != 0)
+        r->forced = HTTPC_ABORTED;
+}
+
+/*
+ * Outside curl callbacks: hands over what a request gathered. A refusal ends the transfer
+ * here (curl would only notice at its next write); a transfer curl already finished is
+ * reported once its last bytes are taken.
+ */
+static void acc_flush(struct httpc_req *r)
+{
+    if (r->state != REQ_RUNNING)
+        return;
+    acc_deliver(r);
+    if (r->state != REQ_RUNNING)
+        return;
+    if (r->forced == HTTPC_ABORTED)
+        req_report_done(r, CURLE_WRITE_ERROR);
+    else if (r->done_pending && r->acc_len == 0)
+        req_report_done(r, r->done_code);
+}
+
+/* Passes on the bytes gathered during curl's last call, for every request that has some. */
+static void flush_all(struct httpc *c)
+{
+    /* Callbacks only set flags or add requests at the head: the walk stays valid. */
+    for (struct httpc_req *r = c->reqs; r; r = r->next) {
+        if (r->acc_len > 0 && !r->paused)
+            acc_flush(r);
+    }
+}
+
+/* httpc_resume's work: gathered bytes first, then curl's held ones. */
+static void resume_gathered(struct httpc_req *r)
+{
+    if (r->acc_len > 0 || r->done_pending) {
+        acc_flush(r);
+        if (r->state != REQ_RUNNING || r->paused || r->done_pending)
+            return;
+    }
+    if (r->curl_paused) {
+        /* curl may hand the held bytes to write_cb right here. */
+        r->curl_paused = false;
+        curl_easy_pause(r->easy, CURLPAUSE_CONT);
+        acc_flush(r);
+    }
 }
 
 /*
@@ -241,10 +332,8 @@ static void work_cb(evutil_socket_t fd, short what, void *arg)
                     r->cb.on_done(r, r->ctx, HTTPC_ERR_INTERNAL, "curl refused the transfer");
                 schedule_work(c);
             }
-        } else if (r->curl_paused && !r->paused) {
-            /* curl may hand the held bytes to write_cb right here. */
-            r->curl_paused = false;
-            curl_easy_pause(r->easy, CURLPAUSE_CONT);
+        } else if (!r->paused) {
+            resume_gathered(r);
         }
     }
 }
@@ -332,6 +421,22 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
         r->curl_paused = true;
         return CURL_WRITEFUNC_PAUSE;
     }
+    if (r->acc_cap > 0) {
+        if (r->acc_len + len > r->acc_cap) {
+            acc_deliver(r);
+            if (r->state == REQ_DEAD || r->forced == HTTPC_ABORTED)
+                return 0;
+            if (r->paused) {
+                r->curl_paused = true;
+                return CURL_WRITEFUNC_PAUSE;
+            }
+        }
+        if (len <= r->acc_cap - r->acc_len) {
+            memcpy(r->acc + r->acc_len, data, len);
+            r->acc_len += len;
+            return len;
+        }
+    }
     int rc = r->cb.on_data(r, r->ctx, data, len);
     if (r->state == REQ_DEAD)
         return 0;
@@ -408,12 +513,14 @@ static void check_done(struct httpc *c)
         struct httpc_req *r = (struct httpc_req *)priv;
         if (!r || r->state == REQ_DEAD)
             continue; /* cancelled: the work queue frees it */
-        CURLcode code = msg->data.result;
-        enum httpc_result res = map_result(r, code);
-        r->state = REQ_DEAD;
-        schedule_work(c);
-        if (r->cb.on_done)
-            r->cb.on_done(r, r->ctx, res, result_message(r, res, code));
+        if (r->acc_len > 0) {
+            /* the body's last bytes go first; a paused caller gets them (and the end) later */
+            r->done_pending = true;
+            r->done_code = msg->data.result;
+            acc_flush(r);
+            continue;
+        }
+        req_report_done(r, msg->data.result);
     }
 }
 
@@ -425,6 +532,7 @@ static void socket_event_cb(evutil_socket_t fd, short what, void *arg)
     int running;
 
     curl_multi_socket_action(c->multi, fd, action, &running);
+    flush_all(c);
     check_done(c);
 }
 
@@ -434,6 +542,7 @@ static void timer_event_cb(evutil_socket_t fd, short what, void *arg)
     int running;
 
     curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    flush_all(c);
     check_done(c);
 }
 
@@ -554,7 +663,7 @@ static int add_header(struct httpc_req *r, const char *line)
     return 0;
 }
 
-static int setup_easy(struct httpc_req *r, const struct httpc_req_opts *o)
+static int setup_easy(struct httpc_req *r, const struct httpc_req_opts *o, bool takes_body)
 {
     CURL *e = r->easy;
     const char *method = o->method ? o->method : "GET";
@@ -606,6 +715,13 @@ static int setup_easy(struct httpc_req *r, const struct httpc_req_opts *o)
         rc |= curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     } else if (strcmp(method, "GET") == 0 && !o->body) {
         rc |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+        if (takes_body) {
+            rc |= curl_easy_setopt(e, CURLOPT_BUFFERSIZE, BODY_BUFFER_SIZE);
+            r->acc = malloc(BODY_BUFFER_SIZE);
+            if (!r->acc)
+                goto out;
+            r->acc_cap = BODY_BUFFER_SIZE;
+        }
     } else {
         if (o->body) {
             rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
@@ -631,10 +747,11 @@ struct httpc_req *httpc_start(struct httpc *c, const struct httpc_req_opts *opts
     r->follow = opts->follow_redirects;
     r->state = REQ_PENDING;
     r->easy = curl_easy_init();
-    if (!r->easy || setup_easy(r, opts) != 0) {
+    if (!r->easy || setup_easy(r, opts, cb->on_data != NULL) != 0) {
         if (r->easy)
             curl_easy_cleanup(r->easy);
         curl_slist_free_all(r->hdrs);
+        free(r->acc);
         free(r);
         return NULL;
     }
@@ -656,7 +773,7 @@ void httpc_resume(struct httpc_req *r)
     if (r->state == REQ_DEAD || !r->paused)
         return;
     r->paused = false;
-    if (r->curl_paused)
+    if (r->curl_paused || r->acc_len > 0 || r->done_pending)
         schedule_work(r->c);
 }
 

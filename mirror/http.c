@@ -24,10 +24,12 @@
 #define HTTP_MAX_LISTENERS 16
 #define HTTP_MAX_HEADERS 256
 #define HTTP_MAX_RESP_HEADER_BYTES (64 * 1024)
-/* One recv() per read event takes up to this much: large reads cost far less CPU per byte. */
+/* First size of the response header buffer: a manifest answer's headers are about 1 KiB. */
+#define HTTP_RESP_HEADERS_FIRST 2048
+/* One read event takes up to this much: large reads cost far less CPU per byte. */
 #define HTTP_READ_SIZE (256 * 1024)
-/* The most libevent 2.1 reads per read event, whatever the single-read limit says. */
-#define HTTP_LIBEVENT_READ 4096
+/* The first recv() of a read event on a plain connection: a request head fits. */
+#define HTTP_READ_FIRST 4096
 /* Reading stops while this much input waits for the parser (app not ready, paused body). */
 #define HTTP_READ_HIGH (512 * 1024)
 #define HTTP_WRITE_SIZE (1024 * 1024)
@@ -93,7 +95,8 @@ struct http_req {
     /* The response. */
     enum resp_state resp;
     int status;
-    struct evbuffer *resp_hdrs;
+    char *hbuf; /* the application's header lines, "Name: value\r\n" each */
+    size_t hlen, hcap;
     bool close_after, chunked_out, raw_out, has_held;
     char held;        /* last byte of a Content-Length stream, sent by stream_end */
     int64_t out_left; /* body bytes a Content-Length stream may still queue */
@@ -121,6 +124,12 @@ struct conn {
     const char *ev_data;
     size_t ev_len;
     bool plain; /* a socket bufferevent: shutdown() and sendfile apply */
+    /* Plain connections read with rd (recv() straight into the input buffer; libevent's own
+     * reads ask FIONREAD first, one syscall more per request) while the bufferevent's EV_READ
+     * stays off. rd_want: reading is wanted; rd_added: rd is pending; rd_timeout: the body
+     * read timeout (rd_timer) runs while reading. */
+    struct event *rd, *rd_timer;
+    bool rd_want, rd_added, rd_timeout;
     /* Plain connections: output is written by conn_flush while the bufferevent's EV_WRITE is
      * off; write_on while the bufferevent writes instead (a stream, or what the socket did
      * not take). out_cb kicks the connection when output is queued. */
@@ -186,12 +195,54 @@ static void conn_arm_timer(struct conn *conn, int ms)
     evtimer_add(conn->timer, &tv);
 }
 
+/* Adds or removes rd (and the read timeout) as reading is wanted and the input has room. */
+static void conn_read_update(struct conn *conn)
+{
+    if (!conn->plain)
+        return;
+    bool on = conn->rd_want && !conn->eof && !conn->closed &&
+              evbuffer_get_length(bufferevent_get_input(conn->bev)) < HTTP_READ_HIGH;
+    if (on != conn->rd_added) {
+        if (on)
+            event_add(conn->rd, NULL);
+        else
+            event_del(conn->rd);
+        conn->rd_added = on;
+    }
+    if (on && conn->rd_timeout) {
+        if (!evtimer_pending(conn->rd_timer, NULL)) {
+            struct timeval tv = ms_tv(conn->srv->limits.body_timeout_ms);
+            evtimer_add(conn->rd_timer, &tv);
+        }
+    } else {
+        evtimer_del(conn->rd_timer);
+    }
+}
+
+static void conn_read_enable(struct conn *conn, bool on)
+{
+    if (!conn->plain) {
+        if (on)
+            bufferevent_enable(conn->bev, EV_READ);
+        else
+            bufferevent_disable(conn->bev, EV_READ);
+        return;
+    }
+    conn->rd_want = on;
+    conn_read_update(conn);
+}
+
 /* The body read timeout runs only while a body is being read; sends are always timed. */
 static void conn_set_read_timeout(struct conn *conn, bool on)
 {
     struct timeval rd = ms_tv(conn->srv->limits.body_timeout_ms);
     struct timeval wr = ms_tv(conn->srv->limits.send_timeout_ms);
-    bufferevent_set_timeouts(conn->bev, on ? &rd : NULL, &wr);
+    bufferevent_set_timeouts(conn->bev, on && !conn->plain ? &rd : NULL, &wr);
+    if (conn->plain && conn->rd_timeout != on) {
+        conn->rd_timeout = on;
+        evtimer_del(conn->rd_timer);
+        conn_read_update(conn);
+    }
 }
 
 static size_t conn_output_len(const struct conn *conn)
@@ -349,8 +400,7 @@ static void req_free(struct http_req *req)
 {
     if (!req)
         return;
-    if (req->resp_hdrs)
-        evbuffer_free(req->resp_hdrs);
+    free(req->hbuf);
     if (req->file_fd >= 0)
         close(req->file_fd);
     free(req->bbuf);
@@ -812,6 +862,7 @@ static void conn_process(struct conn *conn)
         evbuffer_drain(in, n);
     }
     conn->processing = false;
+    conn_read_update(conn);
     if (conn->closed || conn->closing || !conn->eof)
         return;
     /* The peer sent EOF: answer what could be parsed, abort what waits for an answer. */
@@ -838,6 +889,11 @@ static void conn_close(struct conn *conn)
     }
     bufferevent_setcb(conn->bev, NULL, NULL, NULL, NULL);
     bufferevent_disable(conn->bev, EV_READ | EV_WRITE);
+    if (conn->plain) {
+        event_del(conn->rd);
+        evtimer_del(conn->rd_timer);
+        conn->rd_added = false;
+    }
     if (conn->out_cb) {
         evbuffer_remove_cb_entry(bufferevent_get_output(conn->bev), conn->out_cb);
         conn->out_cb = NULL;
@@ -865,6 +921,10 @@ static void conn_close(struct conn *conn)
 static void conn_free(struct conn *conn)
 {
     req_free(conn->req);
+    if (conn->rd)
+        event_free(conn->rd);
+    if (conn->rd_timer)
+        event_free(conn->rd_timer);
     event_free(conn->kick);
     event_free(conn->timer);
     bufferevent_free(conn->bev);
@@ -883,7 +943,8 @@ static void conn_linger(struct conn *conn)
     conn->lingering = true;
     shutdown(fd, SHUT_WR);
     bufferevent_set_timeouts(conn->bev, NULL, NULL);
-    bufferevent_enable(conn->bev, EV_READ);
+    conn->rd_timeout = false;
+    conn_read_enable(conn, true);
     conn_arm_timer(conn, HTTP_LINGER_MS);
 }
 
@@ -898,7 +959,7 @@ static void conn_close_after_flush(struct conn *conn)
     conn_set_read_timeout(conn, false);
     bufferevent_setwatermark(conn->bev, EV_WRITE, 0, 0);
     if (!conn->eof)
-        bufferevent_enable(conn->bev, EV_READ);
+        conn_read_enable(conn, true);
     if (conn_output_len(conn) == 0)
         conn_linger(conn);
 }
@@ -929,30 +990,6 @@ static void conn_kick_cb(evutil_socket_t fd, short what, void *arg)
     conn_flush(conn);
 }
 
-/*
- * libevent 2.1 reads at most 4 KiB per read event; an upload arriving at speed costs several
- * times less CPU read with large recv() calls, so top the input up straight from the socket.
- * EOF and errors are left for libevent's next read to report.
- */
-static void conn_read_more(struct conn *conn)
-{
-    evutil_socket_t fd = bufferevent_getfd(conn->bev);
-    struct evbuffer *in = bufferevent_get_input(conn->bev);
-    size_t have = evbuffer_get_length(in);
-    if (!conn->plain || fd < 0 || have < HTTP_LIBEVENT_READ || have >= HTTP_READ_HIGH)
-        return;
-    /* a bufferevent keeps its input's end frozen outside its own reads */
-    evbuffer_unfreeze(in, 0);
-    struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(in, HTTP_READ_SIZE, &v, 1) == 1) {
-        size_t room = v.iov_len < HTTP_READ_SIZE ? v.iov_len : HTTP_READ_SIZE;
-        ssize_t n = recv(fd, v.iov_base, room, 0);
-        v.iov_len = n > 0 ? (size_t)n : 0;
-        evbuffer_commit_space(in, &v, 1);
-    }
-    evbuffer_freeze(in, 0);
-}
-
 static void conn_read_cb(struct bufferevent *bev, void *arg)
 {
     struct conn *conn = arg;
@@ -960,9 +997,72 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
         evbuffer_drain(bufferevent_get_input(bev), (size_t)-1);
         return;
     }
-    conn_read_more(conn);
     conn_process(conn);
     conn_flush(conn);
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
+
+/*
+ * rd fired on a plain connection: recv() into the input buffer, a first small read (a request
+ * head) and then large ones while the socket fills them (an upload arriving at speed), at most
+ * HTTP_READ_SIZE per event. EOF and errors go where the bufferevent would report them.
+ */
+static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *conn = arg;
+    struct evbuffer *in = bufferevent_get_input(conn->bev);
+    size_t total = 0, want = HTTP_READ_FIRST;
+    short event = 0;
+    /* a bufferevent keeps its input's end frozen outside its own reads */
+    evbuffer_unfreeze(in, 0);
+    for (;;) {
+        struct evbuffer_iovec v;
+        if (evbuffer_reserve_space(in, (ev_ssize_t)want, &v, 1) != 1) {
+            event = BEV_EVENT_READING | BEV_EVENT_ERROR;
+            break;
+        }
+        size_t room = v.iov_len < want ? v.iov_len : want;
+        ssize_t n = recv(fd, v.iov_base, room, 0);
+        v.iov_len = n > 0 ? (size_t)n : 0;
+        evbuffer_commit_space(in, &v, 1);
+        if (n == 0) {
+            event = BEV_EVENT_READING | BEV_EVENT_EOF;
+            break;
+        }
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                event = BEV_EVENT_READING | BEV_EVENT_ERROR;
+            break;
+        }
+        total += (size_t)n;
+        if ((size_t)n < room || total >= HTTP_READ_SIZE ||
+            evbuffer_get_length(in) >= HTTP_READ_HIGH)
+            break;
+        want = HTTP_READ_SIZE - total;
+    }
+    evbuffer_freeze(in, 0);
+    if (event & BEV_EVENT_EOF) {
+        /* nothing more will come: stop watching before the EOF is handled */
+        conn->rd_want = false;
+        conn_read_update(conn);
+    }
+    if (total > 0) {
+        if (conn->rd_timeout && !conn->closed) {
+            struct timeval tv = ms_tv(conn->srv->limits.body_timeout_ms);
+            evtimer_add(conn->rd_timer, &tv);
+        }
+        conn_read_cb(conn->bev, conn);
+        conn_read_update(conn);
+    }
+    if (event && !conn->closed)
+        conn_event_cb(conn->bev, event, conn);
+}
+
+static void conn_rd_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *conn = arg;
+    conn_event_cb(conn->bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, conn);
 }
 
 static void conn_write_cb(struct bufferevent *bev, void *arg)
@@ -1028,21 +1128,27 @@ static int conn_new(struct http_server *srv, struct bufferevent *bev, const char
     conn->parser.data = conn;
 
     bufferevent_setcb(bev, conn_read_cb, conn_write_cb, conn_event_cb, conn);
-    bufferevent_setwatermark(bev, EV_READ, 0, HTTP_READ_HIGH);
     bufferevent_setwatermark(bev, EV_WRITE, HTTP_WRITE_LOW, 0);
-    bufferevent_set_max_single_read(bev, HTTP_READ_SIZE);
     bufferevent_set_max_single_write(bev, HTTP_WRITE_SIZE);
-    conn_set_read_timeout(conn, false);
     if (plain) {
+        conn->rd = event_new(srv->base, bufferevent_getfd(bev), EV_READ | EV_PERSIST,
+                             conn_sock_read_cb, conn);
+        conn->rd_timer = evtimer_new(srv->base, conn_rd_timeout_cb, conn);
         conn->out_cb = evbuffer_add_cb(bufferevent_get_output(bev), conn_output_cb, conn);
-        if (!conn->out_cb)
+        if (!conn->rd || !conn->rd_timer || !conn->out_cb)
+            goto fail;
+        /* a new bufferevent has EV_WRITE enabled; plain connections write with conn_flush */
+        if (bufferevent_disable(bev, EV_WRITE) < 0)
+            goto fail;
+        conn->rd_want = true;
+        conn_read_update(conn);
+    } else {
+        bufferevent_setwatermark(bev, EV_READ, 0, HTTP_READ_HIGH);
+        bufferevent_set_max_single_read(bev, HTTP_READ_SIZE);
+        if (bufferevent_enable(bev, EV_READ | EV_WRITE) < 0)
             goto fail;
     }
-    /* a new bufferevent has EV_WRITE enabled; plain connections write with conn_flush */
-    if (plain && bufferevent_disable(bev, EV_WRITE) < 0)
-        goto fail;
-    if (bufferevent_enable(bev, plain ? EV_READ : EV_READ | EV_WRITE) < 0)
-        goto fail;
+    conn_set_read_timeout(conn, false);
     conn_arm_timer(conn, srv->limits.header_timeout_ms);
 
     conn->next = srv->conns;
@@ -1052,6 +1158,10 @@ static int conn_new(struct http_server *srv, struct bufferevent *bev, const char
     return 0;
 fail:
     if (conn) {
+        if (conn->rd)
+            event_free(conn->rd);
+        if (conn->rd_timer)
+            event_free(conn->rd_timer);
         if (conn->kick)
             event_free(conn->kick);
         if (conn->timer)
@@ -1395,7 +1505,7 @@ void http_req_pause_body(struct http_req *req)
     if (!req_live(req) || req->body_paused)
         return;
     req->body_paused = true;
-    bufferevent_disable(req->conn->bev, EV_READ);
+    conn_read_enable(req->conn, false);
 }
 
 void http_req_resume_body(struct http_req *req)
@@ -1403,7 +1513,7 @@ void http_req_resume_body(struct http_req *req)
     if (!req_live(req) || !req->body_paused)
         return;
     req->body_paused = false;
-    bufferevent_enable(req->conn->bev, EV_READ);
+    conn_read_enable(req->conn, true);
     conn_kick(req->conn);
 }
 
@@ -1481,26 +1591,74 @@ static bool resp_must_close(const struct http_req *req)
     return false;
 }
 
-/* Queues the status line and headers. content_length < 0 and !chunked: no length header. */
-static void resp_write_head(struct http_req *req, int64_t content_length, bool chunked)
+static char *put_bytes(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static char *put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    int n = 0;
+    do
+        tmp[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    while (n > 0)
+        *p++ = tmp[--n];
+    return p;
+}
+
+#define PUT_LIT(p, lit) put_bytes(p, lit, sizeof(lit) - 1)
+
+/*
+ * Queues the status line and headers, and body bytes when given, as one piece of the output:
+ * a small answer leaves in one write from one buffer. content_length < 0 and !chunked: no
+ * length header.
+ */
+static void resp_write_head(struct http_req *req, int64_t content_length, bool chunked,
+                            const void *body, size_t body_len)
 {
     struct conn *conn = req->conn;
     struct evbuffer *out = bufferevent_get_output(conn->bev);
     if (!req->close_after)
         req->close_after = resp_must_close(req);
-    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\n", req->status,
-                        reason_phrase(req->status), http_date(conn->srv));
-    if (req->resp_hdrs)
-        evbuffer_add_buffer(out, req->resp_hdrs);
-    if (chunked)
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-    else if (content_length >= 0)
-        evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)content_length);
+    const char *reason = reason_phrase(req->status);
+    const char *date = http_date(conn->srv);
+    size_t reason_len = strlen(reason), date_len = strlen(date);
+    /* "HTTP/1.1 200 " reason CRLF "Date: " date CRLF, headers, framing, connection, CRLF */
+    size_t need = 13 + reason_len + 2 + 6 + date_len + 2 + req->hlen + 48 + 24 + 2 + body_len;
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) != 1 || v.iov_len < need) {
+        log_error("http: out of memory for the response to %s", http_req_path(req));
+        return;
+    }
+    char *p = v.iov_base;
+    p = PUT_LIT(p, "HTTP/1.1 ");
+    p = put_u64(p, (uint64_t)req->status);
+    *p++ = ' ';
+    p = put_bytes(p, reason, reason_len);
+    p = PUT_LIT(p, "\r\nDate: ");
+    p = put_bytes(p, date, date_len);
+    p = PUT_LIT(p, "\r\n");
+    if (req->hlen > 0)
+        p = put_bytes(p, req->hbuf, req->hlen);
+    if (chunked) {
+        p = PUT_LIT(p, "Transfer-Encoding: chunked\r\n");
+    } else if (content_length >= 0) {
+        p = PUT_LIT(p, "Content-Length: ");
+        p = put_u64(p, (uint64_t)content_length);
+        p = PUT_LIT(p, "\r\n");
+    }
     if (req->close_after)
-        evbuffer_add(out, "Connection: close\r\n", 19);
+        p = PUT_LIT(p, "Connection: close\r\n");
     else if (req->http10)
-        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
-    evbuffer_add(out, "\r\n", 2);
+        p = PUT_LIT(p, "Connection: keep-alive\r\n");
+    p = PUT_LIT(p, "\r\n");
+    if (body_len > 0)
+        p = put_bytes(p, body, body_len);
+    v.iov_len = (size_t)(p - (char *)v.iov_base);
+    evbuffer_commit_space(out, &v, 1);
 }
 
 /* The whole response is queued: log it, then go on with the connection. May free req. */
@@ -1528,7 +1686,7 @@ static void resp_complete(struct http_req *req)
     free(req->bbuf);
     req->bbuf = NULL;
     req->blen = req->bcap = 0;
-    bufferevent_enable(conn->bev, EV_READ);
+    conn_read_enable(conn, true);
     conn_set_read_timeout(conn, true);
     conn_kick(conn);
 }
@@ -1545,36 +1703,89 @@ void http_resp_start(struct http_req *req, int status)
     req->resp = RESP_STARTED;
 }
 
-static bool is_token(const char *s)
+static bool is_tchar(unsigned char c)
 {
-    if (!*s)
+    if (c <= ' ' || c >= 127)
         return false;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c <= ' ' || c >= 127 || strchr("()<>@,;:\\\"/[]?={}", c))
-            return false;
+    switch (c) {
+    case '(':
+    case ')':
+    case '<':
+    case '>':
+    case '@':
+    case ',':
+    case ';':
+    case ':':
+    case '\\':
+    case '"':
+    case '/':
+    case '[':
+    case ']':
+    case '?':
+    case '=':
+    case '{':
+    case '}':
+        return false;
+    default:
+        return true;
     }
-    return true;
+}
+
+/* The length of name when it is an HTTP token, else 0. */
+static size_t token_len(const char *name)
+{
+    size_t n = 0;
+    while (name[n] && is_tchar((unsigned char)name[n]))
+        n++;
+    return name[n] ? 0 : n;
+}
+
+/* Content-Length, Transfer-Encoding and Connection: the framing is the server's. */
+static bool is_framing(const char *name)
+{
+    switch (name[0]) {
+    case 'C':
+    case 'c':
+        return strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Connection") == 0;
+    case 'T':
+    case 't':
+        return strcasecmp(name, "Transfer-Encoding") == 0;
+    default:
+        return false;
+    }
 }
 
 void http_resp_header(struct http_req *req, const char *name, const char *value)
 {
     if (!resp_begin(req))
         return;
-    /* framing is the server's; CR or LF in a value would split the header */
-    if (!is_token(name) || strpbrk(value, "\r\n") || strcasecmp(name, "Content-Length") == 0 ||
-        strcasecmp(name, "Transfer-Encoding") == 0 || strcasecmp(name, "Connection") == 0) {
+    /* CR or LF in a value would split the header */
+    size_t name_len = token_len(name), value_len = strcspn(value, "\r\n");
+    if (name_len == 0 || value[value_len] != '\0' || is_framing(name)) {
         log_warn("http: response header %s dropped", name);
         return;
     }
-    if (!req->resp_hdrs && !(req->resp_hdrs = evbuffer_new()))
-        return;
-    size_t len = strlen(name) + strlen(value) + 4;
-    if (evbuffer_get_length(req->resp_hdrs) + len > HTTP_MAX_RESP_HEADER_BYTES) {
+    size_t len = name_len + value_len + 4;
+    if (req->hlen + len > HTTP_MAX_RESP_HEADER_BYTES) {
         log_warn("http: response headers too large, %s dropped", name);
         return;
     }
-    evbuffer_add_printf(req->resp_hdrs, "%s: %s\r\n", name, value);
+    if (req->hlen + len > req->hcap) {
+        size_t cap = req->hcap ? req->hcap : HTTP_RESP_HEADERS_FIRST;
+        while (cap < req->hlen + len)
+            cap *= 2;
+        char *nb = realloc(req->hbuf, cap);
+        if (!nb)
+            return;
+        req->hbuf = nb;
+        req->hcap = cap;
+    }
+    char *p = req->hbuf + req->hlen;
+    p = put_bytes(p, name, name_len);
+    p = PUT_LIT(p, ": ");
+    p = put_bytes(p, value, value_len);
+    p = PUT_LIT(p, "\r\n");
+    req->hlen = (size_t)(p - req->hbuf);
 }
 
 void http_resp_headerf(struct http_req *req, const char *name, const char *fmt, ...)
@@ -1604,11 +1815,10 @@ void http_resp_body_mem(struct http_req *req, const void *data, size_t len)
 {
     if (!resp_begin(req))
         return;
-    resp_write_head(req, (int64_t)len, false);
-    if (!req->is_head && len > 0) {
-        evbuffer_add(bufferevent_get_output(req->conn->bev), data, len);
+    bool send = !req->is_head && len > 0;
+    resp_write_head(req, (int64_t)len, false, send ? data : NULL, send ? len : 0);
+    if (send)
         req->sent = len;
-    }
     resp_complete(req);
 }
 
@@ -1662,7 +1872,7 @@ void http_resp_body_file(struct http_req *req, int fd, off_t off, off_t len)
         http_resp_stream_abort(req);
         return;
     }
-    resp_write_head(req, (int64_t)len, false);
+    resp_write_head(req, (int64_t)len, false, NULL, 0);
     if (req->is_head || len == 0) {
         close(fd);
     } else if (!req->conn->plain) {
@@ -1695,7 +1905,8 @@ void http_resp_no_body(struct http_req *req, int64_t content_length)
     if (!resp_begin(req))
         return;
     bool bodiless = req->status == 204 || req->status == 304 || req->status < 200;
-    resp_write_head(req, content_length >= 0 ? content_length : (bodiless ? -1 : 0), false);
+    resp_write_head(req, content_length >= 0 ? content_length : (bodiless ? -1 : 0), false, NULL,
+                    0);
     resp_complete(req);
 }
 
@@ -1714,7 +1925,7 @@ void http_resp_stream_begin(struct http_req *req, int64_t content_length, http_w
     } else if (content_length < 0) {
         req->chunked_out = true;
     }
-    resp_write_head(req, content_length, req->chunked_out);
+    resp_write_head(req, content_length, req->chunked_out, NULL, 0);
     req->resp = RESP_STREAMING;
     conn_kick(req->conn);
 }

@@ -16,6 +16,7 @@
 struct fs_storage {
     struct storage base;
     char *root;
+    size_t root_len;
 };
 
 struct fs_writer {
@@ -32,8 +33,12 @@ static enum regerr errno_to_regerr(int err)
 
 static int full_path(struct fs_storage *fs, const char *path, char *buf, size_t size)
 {
-    int n = snprintf(buf, size, "%s%s", fs->root, path);
-    return (n < 0 || (size_t)n >= size) ? -1 : 0;
+    size_t n = strlen(path);
+    if (fs->root_len + n >= size)
+        return -1;
+    memcpy(buf, fs->root, fs->root_len);
+    memcpy(buf + fs->root_len, path, n + 1);
+    return 0;
 }
 
 #define FS_PATH(fs, path, buf)                                                                     \
@@ -42,6 +47,24 @@ static int full_path(struct fs_storage *fs, const char *path, char *buf, size_t 
         log_error("storage: path too long: %s", path);                                             \
         return REG_ERR_INTERNAL;                                                                   \
     }
+
+/* mkdir -p of dir, deepest first: where the parent exists (the usual case) that is one mkdir. */
+static int mkdir_p(char *dir)
+{
+    if (mkdir(dir, 0755) == 0 || errno == EEXIST)
+        return 0;
+    if (errno != ENOENT)
+        return -1;
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir)
+        return -1;
+    *slash = '\0';
+    int rc = mkdir_p(dir);
+    *slash = '/';
+    if (rc != 0)
+        return -1;
+    return (mkdir(dir, 0755) == 0 || errno == EEXIST) ? 0 : -1;
+}
 
 /* mkdir -p of the directory part of p (p itself is a file path). */
 static int mkdirs_parent(const char *p)
@@ -55,17 +78,18 @@ static int mkdirs_parent(const char *p)
     if (!slash || slash == tmp)
         return 0;
     *slash = '\0';
-    for (char *c = tmp + 1; *c; c++) {
-        if (*c != '/')
-            continue;
-        *c = '\0';
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-            return -1;
-        *c = '/';
-    }
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+    return mkdir_p(tmp);
+}
+
+/* open(p, flags | O_CREAT), creating the missing parent directories only when it must. */
+static int open_creating(const char *p, int flags)
+{
+    int fd = open(p, flags | O_CREAT, 0644);
+    if (fd >= 0 || errno != ENOENT)
+        return fd;
+    if (mkdirs_parent(p) != 0)
         return -1;
-    return 0;
+    return open(p, flags | O_CREAT, 0644);
 }
 
 /* First read size: links (the common case) are about 75 bytes. */
@@ -88,7 +112,8 @@ static enum regerr fs_get_content(struct storage *s, const char *path, size_t ma
         return errno_to_regerr(errno);
     }
     /* Read to the end without an fstat first: one syscall less on the hot path, and the
-     * file's size may change under us anyway. One byte past max tells that it is too big. */
+     * file's size may change under us anyway. One byte past max tells that it is too big:
+     * the buffer grows to max + 1, so a file of max bytes still ends with a short read. */
     for (;;) {
         if (got == cap) {
             if (cap > max) {
@@ -118,6 +143,9 @@ static enum regerr fs_get_content(struct storage *s, const char *path, size_t ma
         if (r == 0)
             break;
         got += (size_t)r;
+        /* a regular file reads short only at its end: no second read to see the 0 */
+        if (got < cap)
+            break;
     }
     if (got > max) {
         result = REG_ERR_TOO_LARGE;
@@ -154,11 +182,7 @@ static enum regerr fs_put_content(struct storage *s, const char *path, const voi
     FS_PATH(fs, path, p);
     char tmp[PATH_MAX + 32];
     snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", p, (long)getpid());
-    if (mkdirs_parent(p) != 0) {
-        log_error("storage: mkdir for %s: %s", p, strerror(errno));
-        return REG_ERR_INTERNAL;
-    }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open_creating(tmp, O_WRONLY | O_TRUNC | O_CLOEXEC);
     if (fd < 0) {
         log_error("storage: create %s: %s", tmp, strerror(errno));
         return REG_ERR_INTERNAL;
@@ -242,11 +266,16 @@ static enum regerr fs_move(struct storage *s, const char *src, const char *dst)
     struct fs_storage *fs = (struct fs_storage *)s;
     FS_PATH(fs, src, ps);
     FS_PATH(fs, dst, pd);
-    if (mkdirs_parent(pd) != 0) {
-        log_error("storage: mkdir for %s: %s", pd, strerror(errno));
-        return REG_ERR_INTERNAL;
+    /* ENOENT: the source is missing, or the destination's directory is yet to be made */
+    int rc = rename(ps, pd);
+    if (rc != 0 && errno == ENOENT) {
+        if (mkdirs_parent(pd) != 0) {
+            log_error("storage: mkdir for %s: %s", pd, strerror(errno));
+            return REG_ERR_INTERNAL;
+        }
+        rc = rename(ps, pd);
     }
-    if (rename(ps, pd) != 0) {
+    if (rc != 0) {
         int err = errno;
         if (err != ENOENT)
             log_error("storage: rename %s -> %s: %s", ps, pd, strerror(err));
@@ -329,12 +358,7 @@ static enum regerr fs_open_writer(struct storage *s, const char *path, bool appe
 {
     struct fs_storage *fs = (struct fs_storage *)s;
     FS_PATH(fs, path, p);
-    if (mkdirs_parent(p) != 0) {
-        log_error("storage: mkdir for %s: %s", p, strerror(errno));
-        return REG_ERR_INTERNAL;
-    }
-    int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC);
-    int fd = open(p, flags, 0644);
+    int fd = open_creating(p, O_WRONLY | O_CLOEXEC | (append ? O_APPEND : O_TRUNC));
     if (fd < 0) {
         log_error("storage: open %s: %s", p, strerror(errno));
         return REG_ERR_INTERNAL;
@@ -423,6 +447,7 @@ struct storage *storage_fs_new(const char *root)
     size_t n = strlen(fs->root);
     while (n > 1 && fs->root[n - 1] == '/')
         fs->root[--n] = '\0';
+    fs->root_len = n;
     return &fs->base;
 }
 
