@@ -397,6 +397,11 @@ static void delete_blob(const struct api *api, struct http_req *req, const struc
 static void get_blob(const struct api *api, struct http_req *req, const struct api_route *rt,
                      int64_t size)
 {
+    if (size >= 0 && api->proxy) {
+        struct digest d;
+        digest_parse(rt->ref, strlen(rt->ref), &d);
+        proxy_blob_hit(api->proxy, rt->name, &d);
+    }
     if (size >= 0)
         serve_blob(api, req, rt, size);
     else if (api->proxy)
@@ -450,6 +455,14 @@ static void head_blob(const struct api *api, struct http_req *req, const struct 
         hl->op = op;
 }
 
+static bool has_ns(struct http_req *req)
+{
+    char *ns = reference_query_get(http_req_query(req), "ns");
+    bool has = ns != NULL;
+    free(ns);
+    return has;
+}
+
 void api_blob(const struct api *api, struct http_req *req, const struct api_route *rt)
 {
     switch (http_req_method(req)) {
@@ -457,7 +470,8 @@ void api_blob(const struct api *api, struct http_req *req, const struct api_rout
         get_blob(api, req, rt, -1);
         break;
     case HTTP_HEAD:
-        if (api->cache)
+        /* The cache knows names as the main upstream's: ?ns= names another one. */
+        if (api->cache && !(api->proxy && has_ns(req)))
             head_blob(api, req, rt);
         else
             get_blob(api, req, rt, -1);

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cache.h"
 #include "httpc.h"
 #include "layout.h"
 #include "log.h"
@@ -1288,8 +1289,15 @@ static bool blookup_finish(struct blookup *l)
 {
     struct proxy *px = l->px;
     if (l->linked) {
-        metrics_inc(METRICS_CACHE_HIT_BLOB);
-        note_pulled(px, l->t.rt.name, &l->d, false);
+        const struct api *api = l->c.api;
+        /* The next HEAD answers from the blob-descriptor cache (see proxy_blob_hit); only
+         * the main upstream's names are the client's names there. */
+        if (l->t.rm->main && api->cache) {
+            struct cache_desc cd = {.digest = l->d, .size = l->size};
+            snprintf(cd.media_type, sizeof(cd.media_type), "application/octet-stream");
+            cache_put(api->cache, l->t.rt.name, &cd);
+        }
+        proxy_blob_hit(px, l->t.rt.name, &l->d);
         client_serve_looked_up(&l->c, NULL, (int64_t)l->size);
         return true;
     }
@@ -1357,6 +1365,12 @@ void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
         return;
     }
     blookup_queue(l);
+}
+
+void proxy_blob_hit(struct proxy *px, const char *name, const struct digest *d)
+{
+    metrics_inc(METRICS_CACHE_HIT_BLOB);
+    note_pulled(px, name, d, false);
 }
 
 bool proxy_busy(const struct proxy *px, const struct digest *d)

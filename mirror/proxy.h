@@ -66,5 +66,10 @@ void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
  * the upstream answers). The maintenance never removes it then.
  */
 bool proxy_busy(const struct proxy *px, const struct digest *d);
+/*
+ * A blob of the main upstream found in name by the blob-descriptor cache: counts the hit and
+ * records the pull for proxy.ttl, as a lookup in storage would.
+ */
+void proxy_blob_hit(struct proxy *px, const char *name, const struct digest *d);
 
 #endif
