@@ -154,6 +154,20 @@ def storage_kind():
     raise RuntimeError("%s must be 'fs' or 'oss', not %r" % (STORAGE_ENV, want))
 
 
+def oss_driver_yaml(ak, sk, region, endpoint, bucket, prefix, extra=""):
+    """The storage.oss section (indented under storage:) for an emulator at endpoint (plain
+    http), rooted at /<prefix>/; extra: more lines of that section."""
+    return ("  oss:\n"
+            "    accesskeyid: %s\n"
+            "    accesskeysecret: %s\n"
+            "    region: oss-%s\n"
+            "    endpoint: %s\n"
+            "    bucket: %s\n"
+            "    secure: false\n"
+            "    rootdirectory: /%s/\n"
+            "%s" % (ak, sk, region, endpoint, bucket, prefix, extra))
+
+
 def import_emulator():
     import sys
     d = os.path.abspath(OSS_DIR)
@@ -202,16 +216,9 @@ class OssStore:
 
     def driver_yaml(self, prefix, endpoint=None, bucket=None):
         """storage.oss against the emulator, rooted at /<prefix>/."""
-        return ("  oss:\n"
-                "    accesskeyid: %s\n"
-                "    accesskeysecret: %s\n"
-                "    region: oss-%s\n"
-                "    endpoint: %s\n"
-                "    bucket: %s\n"
-                "    secure: false\n"
-                "    rootdirectory: /%s/\n" % (self.AK, self.SK, self.REGION,
-                                              endpoint or "localhost:%d" % self.port,
-                                              bucket or self.BUCKET, prefix))
+        return oss_driver_yaml(self.AK, self.SK, self.REGION,
+                               endpoint or "localhost:%d" % self.port, bucket or self.BUCKET,
+                               prefix)
 
     def keys(self, prefix=""):
         """The keys under prefix (a root directory, with or without its trailing slash)."""

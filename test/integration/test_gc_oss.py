@@ -98,19 +98,13 @@ def oss_config(path, emu, root=PREFIX):
                 "log:\n"
                 "  level: info\n"
                 "storage:\n"
-                "  oss:\n"
-                "    accesskeyid: %s\n"
-                "    accesskeysecret: %s\n"
-                "    region: oss-%s\n"
-                "    endpoint: localhost:%d\n"
-                "    bucket: %s\n"
-                "    secure: false\n"
-                "    rootdirectory: /%s/\n"
+                "%s"
                 "  delete:\n"
                 "    enabled: true\n"
                 "http:\n"
-                "  addr: 127.0.0.1:%d\n" % (AK, SK, REGION, emu.port, BUCKET, root,
-                                           helpers.free_port()))
+                "  addr: 127.0.0.1:%d\n" % (helpers.oss_driver_yaml(
+                    AK, SK, REGION, "localhost:%d" % emu.port, BUCKET, root),
+                    helpers.free_port()))
     return path
 
 

@@ -63,14 +63,7 @@ class OssRegistry(helpers.Registry):
                 "log:\n"
                 "  level: info\n"
                 "storage:\n"
-                "  oss:\n"
-                "    accesskeyid: %s\n"
-                "    accesskeysecret: %s\n"
-                "    region: oss-%s\n"
-                "    endpoint: localhost:%d\n"
-                "    bucket: %s\n"
-                "    secure: false\n"
-                "    rootdirectory: /%s/\n"
+                "%s"
                 "  redirect:\n"
                 "    disable: true\n"
                 "  delete:\n"
@@ -83,8 +76,9 @@ class OssRegistry(helpers.Registry):
                 "    prometheus:\n"
                 "      enabled: true\n"
                 "      path: /metrics\n"
-                "%s" % (AK, SK, REGION, self.emu.port, BUCKET, PREFIX, self.storage_yaml,
-                        self.port, self.debug_port, extra))
+                "%s" % (helpers.oss_driver_yaml(AK, SK, REGION, "localhost:%d" % self.emu.port,
+                                                BUCKET, PREFIX),
+                        self.storage_yaml, self.port, self.debug_port, extra))
 
 
 _spool_ok = {}

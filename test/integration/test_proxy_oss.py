@@ -74,21 +74,15 @@ class OssMirror:
                     "log:\n"
                     "  level: info\n"
                     "storage:\n"
-                    "  oss:\n"
-                    "    accesskeyid: %s\n"
-                    "    accesskeysecret: %s\n"
-                    "    region: oss-%s\n"
-                    "    endpoint: localhost:%d\n"
-                    "    bucket: %s\n"
-                    "    secure: false\n"
-                    "    rootdirectory: /%s/\n"
+                    "%s"
                     "  redirect:\n"
                     "    disable: true\n"
                     "  delete:\n"
                     "    enabled: true\n"
                     "http:\n"
-                    "  addr: 127.0.0.1:%d\n" % (AK, SK, REGION, self.emu.port, BUCKET, PREFIX,
-                                               self.port))
+                    "  addr: 127.0.0.1:%d\n" % (helpers.oss_driver_yaml(
+                        AK, SK, REGION, "localhost:%d" % self.emu.port, BUCKET, PREFIX),
+                        self.port))
             f.write(self.upstream.proxy_yaml(username="alice",
                                              extra="  spooldir: %s\n" % self.spooldir))
             f.write(self.extra)

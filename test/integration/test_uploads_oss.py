@@ -53,22 +53,15 @@ class OSSRegistry(helpers.Registry):
                     "log:\n"
                     "  level: info\n"
                     "storage:\n"
-                    "  oss:\n"
-                    "    accesskeyid: %s\n"
-                    "    accesskeysecret: %s\n"
-                    "    region: oss-%s\n"
-                    "    endpoint: localhost:%d\n"
-                    "    bucket: %s\n"
-                    "    secure: false\n"
-                    "    rootdirectory: /%s/\n"
-                    "    chunksize: %d\n"
+                    "%s"
                     "  delete:\n"
                     "    enabled: true\n"
                     "  redirect:\n"
                     "    disable: true\n"
                     "http:\n"
-                    "  addr: 127.0.0.1:%d\n" % (AK, SK, REGION, self.emu.port, BUCKET, PREFIX,
-                                               CHUNK, self.port))
+                    "  addr: 127.0.0.1:%d\n" % (helpers.oss_driver_yaml(
+                        AK, SK, REGION, "localhost:%d" % self.emu.port, BUCKET, PREFIX,
+                        "    chunksize: %d\n" % CHUNK), self.port))
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         # ASan keeps freed memory in quarantine (256 MB): small, RSS says what is in use.
         env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=8"
