@@ -170,6 +170,7 @@ static void serve_manifest(const struct api *api, struct http_req *req, const st
 struct put_job {
     const struct api *api;
     struct registry *reg;
+    struct proxy *px; /* told when a tag may have changed; NULL without pull-through */
     struct api_route rt;
     const char *body; /* the request's buffer (inline pool) or the job's copy */
     char *copy;
@@ -187,6 +188,8 @@ static void put_work(void *arg)
     j->result =
         registry_manifest_put(j->reg, j->rt.name, j->rt.ref, j->body, j->len, j->content_type,
                               &j->d, &j->has_subject, &j->subject, j->err, sizeof(j->err));
+    if (j->result == REG_OK)
+        proxy_tags_changed(j->px);
 }
 
 static void put_done(void *arg, struct http_req *req)
@@ -230,6 +233,7 @@ static void put_body(struct http_req *req, void *arg, const char *data, size_t l
         goto oom;
     j->api = api;
     j->reg = api->reg;
+    j->px = api->proxy;
     j->rt = ctx->rt;
     j->len = len;
     j->body = data;
@@ -278,6 +282,7 @@ static void put_manifest(const struct api *api, struct http_req *req, const stru
 struct delete_job {
     const struct api *api;
     struct registry *reg;
+    struct proxy *px;
     struct api_route rt;
     enum regerr result;
 };
@@ -286,6 +291,8 @@ static void delete_work(void *arg)
 {
     struct delete_job *j = arg;
     j->result = registry_manifest_delete(j->reg, j->rt.name, j->rt.ref);
+    if (j->result == REG_OK)
+        proxy_tags_changed(j->px);
 }
 
 static void delete_done(void *arg, struct http_req *req)
@@ -316,7 +323,7 @@ static void delete_manifest(const struct api *api, struct http_req *req, const s
         api_error(api, req, REG_ERR_INTERNAL, NULL);
         return;
     }
-    *j = (struct delete_job){api, api->reg, *rt, REG_OK};
+    *j = (struct delete_job){api, api->reg, api->proxy, *rt, REG_OK};
     offload_req(api->offload, req, delete_work, delete_done, j);
 }
 

@@ -950,6 +950,8 @@ static void apply_unit(struct maintenance *m, struct unit *u)
         unlink_blob(m, r, &u->d);
         return;
     }
+    /* The proxy may hold these tags resolved in memory (thread-safe call). */
+    proxy_tags_changed(m->px);
     /* The tag before its marker: a tag without a marker would look local. */
     for (size_t t = 0; t < u->ntags; t++) {
         struct digest cur;

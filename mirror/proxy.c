@@ -36,6 +36,9 @@ static const char *const manifest_accept[] = {
 /* A lookup that ran while a fetch of what it looks for ended is repeated, at most this often,
  * rather than starting a second upstream fetch. */
 #define LOOKUP_TRIES 4
+/* Fresh proxied tags resolved within this many seconds are answered from memory (tagmemo). */
+#define TAGMEMO_S 5
+#define TAGMEMO_SLOTS 256
 
 struct remote {
     char *host; /* what ?ns= names; the main upstream is DEFAULT_HOST */
@@ -73,6 +76,23 @@ struct proxy {
         uint64_t key;
         time_t at;
     } pulled[PULLED_SLOTS];
+    struct tagmemo *tagmemo; /* TAGMEMO_SLOTS, allocated at the first fresh tag */
+    unsigned tag_epoch;      /* bumped (atomically) by proxy_tags_changed */
+};
+
+/*
+ * A proxied tag found fresh (within proxy.tagfreshness) at `at`: for TAGMEMO_S seconds it
+ * is answered without reading its link and marker again. Any tag or manifest written or
+ * removed outside the proxy bumps the epoch, which voids every entry; the short life bounds
+ * what another instance on the same storage may change meanwhile.
+ */
+struct tagmemo {
+    const struct remote *rm;
+    unsigned epoch;
+    time_t at, checked;
+    struct digest d;
+    char name[API_NAME_MAX];
+    char tag[API_REF_MAX];
 };
 
 /* The request as the proxy sees it: which upstream, and the local (cache) route. */
@@ -135,6 +155,60 @@ static void client_serve_looked_up(struct client *c, const struct digest *resolv
 static void client_serve(struct client *c)
 {
     client_serve_looked_up(c, NULL, -1);
+}
+
+static size_t tagmemo_slot(const struct target *t)
+{
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)t->rm; /* FNV-1a */
+    for (const char *c = t->rt.name; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    h = (h ^ ':') * 1099511628211ull;
+    for (const char *c = t->rt.ref; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    return (size_t)(h % TAGMEMO_SLOTS);
+}
+
+static unsigned tag_epoch(const struct proxy *px)
+{
+    return __atomic_load_n(&px->tag_epoch, __ATOMIC_ACQUIRE);
+}
+
+/* The digest of t's tag when the memo holds it, fresh. */
+static bool tagmemo_find(const struct proxy *px, const struct target *t, struct digest *out)
+{
+    int64_t fresh_ms = px->cfg->proxy.tagfreshness_ms;
+    if (!px->tagmemo || fresh_ms <= 0 || strchr(t->rt.ref, ':'))
+        return false;
+    const struct tagmemo *m = &px->tagmemo[tagmemo_slot(t)];
+    time_t now = time(NULL);
+    if (m->rm != t->rm || m->epoch != tag_epoch(px) || now - m->at >= TAGMEMO_S ||
+        (int64_t)(now - m->checked) * 1000 >= fresh_ms || strcmp(m->name, t->rt.name) != 0 ||
+        strcmp(m->tag, t->rt.ref) != 0)
+        return false;
+    *out = m->d;
+    return true;
+}
+
+/* Notes a fresh proxied tag that a lookup begun at epoch found pointing at d. */
+static void tagmemo_put(struct proxy *px, const struct target *t, unsigned epoch,
+                        const struct digest *d, time_t checked)
+{
+    if (!px->tagmemo && !(px->tagmemo = calloc(TAGMEMO_SLOTS, sizeof(*px->tagmemo))))
+        return;
+    struct tagmemo *m = &px->tagmemo[tagmemo_slot(t)];
+    m->rm = t->rm;
+    m->epoch = epoch;
+    m->at = time(NULL);
+    m->checked = checked;
+    m->d = *d;
+    snprintf(m->name, sizeof(m->name), "%s", t->rt.name);
+    snprintf(m->tag, sizeof(m->tag), "%s", t->rt.ref);
+}
+
+void proxy_tags_changed(struct proxy *px)
+{
+    if (px)
+        __atomic_fetch_add(&px->tag_epoch, 1, __ATOMIC_RELEASE);
 }
 
 static uint64_t pulled_key(const char *name, const struct digest *d)
@@ -207,6 +281,7 @@ static void proxy_release(struct proxy *px)
 {
     registry_free(px->spool);
     storage_free(px->spool_st);
+    free(px->tagmemo);
     if (px->spool_lock >= 0)
         close(px->spool_lock);
     free(px);
@@ -430,8 +505,10 @@ static void mfetch_work(void *arg)
     f->stored = registry_manifest_store(reg, f->name, NULL, f->body, f->len, &f->got);
     if (f->stored == REG_OK)
         registry_proxy_pulled(reg, f->name, &f->got, true);
-    if (f->stored == REG_OK && f->by_tag)
+    if (f->stored == REG_OK && f->by_tag) {
         f->stored = registry_proxy_tag_set(reg, f->name, f->ref, &f->got);
+        proxy_tags_changed(f->px); /* the tag may have moved */
+    }
 }
 
 static void mfetch_done(void *arg, bool cancelled)
@@ -588,7 +665,8 @@ struct mlookup {
     struct proxy *px;
     struct target t;
     struct client c;
-    unsigned seq; /* px->mseq when the lookup was queued */
+    unsigned seq;   /* px->mseq when the lookup was queued */
+    unsigned epoch; /* px->tag_epoch then */
     int tries;
     bool cached;
     struct digest cur;
@@ -629,6 +707,8 @@ static bool mlookup_finish(struct mlookup *l)
     }
     if (!serve && l->seq != px->mseq && l->tries < LOOKUP_TRIES && !mfetch_running(px, &l->t))
         return false;
+    if (serve && l->proxied)
+        tagmemo_put(px, &l->t, l->epoch, &l->cur, l->checked);
     metrics_inc(l->cached ? METRICS_CACHE_HIT_MANIFEST : METRICS_CACHE_MISS_MANIFEST);
     if (l->cached)
         note_pulled(px, l->t.rt.name, &l->cur, false);
@@ -661,6 +741,7 @@ static void mlookup_done(void *arg, struct http_req *req)
 static void mlookup_queue(struct mlookup *l)
 {
     l->seq = l->px->mseq;
+    l->epoch = tag_epoch(l->px);
     l->tries++;
     job_begin(l->px);
     offload_req(l->px->offload, l->c.req, mlookup_work, mlookup_done, l);
@@ -684,8 +765,17 @@ void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *re
     l->px = px;
     l->c.serve_manifest = serve_local;
     l->tries = 0;
+    if (tagmemo_find(px, &l->t, &l->cur)) {
+        metrics_inc(METRICS_CACHE_HIT_MANIFEST);
+        note_pulled(px, l->t.rt.name, &l->cur, false);
+        client_serve_looked_up(&l->c, &l->cur, -1);
+        if (!now)
+            free(l);
+        return;
+    }
     if (now) {
         l->seq = px->mseq;
+        l->epoch = tag_epoch(px);
         mlookup_work(l);
         mlookup_finish(l);
         return;

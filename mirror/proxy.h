@@ -71,5 +71,10 @@ bool proxy_busy(const struct proxy *px, const struct digest *d);
  * records the pull for proxy.ttl, as a lookup in storage would.
  */
 void proxy_blob_hit(struct proxy *px, const char *name, const struct digest *d);
+/*
+ * A tag or manifest was written or removed outside the proxy (a push, a delete, eviction):
+ * the tags the proxy resolved in memory are forgotten. Thread-safe; px may be NULL.
+ */
+void proxy_tags_changed(struct proxy *px);
 
 #endif

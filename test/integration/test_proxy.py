@@ -107,6 +107,22 @@ def test_tag_freshness_skips_the_check(make_registry, upstream, seeded):
     assert upstream.proxy.count(kind="manifest") == 0
 
 
+def test_fresh_tag_follows_local_writes(make_registry, upstream, seeded):
+    # A fresh proxied tag is answered from memory for a few seconds; a push or a delete of
+    # the tag here is seen by the very next request.
+    reg = make_registry(name="fresh-local",
+                        extra_yaml=upstream.proxy_yaml(extra="  tagfreshness: 1h\n"))
+    img = seeded.alpine
+    for _ in range(3):
+        assert get_manifest(reg, img.repo, img.tag).content == img.manifest
+    local = make_image()
+    push_image(reg, img.repo, local, img.tag)
+    assert get_manifest(reg, img.repo, img.tag).content == local.manifest
+    r = reg.delete("/v2/%s/manifests/%s" % (img.repo, img.tag))
+    assert r.status_code == 202, r.text
+    assert get_manifest(reg, img.repo, img.tag).content == img.manifest
+
+
 def test_multi_arch(mirror, upstream, seeded):
     for idx in (seeded.multi, seeded.multi_oci):
         r = get_manifest(mirror, idx.repo, idx.tag)
