@@ -1655,7 +1655,7 @@ static void resp_write_head(struct http_req *req, int64_t content_length, bool c
     else if (req->http10)
         p = PUT_LIT(p, "Connection: keep-alive\r\n");
     p = PUT_LIT(p, "\r\n");
-    if (body_len > 0)
+    if (body && body_len > 0)
         p = put_bytes(p, body, body_len);
     v.iov_len = (size_t)(p - (char *)v.iov_base);
     evbuffer_commit_space(out, &v, 1);

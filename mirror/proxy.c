@@ -148,7 +148,7 @@ static void client_serve_looked_up(struct client *c, const struct digest *resolv
     http_req_on_abort(c->req, NULL, NULL);
     if (c->serve_manifest)
         c->serve_manifest(c->api, c->req, &c->rt, resolved);
-    else
+    else if (c->serve_blob)
         c->serve_blob(c->api, c->req, &c->rt, linked_size);
 }
 
@@ -752,7 +752,7 @@ void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *re
 {
     /* The filesystem answers at once: look up on the stack, with no job. */
     bool now = offload_inline(px->offload);
-    struct mlookup stack, *l = now ? &stack : malloc(sizeof(*l));
+    struct mlookup stack = {0}, *l = now ? &stack : malloc(sizeof(*l));
     if (!l) {
         api_errorf(api, req, REG_ERR_INTERNAL, "out of memory");
         return;
@@ -1434,7 +1434,7 @@ void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
 {
     /* The filesystem answers at once: look up on the stack, with no job. */
     bool now = offload_inline(px->offload);
-    struct blookup stack, *l = now ? &stack : malloc(sizeof(*l));
+    struct blookup stack = {0}, *l = now ? &stack : malloc(sizeof(*l));
     if (!l) {
         api_errorf(api, req, REG_ERR_INTERNAL, "out of memory");
         return;

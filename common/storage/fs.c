@@ -102,7 +102,8 @@ static enum regerr fs_get_content(struct storage *s, const char *path, size_t ma
     FS_PATH(fs, path, p);
     enum regerr result = REG_OK;
     size_t cap = FS_CONTENT_FIRST, got = 0;
-    size_t limit = max < SIZE_MAX - 1 ? max + 1 : max; /* the byte that tells "too big" */
+    /* the byte that tells "too big"; no buffer size near SIZE_MAX (cap + 1 must not wrap) */
+    size_t limit = max < SIZE_MAX / 8 ? max + 1 : SIZE_MAX / 8;
     char *buf = malloc(cap + 1);
     if (!buf)
         return REG_ERR_INTERNAL;
