@@ -963,11 +963,29 @@ static enum regerr mp_part(struct oss_storage *o, const char *key, struct multip
     return result;
 }
 
+static bool raw_append(char **buf, size_t *len, size_t *cap, const char *s)
+{
+    size_t n = strlen(s);
+    if (*len + n + 1 > *cap) {
+        size_t nc = *cap ? *cap * 2 : 4096;
+        while (nc < *len + n + 1)
+            nc *= 2;
+        char *b = realloc(*buf, nc);
+        if (!b)
+            return false;
+        *buf = b;
+        *cap = nc;
+    }
+    memcpy(*buf + *len, s, n + 1);
+    *len += n;
+    return true;
+}
+
 /* Appends s to the buffer with XML escaping. */
 static bool xml_append(char **buf, size_t *len, size_t *cap, const char *s)
 {
     for (; *s; s++) {
-        const char *rep = NULL;
+        const char *rep;
         char one[2] = {*s, '\0'};
         switch (*s) {
         case '&':
@@ -985,38 +1003,9 @@ static bool xml_append(char **buf, size_t *len, size_t *cap, const char *s)
         default:
             rep = one;
         }
-        size_t n = strlen(rep);
-        if (*len + n + 1 > *cap) {
-            size_t nc = *cap ? *cap * 2 : 4096;
-            while (nc < *len + n + 1)
-                nc *= 2;
-            char *b = realloc(*buf, nc);
-            if (!b)
-                return false;
-            *buf = b;
-            *cap = nc;
-        }
-        memcpy(*buf + *len, rep, n + 1);
-        *len += n;
-    }
-    return true;
-}
-
-static bool raw_append(char **buf, size_t *len, size_t *cap, const char *s)
-{
-    size_t n = strlen(s);
-    if (*len + n + 1 > *cap) {
-        size_t nc = *cap ? *cap * 2 : 4096;
-        while (nc < *len + n + 1)
-            nc *= 2;
-        char *b = realloc(*buf, nc);
-        if (!b)
+        if (!raw_append(buf, len, cap, rep))
             return false;
-        *buf = b;
-        *cap = nc;
     }
-    memcpy(*buf + *len, s, n + 1);
-    *len += n;
     return true;
 }
 
