@@ -151,17 +151,12 @@ def test_unknown_upstream_names(mirror, upstream):
     assert_error(r, 404, "BLOB_UNKNOWN")
 
 
-def test_herd_one_upstream_fetch(mirror, upstream, seeded):
-    img = seeded.big
-    layer = img.layers[0]
-    assert get_manifest(mirror, img.repo, img.tag).status_code == 200
-    upstream.proxy.reset()
-    upstream.proxy.throttle(40 * 1024 * 1024)  # long enough for every client to join
-
+def herd_get(mirror, repo, digest, clients):
+    """clients concurrent GETs of one blob: (status, bytes, sha256 digest) of each body."""
     def one(_):
         h = hashlib.sha256()
         conn = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=120)
-        conn.request("GET", "/v2/%s/blobs/%s" % (img.repo, layer.digest))
+        conn.request("GET", "/v2/%s/blobs/%s" % (repo, digest))
         resp = conn.getresponse()
         n = 0
         while True:
@@ -173,8 +168,18 @@ def test_herd_one_upstream_fetch(mirror, upstream, seeded):
         conn.close()
         return resp.status, n, "sha256:" + h.hexdigest()
 
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(one, range(16)))
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, range(clients)))
+
+
+def test_herd_one_upstream_fetch(mirror, upstream, seeded):
+    img = seeded.big
+    layer = img.layers[0]
+    assert get_manifest(mirror, img.repo, img.tag).status_code == 200
+    upstream.proxy.reset()
+    upstream.proxy.throttle(40 * 1024 * 1024)  # long enough for every client to join
+
+    results = herd_get(mirror, img.repo, layer.digest, 16)
     upstream.proxy.wait_idle()
     for status, n, d in results:
         assert status == 200 and n == layer.size and d == layer.digest

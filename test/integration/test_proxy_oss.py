@@ -12,7 +12,6 @@ exits cleanly (ASan/LSan builds: no leak reports) with its offload jobs still in
 import concurrent.futures
 import copy
 import hashlib
-import http.client
 import os
 import re
 import signal
@@ -24,7 +23,7 @@ import pytest
 import requests
 
 import helpers
-from test_proxy import get_manifest, pull_image, raw_get
+from test_proxy import get_manifest, herd_get, pull_image, raw_get
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "oss"))
@@ -213,23 +212,7 @@ def test_herd_one_upstream_fetch(mirror, emu, upstream, seeded):
     upstream.proxy.reset()
     upstream.proxy.throttle(40 * 1024 * 1024)  # long enough for every client to join
 
-    def one(_):
-        h = hashlib.sha256()
-        conn = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=120)
-        conn.request("GET", "/v2/%s/blobs/%s" % (img.repo, layer.digest))
-        resp = conn.getresponse()
-        n = 0
-        while True:
-            chunk = resp.read(1 << 20)
-            if not chunk:
-                break
-            h.update(chunk)
-            n += len(chunk)
-        conn.close()
-        return resp.status, n, "sha256:" + h.hexdigest()
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one, range(8)))
+    results = herd_get(mirror, img.repo, layer.digest, 8)
     upstream.proxy.wait_idle()
     for status, n, d in results:
         assert status == 200 and n == layer.size and d == layer.digest
@@ -237,8 +220,7 @@ def test_herd_one_upstream_fetch(mirror, emu, upstream, seeded):
     assert wait_stored(emu, [layer.digest]), mirror.log_tail()
     assert bucket_blobs(emu)[layer.digest] == layer.digest
     # Clients arriving now (import done or not) are served without another upstream fetch.
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(one, range(4)))
+    results = herd_get(mirror, img.repo, layer.digest, 4)
     for status, n, d in results:
         assert status == 200 and n == layer.size and d == layer.digest
     upstream.proxy.wait_idle()
