@@ -73,6 +73,10 @@ struct get_job {
     bool have_resolved;
     struct digest resolved;
     bool pick_platform; /* a Docker list by tag for a client that takes no lists */
+    /* The request's Accept lines: they point into req, so done reads them only while req
+     * is there (work never does). */
+    const char *accept[ACCEPT_LINES_MAX];
+    size_t naccept;
     struct registry_manifest m;
     char stored_type[128]; /* media type of the manifest ref names (before any pick) */
     enum regerr result, picked;
@@ -102,9 +106,7 @@ static void get_done(void *arg, struct http_req *req)
         api_errorf(api, req, j->result, "manifest %s:%s", j->rt.name, j->rt.ref);
         goto out;
     }
-    const char *accept[ACCEPT_LINES_MAX];
-    size_t naccept = accept_lines(req, accept);
-    if (naccept && !manifest_accepts(accept, naccept, j->stored_type)) {
+    if (j->naccept && !manifest_accepts(j->accept, j->naccept, j->stored_type)) {
         if (is_oci(j->stored_type)) {
             api_errorf(api, req, REG_ERR_MANIFEST_UNKNOWN,
                        "%s found, but the Accept header does not allow it", j->stored_type);
@@ -159,10 +161,9 @@ static void serve_manifest(const struct api *api, struct http_req *req, const st
     }
     /* The request's headers stay on the loop: decide here what work needs from them. By
      * digest the client asked for exactly that manifest, so no platform is picked. */
-    const char *accept[ACCEPT_LINES_MAX];
-    size_t naccept = accept_lines(req, accept);
-    j->pick_platform = naccept && !strchr(rt->ref, ':') &&
-                       !manifest_accepts(accept, naccept, MANIFEST_MT_DOCKER_LIST);
+    j->naccept = accept_lines(req, j->accept);
+    j->pick_platform = j->naccept && !strchr(rt->ref, ':') &&
+                       !manifest_accepts(j->accept, j->naccept, MANIFEST_MT_DOCKER_LIST);
     offload_req(api->offload, req, get_work, get_done, j);
 }
 
