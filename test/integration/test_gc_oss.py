@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.parse
 
@@ -27,10 +26,7 @@ import pytest
 import helpers
 from test_gc import blob_set, need_reference, populate, run_gc, write_config
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "oss"))
-
-import emulator as E  # noqa: E402
+E = helpers.import_emulator()
 
 pytestmark = pytest.mark.regmirror_only("garbage-collect is a command of the regmirror binary")
 

@@ -10,7 +10,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 import threading
 import time
 
@@ -21,10 +20,7 @@ import helpers
 from helpers import push_image, start_upload, unique_repo
 from test_eviction import local_image_sharing, pull, wait_for
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "oss"))
-
-import emulator as E  # noqa: E402
+E = helpers.import_emulator()
 
 pytestmark = pytest.mark.regmirror_only("eviction, upload purging on OSS are regmirror's")
 

@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -25,10 +24,7 @@ import requests
 import helpers
 from test_proxy import get_manifest, herd_get, pull_image, raw_get
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "oss"))
-
-import emulator as E  # noqa: E402
+E = helpers.import_emulator()
 
 pytestmark = pytest.mark.regmirror_only("the proxy's OSS spool is regmirror's behaviour")
 

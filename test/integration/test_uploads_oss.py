@@ -15,7 +15,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -24,10 +23,7 @@ import requests
 import helpers
 from helpers import abs_location, assert_error, sha256, with_query
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "oss"))
-
-import emulator as E  # noqa: E402
+E = helpers.import_emulator()
 
 pytestmark = pytest.mark.regmirror_only("serving from OSS storage")
 
