@@ -33,6 +33,8 @@
 /* Reading stops while this much input waits for the parser (app not ready, paused body). */
 #define HTTP_READ_HIGH (512 * 1024)
 #define HTTP_WRITE_SIZE (1024 * 1024)
+/* file answers from this size on are corked (conn_cork); smaller ones leave in one flush */
+#define HTTP_CORK_MIN (256 * 1024)
 /* Streams are refilled below this; pipelined requests wait while more output is queued. */
 #define HTTP_WRITE_LOW (256 * 1024)
 /* An unread request body up to this size is read and dropped to keep the connection. */
@@ -134,6 +136,10 @@ struct conn {
      * off; write_on while the bufferevent writes instead (a stream, or what the socket did
      * not take). out_cb kicks the connection when output is queued. */
     bool write_on;
+    /* TCP_CORK is on while a large file answer leaves (nginx's tcp_nopush): the head rides
+     * in the first full segment and no partial segment goes out at the end of each sendfile
+     * call. Lifted once the output is empty, which pushes the last partial segment. */
+    bool corked;
     struct evbuffer_cb_entry *out_cb;
     bool processing, eof, closing, lingering, closed;
 };
@@ -263,12 +269,22 @@ static bool conn_streaming(const struct conn *conn)
  * write per loop turn) are left to the bufferevent: EV_WRITE stays on until the output is
  * empty again. Writing anything kicks the connection, as the write callback does.
  */
+static void conn_cork(struct conn *conn, bool on)
+{
+    int v = on;
+    if (conn->corked != on &&
+        setsockopt(bufferevent_getfd(conn->bev), IPPROTO_TCP, TCP_CORK, &v, sizeof(v)) == 0)
+        conn->corked = on;
+}
+
 static void conn_flush(struct conn *conn)
 {
     if (!conn->plain || conn->closed)
         return;
     struct evbuffer *out = bufferevent_get_output(conn->bev);
     size_t before = evbuffer_get_length(out);
+    if (before == 0 && conn->corked)
+        conn_cork(conn, false);
     if (conn->write_on) {
         if (before == 0 && !conn_streaming(conn)) {
             bufferevent_disable(conn->bev, EV_WRITE);
@@ -291,6 +307,8 @@ static void conn_flush(struct conn *conn)
         evbuffer_freeze(out, 1);
     }
     size_t left = evbuffer_get_length(out);
+    if (left == 0 && conn->corked)
+        conn_cork(conn, false);
     if (left > 0) {
         conn->write_on = true;
         bufferevent_enable(conn->bev, EV_WRITE);
@@ -1872,6 +1890,8 @@ void http_resp_body_file(struct http_req *req, int fd, off_t off, off_t len)
         http_resp_stream_abort(req);
         return;
     }
+    if (req->conn->plain && !req->is_head && len >= HTTP_CORK_MIN)
+        conn_cork(req->conn, true);
     resp_write_head(req, (int64_t)len, false, NULL, 0);
     if (req->is_head || len == 0) {
         close(fd);
