@@ -10,7 +10,8 @@ measured in the same run.
 
 Scenarios (README.md, "Benchmarks", explains each figure):
   cold    pull of a 4 x 64 MB incompressible image (manifest + every blob, digests checked)
-          through a cold mirror vs straight from the upstream
+          through a cold mirror vs straight from the upstream; again with the upstream's
+          blob GETs at BENCH_COLD_RATE_MB (100) MB/s each, a WAN link (0: skipped)
   warm    blob GET throughput, 1 / 8 / 32 concurrent streams, vs nginx on the same file
   rate    c=64 (wrk for GET, bget for HEAD): manifest GET by tag (regmirror with a large tagfreshness, and with 0s, where
           every GET asks the upstream), manifest HEAD by tag, manifest GET by digest, blob HEAD,
@@ -69,7 +70,12 @@ HERD_SIZE, HERD_CLIENTS = 100 * MB, 32
 # link, so that the herd measures how well the clients ride one download rather than how fast
 # loopback carries 32 x 100 MB to clients that hash every byte.
 HERD_RATE = int(float(os.environ.get("BENCH_HERD_RATE_MB", "25")) * MB)
-WARM_STREAMS = ((1, 16), (8, 32), (32, 32))  # (concurrent streams, GETs of the 64 MB blob)
+# (concurrent streams, GETs of the 64 MB blob, rounds): one stream moves most between rounds
+# (where the scheduler puts server and client), so it gets more of them
+WARM_STREAMS = ((1, 32, max(RUNS, 7)), (8, 32, RUNS), (32, 32, RUNS))
+# The upstream's blob GETs in the second cold pull (bytes/s per connection; 0: none): a WAN
+# link, where the upstream and not the machine's CPU sets the pace.
+COLD_RATE = int(float(os.environ.get("BENCH_COLD_RATE_MB", "100")) * MB)
 MANY_STREAMS = 256
 RANGE = (1 * MB, 1 * MB + 64 * 1024 - 1)
 PULL_CONCURRENCY = 3  # dockerd's max-concurrent-downloads
@@ -534,17 +540,35 @@ class Bench:
     # -- 1. cold pull ----------------------------------------------------------------------
     def cold_pull(self):
         log("\n== cold pull of bench/big:1 (%d x %d MB)" % (BIG_LAYERS, BIG_LAYER_SIZE // MB))
-        times = {"direct": [], "regmirror": [], "registry:2": []}
-        upstream = {"regmirror": [], "registry:2": []}
+        self.results["scenarios"]["cold_pull"] = self._cold_pulls(0, (self.rm, self.r2))
+        for m in (self.rm, self.r2):
+            check(os.path.exists(m.blob_path(self.big.layers[0].digest)) or m is self.r2,
+                  "regmirror did not store %s" % self.big.layers[0].digest)
+        if COLD_RATE:
+            log("\n== cold pull, the upstream's blob GETs at %d MB/s each (a WAN link)" % (
+                COLD_RATE // MB))
+            self.results["scenarios"]["cold_pull_wan"] = self._cold_pulls(COLD_RATE,
+                                                                           (self.rm,))
+
+    def _cold_pulls(self, rate, mirrors):
+        """RUNS pulls of the big image straight from the upstream and through each of
+        mirrors, freshly started on an empty store; rate: bytes/s of each upstream blob GET
+        (0: loopback speed)."""
+        times = {"direct": []}
+        times.update({m.name: [] for m in mirrors})
+        upstream = {m.name: [] for m in mirrors}
         # CPU seconds during each pull: the whole machine's, and the mirror's own
-        busy = {"direct": [], "regmirror": [], "registry:2": []}
-        own = {"regmirror": [], "registry:2": []}
+        busy = {k: [] for k in times}
+        own = {m.name: [] for m in mirrors}
         for run in range(RUNS):
-            for m in (self.rm, self.r2):
+            for m in mirrors:
                 m.stop()
                 m.start(fresh=True)
-            if run == 0:
+            if run == 0 and not rate:
                 self.idle_rss("start")
+            self.up.proxy.clear_faults()
+            if rate:
+                self.up.proxy.throttle(rate)
             c = self.up.client("alice")
             try:
                 b0 = machine_busy()
@@ -555,7 +579,7 @@ class Bench:
             for p in probs:
                 fail("cold pull direct: " + p)
             times["direct"].append(t)
-            for m in (self.rm, self.r2):
+            for m in mirrors:
                 self.up.proxy.wait_idle()
                 self.up.proxy.reset()
                 b0, c0 = machine_busy(), proc_cpu(m.proc.pid)
@@ -575,19 +599,15 @@ class Bench:
                 elif probs:
                     log("  (registry:2: %s)" % "; ".join(probs))
                 times[m.name].append(t if not probs else None)
-            log("  run %d: direct %.2fs, regmirror %.2fs, registry:2 %s" % (
-                run + 1, times["direct"][-1] or 0, times["regmirror"][-1] or 0,
-                "%.2fs" % times["registry:2"][-1] if times["registry:2"][-1] else "failed"))
-        self.results["scenarios"]["cold_pull"] = {
-            "bytes": sum(len(b) for b in self.big.blobs.values()),
-            "seconds": times, "upstream": upstream,
-            "median": {k: median(v) for k, v in times.items()},
-            "cpu_seconds": {"machine": busy, "mirror": own,
-                            "median": {"machine": {k: median(v) for k, v in busy.items()},
-                                       "mirror": {k: median(v) for k, v in own.items()}}}}
-        for m in (self.rm, self.r2):
-            check(os.path.exists(m.blob_path(self.big.layers[0].digest)) or m is self.r2,
-                  "regmirror did not store %s" % self.big.layers[0].digest)
+            log("  run %d: " % (run + 1) + ", ".join(
+                "%s %s" % (k, "%.2fs" % v[-1] if v[-1] else "failed") for k, v in times.items()))
+        self.up.proxy.clear_faults()
+        return {"bytes": sum(len(b) for b in self.big.blobs.values()), "upstream_rate": rate,
+                "seconds": times, "upstream": upstream,
+                "median": {k: median(v) for k, v in times.items()},
+                "cpu_seconds": {"machine": busy, "mirror": own,
+                                "median": {"machine": {k: median(v) for k, v in busy.items()},
+                                           "mirror": {k: median(v) for k, v in own.items()}}}}
 
     # -- 2. warm GET -------------------------------------------------------------------------
     def start_nginx(self):
@@ -617,9 +637,9 @@ class Bench:
                 check(ok, "warm GET from %s: %s" % (s.name, json.dumps(res)[:300]))
         out = {}
         with PeakRss(targets) as peak:
-            for streams, n in WARM_STREAMS:
+            for streams, n, rounds in WARM_STREAMS:
                 rates = {s.name: [] for s in targets}
-                for run in range(RUNS):
+                for run in range(rounds):
                     for s in targets:
                         res = bget(self.blob_url(s), conns=streams, n=n)
                         ok = not res["errors"] and res["bytes"] == n * layer.size
@@ -920,6 +940,12 @@ def report(res):
             row("cold pull, the mirror's own CPU s (ref: registry:2)",
                 fmt(cpu["mirror"]["regmirror"], 2), fmt(cpu["mirror"]["registry:2"], 2),
                 ratio(cpu["mirror"]["regmirror"], cpu["mirror"]["registry:2"]))
+    cw = sc.get("cold_pull_wan")
+    if cw:
+        m = cw["median"]
+        row("cold pull, upstream at %d MB/s per GET, s (ref: direct)" % (
+            cw["upstream_rate"] // MB), fmt(m["regmirror"], 2), fmt(m["direct"], 2),
+            ratio(m["regmirror"], m["direct"]))
     wg = sc.get("warm_get")
     if wg:
         for streams, d in wg["streams"].items():
