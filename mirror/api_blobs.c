@@ -321,12 +321,17 @@ static void lookup_done(void *arg, struct http_req *req)
 }
 
 /* linked_size: the blob's size when the caller has just found it linked in rt->name, else -1
- * (then it is looked up). A HEAD needs no more than that; a GET opens the data. */
+ * (then it is looked up). A HEAD needs no more than that; a GET opens the data, unless the
+ * caller has: fd >= 0 (a GET only), owned from here on. */
 static void serve_blob(const struct api *api, struct http_req *req, const struct api_route *rt,
-                       int64_t linked_size)
+                       int64_t linked_size, int fd)
 {
     bool head = http_req_method(req) == HTTP_HEAD;
     bool local = offload_inline(api->offload);
+    if (linked_size >= 0 && fd >= 0) {
+        answer_blob(api, req, rt, false, (uint64_t)linked_size, fd);
+        return;
+    }
     /* A remote store needs no open: the size is all a redirect or a stream needs. */
     if (linked_size >= 0 && (head || !local)) {
         answer_blob(api, req, rt, false, (uint64_t)linked_size, -1);
@@ -403,11 +408,11 @@ static void get_blob(const struct api *api, struct http_req *req, const struct a
         proxy_blob_hit(api->proxy, rt->name, &d);
     }
     if (size >= 0)
-        serve_blob(api, req, rt, size);
+        serve_blob(api, req, rt, size, -1);
     else if (api->proxy)
         proxy_blob(api->proxy, api, req, rt, serve_blob);
     else
-        serve_blob(api, req, rt, -1);
+        serve_blob(api, req, rt, -1, -1);
 }
 
 /* A HEAD waiting for the blob-descriptor cache. */

@@ -140,21 +140,21 @@ static void client_error(struct client *c, enum regerr e, long retry_after, cons
     api_error_headers(c->api, c->req, e, detail, hdrs);
 }
 
-/* resolved, linked_size: what this same call has just looked up (see proxy_*_serve_fn), or
- * NULL and -1. */
+/* resolved, linked_size, fd: what this same call has just looked up (see
+ * proxy_*_serve_fn), or NULL, -1 and -1; fd passes to the blob's serve_local. */
 static void client_serve_looked_up(struct client *c, const struct digest *resolved,
-                                   int64_t linked_size)
+                                   int64_t linked_size, int fd)
 {
     http_req_on_abort(c->req, NULL, NULL);
     if (c->serve_manifest)
         c->serve_manifest(c->api, c->req, &c->rt, resolved);
     else if (c->serve_blob)
-        c->serve_blob(c->api, c->req, &c->rt, linked_size);
+        c->serve_blob(c->api, c->req, &c->rt, linked_size, fd);
 }
 
 static void client_serve(struct client *c)
 {
-    client_serve_looked_up(c, NULL, -1);
+    client_serve_looked_up(c, NULL, -1, -1);
 }
 
 static size_t tagmemo_slot(const struct target *t)
@@ -713,7 +713,7 @@ static bool mlookup_finish(struct mlookup *l)
     if (l->cached)
         note_pulled(px, l->t.rt.name, &l->cur, false);
     if (serve)
-        client_serve_looked_up(&l->c, &l->cur, -1);
+        client_serve_looked_up(&l->c, &l->cur, -1, -1);
     else
         manifest_join(px, &l->t, &l->c, l->cached, &l->cur);
     return true;
@@ -768,7 +768,7 @@ void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *re
     if (tagmemo_find(px, &l->t, &l->cur)) {
         metrics_inc(METRICS_CACHE_HIT_MANIFEST);
         note_pulled(px, l->t.rt.name, &l->cur, false);
-        client_serve_looked_up(&l->c, &l->cur, -1);
+        client_serve_looked_up(&l->c, &l->cur, -1, -1);
         if (!now)
             free(l);
         return;
@@ -1353,6 +1353,7 @@ struct blookup {
     int tries;
     bool linked; /* in rt.name, with size */
     uint64_t size;
+    int fd;      /* a local GET's open data when linked, else -1 */
     bool stored; /* a GET's blob not linked here but stored for another repository */
 };
 
@@ -1360,7 +1361,11 @@ static void blookup_work(void *arg)
 {
     struct blookup *l = arg;
     struct registry *reg = l->px->reg;
-    l->linked = registry_blob_stat(reg, l->t.rt.name, &l->d, &l->size) == REG_OK;
+    /* A GET from local storage opens the data right away: serving it needs no second look. */
+    if (!l->head && offload_inline(l->px->offload))
+        l->linked = registry_blob_open(reg, l->t.rt.name, &l->d, &l->fd, &l->size) == REG_OK;
+    else
+        l->linked = registry_blob_stat(reg, l->t.rt.name, &l->d, &l->size) == REG_OK;
     l->stored = !l->linked && !l->head && registry_blob_stored(reg, &l->d);
 }
 
@@ -1388,7 +1393,8 @@ static bool blookup_finish(struct blookup *l)
             cache_put(api->cache, l->t.rt.name, &cd);
         }
         proxy_blob_hit(px, l->t.rt.name, &l->d);
-        client_serve_looked_up(&l->c, NULL, (int64_t)l->size);
+        client_serve_looked_up(&l->c, NULL, (int64_t)l->size, l->fd);
+        l->fd = -1;
         return true;
     }
     if (!l->head && !l->stored && l->seq != px->bseq && l->tries < LOOKUP_TRIES &&
@@ -1448,6 +1454,7 @@ void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
     digest_parse(l->t.rt.ref, strlen(l->t.rt.ref), &l->d);
     l->head = http_req_method(req) == HTTP_HEAD;
     l->tries = 0;
+    l->fd = -1;
     if (now) {
         l->seq = px->bseq;
         blookup_work(l);

@@ -53,9 +53,11 @@ typedef void (*proxy_manifest_serve_fn)(const struct api *api, struct http_req *
 void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *req,
                     const struct api_route *rt, proxy_manifest_serve_fn serve_local);
 /* serve_local for blobs; linked_size, when >= 0, is the size of the blob the proxy has just
- * found linked in rt->name (registry_blob_stat), so a HEAD need not look it up again. */
+ * found linked in rt->name, so it need not be looked up again; fd, when >= 0, is its data,
+ * opened by that lookup for a GET from local storage (registry_blob_open): serve_local owns
+ * it. */
 typedef void (*proxy_blob_serve_fn)(const struct api *api, struct http_req *req,
-                                    const struct api_route *rt, int64_t linked_size);
+                                    const struct api_route *rt, int64_t linked_size, int fd);
 /* Answers a blob GET/HEAD that the store could not answer for rt->name. */
 void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
                 const struct api_route *rt, proxy_blob_serve_fn serve_local);
