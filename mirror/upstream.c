@@ -408,12 +408,16 @@ static void cache_put(struct upstream *up, const char *key, const char *token, l
         return;
     cache_drop(up, key, NULL, true);
     if (up->ntokens >= TOKEN_CACHE_MAX && up->tokens) {
-        struct token_entry *soonest = up->tokens;
-        for (struct token_entry *e = up->tokens; e; e = e->next) {
-            if (e->use_until_ms < soonest->use_until_ms)
-                soonest = e;
+        /* unlinked here: dropping by its key would compare later keys with the freed one */
+        struct token_entry **soonest = &up->tokens;
+        for (struct token_entry **pp = &up->tokens; *pp; pp = &(*pp)->next) {
+            if ((*pp)->use_until_ms < (*soonest)->use_until_ms)
+                soonest = pp;
         }
-        cache_drop(up, soonest->key, NULL, false);
+        struct token_entry *old = *soonest;
+        *soonest = old->next;
+        token_entry_free(old);
+        up->ntokens--;
     }
     struct token_entry *e = calloc(1, sizeof(*e));
     if (!e)

@@ -392,6 +392,30 @@ static void test_expired_token_refetched(void **state)
     urec_clear(&c);
 }
 
+/* More scopes than the token cache holds (256): the soonest-expiring token makes room, and
+ * the cache goes on working. */
+static void test_token_cache_full(void **state)
+{
+    enum { N = 300 };
+    char repo[32];
+    for (int i = 0; i < N; i++) {
+        struct urec x = {0};
+        snprintf(repo, sizeof(repo), "team/r%d", i);
+        fetch(&x, "GET", repo, "manifests/1");
+        run();
+        assert_int_equal(x.o.result, UPSTREAM_OK);
+        urec_clear(&x);
+    }
+    assert_int_equal(stat_of("token"), N);
+    /* the newest scope is still cached: no token request */
+    struct urec y = {0};
+    fetch(&y, "GET", repo, "manifests/1");
+    run();
+    assert_int_equal(y.o.result, UPSTREAM_OK);
+    assert_int_equal(stat_of("token"), N);
+    urec_clear(&y);
+}
+
 static void test_retry_once_on_401(void **state)
 {
     struct urec a = {0}, a2 = {0}, b = {0}, c = {0};
@@ -748,6 +772,7 @@ int main(void)
         T(test_token_flow),
         T(test_concurrent_requests_share_one_token),
         T(test_expired_token_refetched),
+        T(test_token_cache_full),
         T(test_retry_once_on_401),
         T(test_credentials_at_token_endpoint),
         T(test_basic_challenge),
