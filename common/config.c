@@ -237,12 +237,17 @@ static struct node *map_get(const struct node *m, const char *key)
     return i < 0 || !m->items ? NULL : m->items[i];
 }
 
-/* Sets key to v, replacing an existing value; takes v (freed on failure). */
+/* Sets key to v in the map m, replacing an existing value; takes v (freed on failure). */
 static int map_set(struct ctx *c, struct node *m, const char *key, struct node *v)
 {
     long i = map_index(m, key);
     char *k;
 
+    if (m->kind != NODE_MAP) { /* node_push would keep v but not the key */
+        node_free(v);
+        ERR(c, NULL, "internal error: %s set on a value that is not a map", key);
+        return -1;
+    }
     if (i >= 0 && m->items) {
         node_free(m->items[i]);
         m->items[i] = v;

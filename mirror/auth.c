@@ -527,6 +527,8 @@ static void cache_key(const struct auth *a, const char *user, const char *pass,
 static const struct auth_entry *find_user(const struct auth *a, const char *user)
 {
     struct auth_entry k = {.user = (char *)user};
+    if (a->e.n == 0) /* an empty file: no array to search */
+        return NULL;
     return bsearch(&k, a->e.v, a->e.n, sizeof(*a->e.v), entry_user_cmp);
 }
 

@@ -434,8 +434,10 @@ void tls_server_free(struct tls_server *t)
         return;
     for (int i = 0; i < t->nlisteners; i++)
         evconnlistener_free(t->listeners[i]);
-    while (t->pending)
-        handshake_free(t->pending, true);
+    for (struct handshake *h = t->pending, *next; h; h = next) {
+        next = h->next;
+        handshake_free(h, true);
+    }
     if (t->accept_retry)
         event_free(t->accept_retry);
     SSL_CTX_free(t->ctx); /* connections already adopted hold their own references */
