@@ -12,7 +12,8 @@ Scenarios (README.md, "Benchmarks", explains each figure):
   cold    pull of a 4 x 64 MB incompressible image (manifest + every blob, digests checked)
           through a cold mirror vs straight from the upstream; again with the upstream's
           blob GETs at BENCH_COLD_RATE_MB (100) MB/s each, a WAN link (0: skipped)
-  warm    blob GET throughput, 1 / 8 / 32 concurrent streams, vs nginx on the same file
+  warm    blob GET throughput, 1 / 8 / 32 concurrent streams, vs nginx on the same file, with
+          each server's CPU per GB; one stream again with server and client pinned to two cores
   rate    c=64 (wrk for GET, bget for HEAD): manifest GET by tag (regmirror with a large tagfreshness, and with 0s, where
           every GET asks the upstream), manifest HEAD by tag, manifest GET by digest, blob HEAD,
           a 64 KB Range GET of a cached blob; vs registry:2 and nginx serving a small file
@@ -70,9 +71,10 @@ HERD_SIZE, HERD_CLIENTS = 100 * MB, 32
 # link, so that the herd measures how well the clients ride one download rather than how fast
 # loopback carries 32 x 100 MB to clients that hash every byte.
 HERD_RATE = int(float(os.environ.get("BENCH_HERD_RATE_MB", "25")) * MB)
-# (concurrent streams, GETs of the 64 MB blob, rounds): one stream moves most between rounds
-# (where the scheduler puts server and client), so it gets more of them
-WARM_STREAMS = ((1, 32, max(RUNS, 7)), (8, 32, RUNS), (32, 32, RUNS))
+# (concurrent streams, GETs of the 64 MB blob, rounds): a round moves by 10-20 % with where
+# the scheduler puts servers and clients on the cores, so these get more than RUNS
+WARM_ROUNDS = max(RUNS, 7)
+WARM_STREAMS = ((1, 32, WARM_ROUNDS), (8, 32, WARM_ROUNDS), (32, 32, WARM_ROUNDS))
 # The upstream's blob GETs in the second cold pull (bytes/s per connection; 0: none): a WAN
 # link, where the upstream and not the machine's CPU sets the pace.
 COLD_RATE = int(float(os.environ.get("BENCH_COLD_RATE_MB", "100")) * MB)
@@ -353,8 +355,22 @@ def build_bget():
                    check=True)
 
 
-def bget(url, conns=1, n=1, digest=None, headers=(), head=False, timeout=300):
-    """Runs bget; returns its JSON (wall, bytes, errors, requests[...])."""
+def pin(pid, cpus):
+    """Puts every thread of pid on cpus (a set of CPU numbers)."""
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+
+
+def bget(url, conns=1, n=1, digest=None, headers=(), head=False, timeout=300, cpus=None):
+    """Runs bget (on cpus, when given); returns its JSON (wall, bytes, errors,
+    requests[...])."""
     argv = [BGET, "-c", str(conns), "-n", str(n), "-t", str(timeout)]
     for h in headers:
         argv += ["-H", h]
@@ -364,7 +380,8 @@ def bget(url, conns=1, n=1, digest=None, headers=(), head=False, timeout=300):
         argv.append("-I")
     argv.append(url)
     p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       timeout=timeout + 30)
+                       timeout=timeout + 30,
+                       preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     try:
         return json.loads(p.stdout)
     except ValueError:
@@ -639,20 +656,58 @@ class Bench:
         with PeakRss(targets) as peak:
             for streams, n, rounds in WARM_STREAMS:
                 rates = {s.name: [] for s in targets}
+                # the server's own CPU seconds per GB sent: steadier than the rate, which
+                # also depends on where the scheduler puts server and client
+                cpu = {s.name: [] for s in targets}
                 for run in range(rounds):
                     for s in targets:
+                        c0 = proc_cpu(s.rss_pid)
                         res = bget(self.blob_url(s), conns=streams, n=n)
+                        used = cpu_delta(proc_cpu(s.rss_pid), c0)
                         ok = not res["errors"] and res["bytes"] == n * layer.size
                         if s is not self.r2:
                             check(ok, "warm GET x%d from %s: %d errors" % (streams, s.name,
                                                                            res["errors"]))
                         rates[s.name].append(res["bytes"] / res["wall"] / MB if ok else None)
+                        cpu[s.name].append(used / (res["bytes"] / 1e9)
+                                           if ok and used is not None else None)
                 med = {k: median(v) for k, v in rates.items()}
-                out[str(streams)] = {"MBps": rates, "median": med}
+                out[str(streams)] = {"MBps": rates, "median": med, "cpu_s_per_GB": cpu,
+                                     "cpu_median": {k: median(v) for k, v in cpu.items()}}
                 log("  %2d streams: " % streams + ", ".join(
                     "%s %s MB/s" % (k, "%.0f" % v if v else "-") for k, v in med.items()))
         self.results["scenarios"]["warm_get"] = {"blob_bytes": layer.size, "streams": out,
-                                                 "peak_rss": peak.peak}
+                                                 "peak_rss": peak.peak,
+                                                 "pinned": self.warm_get_pinned()}
+
+    def warm_get_pinned(self):
+        """One stream again with the server on one core and the client on another, for
+        regmirror and nginx (both serve from one thread): the rate without the scheduler's
+        placement in it. No target; None on a single core."""
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return None
+        layer = self.big.layers[0]
+        n, rounds = WARM_STREAMS[0][1], WARM_STREAMS[0][2]
+        server_cpu, client_cpu = {cpus[0]}, {cpus[1]}
+        targets = (self.rm, self.ngx)
+        rates = {s.name: [] for s in targets}
+        try:
+            for s in targets:
+                pin(s.rss_pid, server_cpu)
+            for run in range(rounds):
+                for s in targets:
+                    res = bget(self.blob_url(s), n=n, cpus=client_cpu)
+                    ok = not res["errors"] and res["bytes"] == n * layer.size
+                    check(ok, "pinned warm GET from %s: %d errors" % (s.name, res["errors"]))
+                    rates[s.name].append(res["bytes"] / res["wall"] / MB if ok else None)
+        finally:
+            for s in targets:
+                pin(s.rss_pid, set(cpus))
+        med = {k: median(v) for k, v in rates.items()}
+        log("   1 stream, server on CPU %d, client on CPU %d: " % (cpus[0], cpus[1]) + ", ".join(
+            "%s %s MB/s" % (k, "%.0f" % v if v else "-") for k, v in med.items()))
+        return {"server_cpu": cpus[0], "client_cpu": cpus[1], "MBps": rates, "median": med}
 
     # -- 3 and 6. request rates, Range ---------------------------------------------------------
     def rate_checks(self):
@@ -959,6 +1014,17 @@ def report(res):
             row("warm GET %s stream%s, MB/s (ref: registry:2)" % (
                 streams, "s" if streams != "1" else ""), fmt(m["regmirror"], 0),
                 fmt(m["registry:2"], 0), ratio(m["regmirror"], m["registry:2"]))
+            c = d.get("cpu_median")
+            if c:
+                row("warm GET %s stream%s, server CPU s/GB (ref: nginx)" % (
+                    streams, "s" if streams != "1" else ""), fmt(c["regmirror"], 3),
+                    fmt(c["nginx"], 3), ratio(c["nginx"], c["regmirror"]))
+            pn = wg.get("pinned")
+            if streams == "1" and pn:
+                m = pn["median"]
+                row("warm GET 1 stream, server and client pinned to 2 cores, MB/s (ref: nginx)",
+                    fmt(m["regmirror"], 0), fmt(m["nginx"], 0), ratio(m["regmirror"],
+                                                                      m["nginx"]))
     rt = sc.get("rates")
     if rt:
         for name, d in rt.items():
