@@ -261,14 +261,7 @@ static bool conn_streaming(const struct conn *conn)
     return conn->req && conn->req->resp == RESP_STREAMING;
 }
 
-/*
- * Writes the queued output of a plain connection straight to the socket, from the loop
- * callback that queued it: a small answer costs one writev instead of an EPOLLOUT round (two
- * epoll_ctl and a wakeup). At most HTTP_WRITE_SIZE per call, as the bufferevent would. What
- * the socket does not take, a write error, and streams (refilled from the write callback, one
- * write per loop turn) are left to the bufferevent: EV_WRITE stays on until the output is
- * empty again. Writing anything kicks the connection, as the write callback does.
- */
+/* Sets TCP_CORK (see conn.corked); a socket that refuses it is left as it is. */
 static void conn_cork(struct conn *conn, bool on)
 {
     int v = on;
@@ -277,6 +270,14 @@ static void conn_cork(struct conn *conn, bool on)
         conn->corked = on;
 }
 
+/*
+ * Writes the queued output of a plain connection straight to the socket, from the loop
+ * callback that queued it: a small answer costs one writev instead of an EPOLLOUT round (two
+ * epoll_ctl and a wakeup). At most HTTP_WRITE_SIZE per call, as the bufferevent would. What
+ * the socket does not take, a write error, and streams (refilled from the write callback, one
+ * write per loop turn) are left to the bufferevent: EV_WRITE stays on until the output is
+ * empty again. Writing anything kicks the connection, as the write callback does.
+ */
 static void conn_flush(struct conn *conn)
 {
     if (!conn->plain || conn->closed)
