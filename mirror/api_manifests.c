@@ -129,7 +129,7 @@ static void get_done(void *arg, struct http_req *req)
         goto out;
     }
     notify_manifest(api, req, NOTIFY_PULL, j->rt.name, j->rt.ref, &m->digest, m->media_type,
-                    (int64_t)m->len);
+                    m->body, m->len);
     api_start(api, req, 200);
     http_resp_header(req, "Content-Type", m->media_type);
     http_resp_header(req, "Docker-Content-Digest", ds);
@@ -208,8 +208,8 @@ static void put_done(void *arg, struct http_req *req)
     digest_str(&j->d, ds);
     snprintf(path, sizeof(path), "/v2/%s/manifests/%s", rt->name, ds);
     char *url = api_url(api, req, path);
-    notify_manifest(api, req, NOTIFY_PUSH, rt->name, rt->ref, &j->d, j->content_type,
-                    (int64_t)j->len);
+    notify_manifest(api, req, NOTIFY_PUSH, rt->name, rt->ref, &j->d, j->content_type, j->body,
+                    j->len);
     api_start(api, req, 201);
     http_resp_header(req, "Location", url ? url : path);
     http_resp_header(req, "Docker-Content-Digest", ds);
@@ -306,7 +306,7 @@ static void delete_done(void *arg, struct http_req *req)
         api_errorf(api, req, j->result, "manifest %s:%s", j->rt.name, j->rt.ref);
         goto out;
     }
-    notify_manifest(api, req, NOTIFY_DELETE, j->rt.name, j->rt.ref, NULL, NULL, -1);
+    notify_manifest(api, req, NOTIFY_DELETE, j->rt.name, j->rt.ref, NULL, NULL, NULL, 0);
     api_start(api, req, 202);
     http_resp_no_body(req, 0);
 out:

@@ -16,6 +16,7 @@
 #include "config.h"
 #include "httpc.h"
 #include "log.h"
+#include "manifest.h"
 #include "metrics.h"
 
 #define UUID_STR 37
@@ -108,6 +109,49 @@ static void set_str(json_t *o, const char *key, const char *value)
     json_object_set_new(o, key, json_string(value ? value : ""));
 }
 
+/* A descriptor as registry:2 writes it in target.references (distribution.Descriptor). */
+static json_t *desc_json(const struct manifest_desc *d)
+{
+    char ds[DIGEST_STR_MAX];
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    set_str(o, "mediaType", d->media_type);
+    if (d->size > 0) /* omitempty there */
+        json_object_set_new(o, "size", json_integer(d->size));
+    set_str(o, "digest", digest_str(&d->digest, ds));
+    if (d->annotations_json) {
+        json_t *a = json_loads(d->annotations_json, 0, NULL);
+        if (a && json_object_size(a) > 0)
+            json_object_set(o, "annotations", a);
+        json_decref(a);
+    }
+    if (d->os || d->arch) {
+        json_t *pl = json_object();
+        if (pl) {
+            set_str(pl, "architecture", d->arch);
+            set_str(pl, "os", d->os);
+            if (d->variant)
+                set_str(pl, "variant", d->variant);
+            json_object_set_new(o, "platform", pl);
+        }
+    }
+    return o;
+}
+
+/* The references of m: config then layers for images, the manifests for indexes. */
+static json_t *references_json(const struct manifest *m)
+{
+    json_t *a = json_array();
+    if (!a)
+        return NULL;
+    if (m->has_config)
+        json_array_append_new(a, desc_json(&m->config));
+    for (size_t i = 0; i < m->nlayers; i++)
+        json_array_append_new(a, desc_json(&m->layers[i]));
+    return a;
+}
+
 /* One event as a JSON object; NULL when out of memory. */
 static char *event_json(struct notify *n, enum notify_action action, const struct notify_target *t,
                         const struct notify_request *rq)
@@ -139,6 +183,8 @@ static char *event_json(struct notify *n, enum notify_action action, const struc
         set_str(target, "url", t->url);
     if (t->tag)
         set_str(target, "tag", t->tag);
+    if (t->references)
+        json_object_set_new(target, "references", references_json(t->references));
     set_str(req, "id", rid);
     set_str(req, "addr", rq ? rq->addr : NULL);
     set_str(req, "host", rq ? rq->host : NULL);
@@ -564,7 +610,7 @@ void notify_blob(const struct api *api, struct http_req *req, enum notify_action
 
 void notify_manifest(const struct api *api, struct http_req *req, enum notify_action action,
                      const char *repo, const char *ref, const struct digest *d,
-                     const char *media_type, int64_t size)
+                     const char *media_type, const char *body, size_t len)
 {
     if (!active || !active->neps)
         return;
@@ -577,9 +623,15 @@ void notify_manifest(const struct api *api, struct http_req *req, enum notify_ac
     struct notify_target t = {
         .media_type = media_type,
         .digest = d,
-        .size = size,
+        .size = body ? (int64_t)len : -1,
         .repository = repo,
         .tag = by_digest ? NULL : ref,
     };
+    /* A stored or accepted manifest parses; should it not, the event goes without them. */
+    struct manifest m = {0};
+    if (body && active->cfg->notifications.events_includereferences &&
+        manifest_parse(body, len, media_type, &m, NULL, 0) == REG_OK)
+        t.references = &m;
     emit_for(api, req, action, &t, "manifests");
+    manifest_free(&m);
 }

@@ -22,8 +22,12 @@
  *    dropped; drops are counted and the count is logged (once per retry at most) and
  *    exported as regmirror_notifications_events_total{result="dropped"}.
  *
+ * With notifications.events.includereferences, manifest push and pull events carry
+ * target.references: the config and layers of an image, the manifests of an index, as
+ * registry:2 writes them (mediaType, size, digest, annotations, platform).
+ *
  * Differences from registry:2: pull events are emitted for GET only (a HEAD is not a pull);
- * notifications.events.includereferences is not implemented; the actor is empty.
+ * references leave out a descriptor's urls; the actor is empty.
  *
  * The daemon has one notifier: notify_new makes it the one the notify_blob / notify_manifest
  * hooks use, and those hooks are a test of one pointer when no endpoint is configured.
@@ -35,6 +39,7 @@
 #include "digest.h"
 
 struct api;
+struct manifest;
 struct config;
 struct event_base;
 struct http_req;
@@ -57,7 +62,8 @@ struct notify_target {
     const char *repository;
     const char *url;
     const char *tag;
-    const char *from_repository; /* mounts */
+    const char *from_repository;       /* mounts */
+    const struct manifest *references; /* a manifest's references, or NULL */
 };
 
 /* Who asked; NULL fields are written as "". */
@@ -94,10 +100,11 @@ void notify_blob(const struct api *api, struct http_req *req, enum notify_action
 /*
  * A manifest event. ref is the tag or digest the client named (a tag becomes target.tag);
  * d the manifest's digest, NULL to take it from ref (NULL for a delete by tag); media_type
- * NULL for deletes.
+ * NULL for deletes. body: the manifest's len bytes (borrowed), parsed for
+ * target.references when the configuration asks for them; NULL for deletes.
  */
 void notify_manifest(const struct api *api, struct http_req *req, enum notify_action action,
                      const char *repo, const char *ref, const struct digest *d,
-                     const char *media_type, int64_t size);
+                     const char *media_type, const char *body, size_t len);
 
 #endif

@@ -183,6 +183,66 @@ def test_push_pull_delete_mount_events(make_registry, receiver, repo):
     assert len(ids) == len(evs), "event ids are unique"
 
 
+def test_include_references(make_registry, receiver, repo):
+    """notifications.events.includereferences: manifest push and pull events list the config
+    and layers of an image and the manifests of an index, as registry:2's
+    distribution.Descriptor (mediaType, size, digest, annotations, platform); blob and delete
+    events and a registry without the option carry none."""
+    reg = make_registry(extra_yaml=notifications_yaml(endpoint_yaml("hook", receiver.url()))
+                        + "  events:\n    includereferences: true\n")
+    img = make_image(docker=True)
+    push_image(reg, repo, img, ref="v1")
+    arm = make_image(arch="arm64")
+    push_image(reg, repo, arm)
+    amd = make_image()
+    push_image(reg, repo, amd)
+    mt = helpers.OCI_INDEX
+    body = helpers.pretty_json({"schemaVersion": 2, "mediaType": mt, "manifests": [
+        amd.desc(platform={"architecture": "amd64", "os": "linux"},
+                 annotations={"org.example.note": "first"}),
+        arm.desc(platform={"architecture": "arm64", "os": "linux", "variant": "v8"})]})
+    helpers.put_manifest_ok(reg, repo, "multi", body, mt)
+    assert reg.get("/v2/%s/manifests/v1" % repo, headers={"Accept": img.media_type}).ok
+    assert reg.get("/v2/%s/manifests/multi" % repo, headers={"Accept": mt}).ok
+    assert reg.request("DELETE", "/v2/%s/manifests/%s" % (repo, img.digest)).status_code == 202
+    idx = sha256(body)
+
+    def complete(evs):
+        return (len(find(evs, "push", repo, digest=img.digest)) == 1
+                and len(find(evs, "push", repo, digest=idx)) == 1
+                and len(find(evs, "pull", repo)) == 2 and find(evs, "delete", repo))
+
+    evs = receiver.wait_for(complete)
+    assert complete(evs), json.dumps(evs, indent=1)
+    m = json.loads(img.manifest)
+    want = [{"mediaType": d["mediaType"], "size": d["size"], "digest": d["digest"]}
+            for d in [m["config"]] + m["layers"]]
+    for action in ("push", "pull"):
+        (e,) = find(evs, action, repo, digest=img.digest)
+        assert e["target"]["references"] == want, json.dumps(e, indent=1)
+    want = json.loads(body)["manifests"]
+    assert want[0]["annotations"] == {"org.example.note": "first"}
+    assert want[1]["platform"] == {"architecture": "arm64", "os": "linux", "variant": "v8"}
+    for action in ("push", "pull"):
+        (e,) = find(evs, action, repo, digest=idx)
+        assert e["target"]["references"] == want, json.dumps(e, indent=1)
+    for e in find(evs, "push", repo):
+        if e["target"]["mediaType"] == "application/octet-stream":
+            assert "references" not in e["target"]
+    assert "references" not in find(evs, "delete", repo)[0]["target"]
+
+    # without the option: no references
+    plain = Receiver()
+    try:
+        reg2 = make_registry(extra_yaml=notifications_yaml(endpoint_yaml("hook", plain.url())))
+        push_image(reg2, repo, img, ref="v1")
+        evs = plain.wait_for(lambda evs: find(evs, "push", repo, digest=img.digest))
+        (e,) = find(evs, "push", repo, digest=img.digest)
+        assert "references" not in e["target"]
+    finally:
+        plain.stop()
+
+
 def test_tag_delete_event(make_registry, receiver, repo):
     reg = make_registry(extra_yaml=notifications_yaml(endpoint_yaml("hook", receiver.url())))
     img = make_image()
