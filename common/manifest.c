@@ -192,6 +192,24 @@ static enum regerr opt_string_array(struct ctx *c, json_t *obj, const char *path
     return REG_OK;
 }
 
+/* Copies a descriptor's "urls" (v: NULL or an array of strings, checked) into d. */
+static enum regerr urls(struct ctx *c, json_t *v, struct manifest_desc *d)
+{
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return REG_OK;
+    d->urls = calloc(n, sizeof(*d->urls));
+    if (!d->urls)
+        return oom(c);
+    for (size_t i = 0; i < n; i++) {
+        enum regerr result = dup(c, json_string_value(json_array_get(v, i)), &d->urls[i]);
+        if (result != REG_OK)
+            return result;
+        d->nurls++;
+    }
+    return REG_OK;
+}
+
 /* Checks the optional "annotations" string map of obj and serializes it into *dst. */
 static enum regerr annotations(struct ctx *c, json_t *obj, const char *path, char **dst)
 {
@@ -284,6 +302,8 @@ static enum regerr descriptor(struct ctx *c, json_t *j, const char *path, bool w
     d->size = (int64_t)json_integer_value(v);
 
     result = opt_string_array(c, j, path, "urls");
+    if (result == REG_OK)
+        result = urls(c, json_object_get(j, "urls"), d);
     if (result == REG_OK && json_object_get(j, "data") != NULL &&
         !json_is_string(json_object_get(j, "data")))
         result = fail(c, REG_ERR_MANIFEST_INVALID, "%s.data: must be a string", path);
@@ -500,6 +520,9 @@ static void desc_free(struct manifest_desc *d)
     free(d->arch);
     free(d->variant);
     free(d->annotations_json);
+    for (size_t i = 0; i < d->nurls; i++)
+        free(d->urls[i]);
+    free(d->urls);
 }
 
 void manifest_free(struct manifest *m)

@@ -42,6 +42,8 @@ struct manifest_desc {
     char *artifact_type;
     char *os, *arch, *variant; /* platform, for index entries */
     char *annotations_json;    /* the "annotations" object serialized compactly */
+    char **urls;               /* "urls", nurls strings (NULL when absent) */
+    size_t nurls;
 };
 
 struct manifest {

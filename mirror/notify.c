@@ -120,6 +120,12 @@ static json_t *desc_json(const struct manifest_desc *d)
     if (d->size > 0) /* omitempty there */
         json_object_set_new(o, "size", json_integer(d->size));
     set_str(o, "digest", digest_str(&d->digest, ds));
+    if (d->nurls > 0) {
+        json_t *u = json_array();
+        for (size_t i = 0; u && i < d->nurls; i++)
+            json_array_append_new(u, json_string(d->urls[i]));
+        json_object_set_new(o, "urls", u);
+    }
     if (d->annotations_json) {
         json_t *a = json_loads(d->annotations_json, 0, NULL);
         if (a && json_object_size(a) > 0)

@@ -24,10 +24,10 @@
  *
  * With notifications.events.includereferences, manifest push and pull events carry
  * target.references: the config and layers of an image, the manifests of an index, as
- * registry:2 writes them (mediaType, size, digest, annotations, platform).
+ * registry:2 writes them (mediaType, size, digest, urls, annotations, platform).
  *
  * Differences from registry:2: pull events are emitted for GET only (a HEAD is not a pull);
- * references leave out a descriptor's urls; the actor is empty.
+ * the actor is empty.
  *
  * The daemon has one notifier: notify_new makes it the one the notify_blob / notify_manifest
  * hooks use, and those hooks are a test of one pointer when no endpoint is configured.

@@ -96,8 +96,24 @@ static void test_docker_v2(void **state)
     assert_false(m.has_subject);
     assert_null(m.artifact_type);
     assert_null(m.annotations_json);
+    assert_null(m.layers[0].urls);
+    assert_int_equal(m.layers[0].nurls, 0);
     manifest_free(&m);
     assert_null(m.layers);
+
+    /* urls are kept, in order */
+    static const char foreign[] =
+        "{\"schemaVersion\":2,\"mediaType\":\"" MANIFEST_MT_DOCKER_V2 "\","
+        "\"config\":{\"mediaType\":\"" MANIFEST_MT_DOCKER_CONFIG "\",\"size\":7023,\"digest\":\"" D1
+        "\"},\"layers\":[{\"mediaType\":\"application/"
+        "vnd.docker.image.rootfs.foreign.diff.tar.gzip\","
+        "\"size\":5,\"digest\":\"" D2
+        "\",\"urls\":[\"https://a.example/1\",\"http://b.example/2\"]}]}";
+    assert_int_equal(parse(foreign, NULL, &m, err, sizeof(err)), REG_OK);
+    assert_int_equal(m.layers[0].nurls, 2);
+    assert_string_equal(m.layers[0].urls[0], "https://a.example/1");
+    assert_string_equal(m.layers[0].urls[1], "http://b.example/2");
+    manifest_free(&m);
 
     /* Kind from the mediaType property when no Content-Type. */
     assert_int_equal(parse(docker_v2, NULL, &m, err, sizeof(err)), REG_OK);
