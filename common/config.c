@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2821,6 +2822,40 @@ static void finish_lists(struct ctx *c, struct node *root, struct config *cfg)
     }
 }
 
+/* validation.manifests.urls patterns must compile as the registry compiles them. */
+static void finish_validation(struct ctx *c, struct node *root, const struct config *cfg)
+{
+    static const char *const which[] = {"allow", "deny"};
+    char *const *lists[] = {cfg->validation.urls.allow, cfg->validation.urls.deny};
+    const size_t counts[] = {cfg->validation.urls.nallow, cfg->validation.urls.ndeny};
+    char path[64], got[128], why[128];
+    for (int w = 0; w < 2; w++) {
+        for (size_t i = 0; i < counts[w]; i++) {
+            regex_t re;
+            const char *pat = lists[w][i];
+            int rc = regcomp(&re, pat, REG_EXTENDED | REG_NOSUB);
+            if (rc == 0)
+                regfree(&re);
+            /* Go syntax that POSIX reads as something else: \d is a plain "d" there */
+            const char *go = strstr(pat, "\\d")   ? "\\d (use [0-9])"
+                             : strstr(pat, "\\D") ? "\\D (use [^0-9])"
+                             : strstr(pat, "\\A") ? "\\A (use ^)"
+                             : strstr(pat, "\\z") ? "\\z (use $)"
+                                                  : NULL;
+            if (rc == 0 && !go)
+                continue;
+            if (go)
+                snprintf(why, sizeof(why), "Go's %s has no POSIX meaning", go);
+            else
+                regerror(rc, &re, why, sizeof(why));
+            snprintf(path, sizeof(path), "validation.manifests.urls.%s", which[w]);
+            ERR(c, tree_at(root, path),
+                "%s[%zu]: %s is not a POSIX extended regular expression: %s", path, i,
+                quote_msg(lists[w][i], got, sizeof(got)), why);
+        }
+    }
+}
+
 static void finish(struct ctx *c, struct node *root, struct config *cfg)
 {
     struct node *v = tree_at(root, "version");
@@ -2834,6 +2869,7 @@ static void finish(struct ctx *c, struct node *root, struct config *cfg)
     finish_auth(c, root, cfg);
     finish_http(c, root, cfg);
     finish_lists(c, root, cfg);
+    finish_validation(c, root, cfg);
     if (!cfg->redis.addr[0] && cfg->redis.naddrs)
         set_string(c, &cfg->redis.addr, cfg->redis.addrs[0]);
     if (cfg->redis.addr[0] && !has_port(cfg->redis.addr, true))

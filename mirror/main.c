@@ -161,7 +161,14 @@ static int serve(const char *path)
                      cfg.storage.driver == CONFIG_STORAGE_FILESYSTEM ? 0 : REMOTE_STORAGE_THREADS);
     if (!hc || !ol)
         goto out;
-    struct registry_opts opts = {.delete_enabled = cfg.storage.delete_enabled};
+    struct registry_url_policy urls = {
+        .enabled = cfg.validation.enabled,
+        .allow = cfg.validation.urls.allow,
+        .nallow = cfg.validation.urls.nallow,
+        .deny = cfg.validation.urls.deny,
+        .ndeny = cfg.validation.urls.ndeny,
+    };
+    struct registry_opts opts = {.delete_enabled = cfg.storage.delete_enabled, .urls = &urls};
     reg = registry_new(st, &opts);
     if (!reg)
         goto out;

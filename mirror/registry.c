@@ -2,9 +2,11 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +52,10 @@ struct mcache_entry {
 struct registry {
     struct storage *st;
     struct registry_opts opts;
+    /* opts.urls compiled: url_allow[nurl_allow], url_deny[nurl_deny] */
+    bool url_check;
+    regex_t *url_allow, *url_deny;
+    size_t nurl_allow, nurl_deny;
     pthread_mutex_t mu;
     struct upload_state *states;
     size_t nstates;
@@ -67,6 +73,24 @@ struct registry_upload {
     char id[37];
 };
 
+/* Compiles n patterns into a new *out; counts what compiled in *done (freed by the caller). */
+static int compile_all(char *const *pats, size_t n, regex_t **out, size_t *done)
+{
+    if (n == 0)
+        return 0;
+    *out = calloc(n, sizeof(**out));
+    if (!*out)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (regcomp(&(*out)[i], pats[i], REG_EXTENDED | REG_NOSUB) != 0) {
+            log_error("registry: validation.manifests.urls: cannot compile \"%s\"", pats[i]);
+            return -1;
+        }
+        (*done)++;
+    }
+    return 0;
+}
+
 struct registry *registry_new(struct storage *st, const struct registry_opts *opts)
 {
     struct registry *reg = calloc(1, sizeof(*reg));
@@ -75,6 +99,15 @@ struct registry *registry_new(struct storage *st, const struct registry_opts *op
     reg->st = st;
     reg->opts = *opts;
     pthread_mutex_init(&reg->mu, NULL);
+    const struct registry_url_policy *u = opts->urls;
+    reg->opts.urls = NULL; /* borrowed only for the patterns */
+    reg->url_check = u && u->enabled;
+    if (reg->url_check &&
+        (compile_all(u->allow, u->nallow, &reg->url_allow, &reg->nurl_allow) != 0 ||
+         compile_all(u->deny, u->ndeny, &reg->url_deny, &reg->nurl_deny) != 0)) {
+        registry_free(reg);
+        return NULL;
+    }
     return reg;
 }
 
@@ -99,6 +132,12 @@ void registry_free(struct registry *reg)
         reg->mhead = e->next;
         free(e);
     }
+    for (size_t i = 0; i < reg->nurl_allow; i++)
+        regfree(&reg->url_allow[i]);
+    for (size_t i = 0; i < reg->nurl_deny; i++)
+        regfree(&reg->url_deny[i]);
+    free(reg->url_allow);
+    free(reg->url_deny);
     pthread_mutex_destroy(&reg->mu);
     free(reg);
 }
@@ -696,7 +735,71 @@ enum regerr registry_manifest_get(struct registry *reg, const char *name, const 
     return registry_manifest_get_resolved(reg, &d, out);
 }
 
-/* Every blob and child manifest the manifest references must be in the repository. */
+/* Whether a layer may name url (see struct registry_url_policy). */
+static bool url_allowed(const struct registry *reg, const char *url)
+{
+    if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0)
+        return false;
+    for (const char *p = url; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '#')
+            return false;
+    }
+    if (!reg->url_check)
+        return true;
+    if (reg->nurl_allow == 0 && reg->nurl_deny == 0)
+        return false;
+    bool allowed = reg->nurl_allow == 0;
+    for (size_t i = 0; i < reg->nurl_allow && !allowed; i++)
+        allowed = regexec(&reg->url_allow[i], url, 0, NULL, 0) == 0;
+    for (size_t i = 0; i < reg->nurl_deny && allowed; i++)
+        allowed = regexec(&reg->url_deny[i], url, 0, NULL, 0) != 0;
+    return allowed;
+}
+
+/*
+ * Layers clients fetch from their urls need not be stored, as in registry:2 2.8: a Docker
+ * foreign layer (which must have urls), an OCI layer (tar or tar+gzip, distributable or not)
+ * with urls. Their urls must be allowed. *skip: do not look for the blob.
+ */
+static bool layer_urls_ok(const struct registry *reg, enum manifest_kind kind,
+                          const struct manifest_desc *l, bool *skip, char *errbuf, size_t errlen)
+{
+    static const char foreign[] = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+    static const char *const oci[] = {
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    };
+    char ds[DIGEST_STR_MAX];
+    bool checked = false;
+    *skip = false;
+    if (kind == MANIFEST_DOCKER_V2 && strcmp(l->media_type, foreign) == 0) {
+        if (l->nurls == 0) {
+            snprintf(errbuf, errlen, "foreign layer %s has no urls", digest_str(&l->digest, ds));
+            return false;
+        }
+        checked = *skip = true;
+    }
+    for (size_t i = 0; kind == MANIFEST_OCI && i < sizeof(oci) / sizeof(*oci); i++) {
+        if (strcmp(l->media_type, oci[i]) == 0) {
+            checked = true;
+            *skip = l->nurls > 0;
+        }
+    }
+    for (size_t i = 0; checked && i < l->nurls; i++) {
+        if (!url_allowed(reg, l->urls[i])) {
+            snprintf(errbuf, errlen,
+                     "layer %s: url not allowed (validation.manifests.urls): %.200s",
+                     digest_str(&l->digest, ds), l->urls[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Every blob and child manifest the manifest references must be in the repository, but for
+ * the layers layer_urls_ok lets clients fetch elsewhere. */
 static enum regerr check_references(struct registry *reg, const char *name,
                                     const struct manifest *m, char *errbuf, size_t errlen)
 {
@@ -710,6 +813,11 @@ static enum regerr check_references(struct registry *reg, const char *name,
     }
     for (size_t i = 0; i < m->nlayers; i++) {
         const struct digest *d = &m->layers[i].digest;
+        bool skip = false;
+        if (!index && !layer_urls_ok(reg, m->kind, &m->layers[i], &skip, errbuf, errlen))
+            return REG_ERR_MANIFEST_BLOB_UNKNOWN;
+        if (skip)
+            continue;
         bool ok = index ? path_exists(reg, layout_revision_link(path, name, d))
                         : registry_blob_stat(reg, name, d, &size) == REG_OK;
         if (!ok) {

@@ -26,11 +26,27 @@
 struct registry;
 struct registry_upload;
 
-struct registry_opts {
-    bool delete_enabled;
+/*
+ * Which URLs the layers a manifest does not need stored may name, as registry:2's
+ * validation.manifests.urls: a Docker foreign layer, an OCI layer with urls. Every URL must be
+ * http(s) with no fragment; with enabled, one of allow must match it (no list at all: nothing
+ * is allowed) and none of deny. Patterns are POSIX extended regular expressions, borrowed.
+ */
+struct registry_url_policy {
+    bool enabled;
+    char *const *allow;
+    size_t nallow;
+    char *const *deny;
+    size_t ndeny;
 };
 
-/* The registry borrows st; the caller frees st after registry_free. */
+struct registry_opts {
+    bool delete_enabled;
+    const struct registry_url_policy *urls; /* NULL: any http(s) URL */
+};
+
+/* The registry borrows st; the caller frees st after registry_free. NULL when out of memory
+ * or when a pattern of opts->urls does not compile (config_load checks them first). */
 struct registry *registry_new(struct storage *st, const struct registry_opts *opts);
 void registry_free(struct registry *reg);
 bool registry_delete_enabled(const struct registry *reg);

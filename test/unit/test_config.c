@@ -1151,6 +1151,22 @@ static void test_validation_flags(void **state)
     assert_true(cfg.validation.enabled);
     config_free(&cfg);
     config_diag_free(&d);
+    load_ok(MIN_YAML
+            "validation:\n  manifests:\n    urls:\n      allow: ['^https?://x\\.example/']\n"
+            "      deny: ['^https?://x\\.example/nope']\n",
+            NULL, &cfg, &d);
+    assert_int_equal(cfg.validation.urls.nallow, 1);
+    assert_string_equal(cfg.validation.urls.deny[0], "^https?://x\\.example/nope");
+    config_free(&cfg);
+    config_diag_free(&d);
+    /* the patterns must compile as the registry compiles them (POSIX extended) */
+    load_fails(MIN_YAML "validation:\n  manifests:\n    urls:\n      deny: ['ok', '(open']\n", NULL,
+               "validation.manifests.urls.deny[1]: \"(open\" is not a POSIX extended regular "
+               "expression");
+    load_fails(MIN_YAML "validation:\n  manifests:\n    urls:\n      allow: ['^https://h\\d/']\n",
+               NULL,
+               "validation.manifests.urls.allow[0]: \"^https://h\\x5cd/\" is not a POSIX "
+               "extended regular expression: Go's \\d (use [0-9]) has no POSIX meaning");
 }
 
 static void test_load_file_errors(void **state)
