@@ -2841,7 +2841,9 @@ static void finish_validation(struct ctx *c, struct node *root, const struct con
                              : strstr(pat, "\\D") ? "\\D (use [^0-9])"
                              : strstr(pat, "\\A") ? "\\A (use ^)"
                              : strstr(pat, "\\z") ? "\\z (use $)"
-                                                  : NULL;
+                             : strstr(pat, "\\p") || strstr(pat, "\\P")
+                                 ? "Unicode class \\p or \\P (use a bracket expression)"
+                                 : NULL;
             if (rc == 0 && !go)
                 continue;
             if (go)
