@@ -2822,6 +2822,131 @@ static void finish_lists(struct ctx *c, struct node *root, struct config *cfg)
     }
 }
 
+/* End of the bracket expression opening at p ('['), or NULL when it is not closed. */
+static const char *bracket_end(const char *p)
+{
+    p++;
+    if (*p == '^')
+        p++;
+    if (*p == ']')
+        p++;
+    for (; *p && *p != ']'; p++) {
+        if (*p == '[' && (p[1] == ':' || p[1] == '=' || p[1] == '.')) {
+            const char *close = strchr(p + 2, p[1]);
+            while (close && close[1] != ']')
+                close = strchr(close + 1, p[1]);
+            if (!close)
+                return NULL;
+            p = close + 1;
+        }
+    }
+    return *p ? p : NULL;
+}
+
+/* Parses "{m}", "{m,}" or "{m,n}" at p: the largest count it allows (m + 1 for "{m,}") and
+ * its end, or -1 when it is no bound (regcomp then judges it). */
+static long bound_times(const char *p, const char **end)
+{
+    char *q;
+    if (!isdigit((unsigned char)p[1]))
+        return -1;
+    long m = strtol(p + 1, &q, 10), n = m;
+    if (*q == ',') {
+        n = isdigit((unsigned char)q[1]) ? strtol(q + 1, &q, 10) : m + 1;
+        if (*q == ',')
+            return -1;
+    }
+    if (*q != '}')
+        return -1;
+    *end = q;
+    return m > n ? m : n;
+}
+
+#define REGEX_GROUPS_MAX 32
+#define REGEX_REPEAT_MAX 1000 /* Go's limit on a repeat count */
+#define REGEX_SIZE_MAX 20000  /* atoms once glibc has copied every repeated part */
+
+/*
+ * Why glibc's regcomp would build an outsized automaton from pat, or NULL. glibc copies a
+ * repeated part once per count and accepts repeated operators ("a+++" doubles the tree per
+ * '+'), so a one-line pattern could take gigabytes at start. Go's regexp, registry:2's,
+ * refuses nested repetition and counts above 1000; the lazy "*?" it reads is the same
+ * match set in POSIX, so one '?' after a repetition stays allowed.
+ */
+static const char *regex_hazard(const char *pat)
+{
+    size_t total[REGEX_GROUPS_MAX + 1] = {0}, last[REGEX_GROUPS_MAX + 1] = {0};
+    int depth = 0;
+    bool after_rep = false, lazy_ok = false;
+
+    for (const char *p = pat; *p; p++) {
+        size_t atom = 1;
+        long times = -1;
+        const char *end = p;
+        switch (*p) {
+        case '\\':
+            if (p[1])
+                p++;
+            break;
+        case '[':
+            p = bracket_end(p);
+            if (!p)
+                return NULL;
+            break;
+        case '(':
+            if (depth == REGEX_GROUPS_MAX)
+                return "groups nested more than 32 deep";
+            depth++;
+            total[depth] = last[depth] = 0;
+            after_rep = false;
+            continue;
+        case ')':
+            if (depth > 0)
+                atom = total[depth--];
+            break;
+        case '|':
+            last[depth] = 0;
+            after_rep = false;
+            continue;
+        case '*':
+        case '?':
+            times = 1;
+            break;
+        case '+':
+            times = 2;
+            break;
+        case '{':
+            times = bound_times(p, &end);
+            if (times > REGEX_REPEAT_MAX)
+                return "a repeat count above 1000 (Go refuses it)";
+            break;
+        default:
+            break;
+        }
+        if (times >= 0) {
+            if (after_rep) {
+                if (*p == '?' && lazy_ok) {
+                    lazy_ok = false;
+                    continue;
+                }
+                return "a repetition of a repetition (Go refuses it; glibc copies the "
+                       "pattern for each)";
+            }
+            total[depth] += last[depth] * (size_t)(times > 0 ? times : 1) - last[depth] + 1;
+            last[depth] = 0;
+            after_rep = lazy_ok = true;
+            p = end;
+        } else {
+            total[depth] += atom;
+            last[depth] = atom;
+            after_rep = false;
+        }
+        if (total[depth] > REGEX_SIZE_MAX)
+            return "repeats that expand to more than 20000 parts";
+    }
+    return NULL;
+}
+
 /* validation.manifests.urls patterns must compile as the registry compiles them. */
 static void finish_validation(struct ctx *c, struct node *root, const struct config *cfg)
 {
@@ -2833,9 +2958,7 @@ static void finish_validation(struct ctx *c, struct node *root, const struct con
         for (size_t i = 0; i < counts[w]; i++) {
             regex_t re;
             const char *pat = lists[w][i];
-            int rc = regcomp(&re, pat, REG_EXTENDED | REG_NOSUB);
-            if (rc == 0)
-                regfree(&re);
+            const char *hazard = regex_hazard(pat);
             /* Go syntax that POSIX reads as something else: \d is a plain "d" there */
             const char *go = strstr(pat, "\\d")   ? "\\d (use [0-9])"
                              : strstr(pat, "\\D") ? "\\D (use [^0-9])"
@@ -2844,9 +2967,14 @@ static void finish_validation(struct ctx *c, struct node *root, const struct con
                              : strstr(pat, "\\p") || strstr(pat, "\\P")
                                  ? "Unicode class \\p or \\P (use a bracket expression)"
                                  : NULL;
-            if (rc == 0 && !go)
+            int rc = hazard || go ? 0 : regcomp(&re, pat, REG_EXTENDED | REG_NOSUB);
+            if (!hazard && !go && rc == 0) {
+                regfree(&re);
                 continue;
-            if (go)
+            }
+            if (hazard)
+                snprintf(why, sizeof(why), "%s", hazard);
+            else if (go)
                 snprintf(why, sizeof(why), "Go's %s has no POSIX meaning", go);
             else
                 regerror(rc, &re, why, sizeof(why));

@@ -1167,6 +1167,28 @@ static void test_validation_flags(void **state)
                NULL,
                "validation.manifests.urls.allow[0]: \"^https://h\\x5cd/\" is not a POSIX "
                "extended regular expression: Go's \\d (use [0-9]) has no POSIX meaning");
+    /* patterns glibc would expand into gigabytes at start are refused, as Go refuses them */
+    load_fails(MIN_YAML "validation:\n  manifests:\n    urls:\n      allow: ['^https://a+++++/']\n",
+               NULL, "a repetition of a repetition");
+    load_fails(MIN_YAML "validation:\n  manifests:\n    urls:\n      allow: ['a**']\n", NULL,
+               "a repetition of a repetition");
+    load_fails(MIN_YAML "validation:\n  manifests:\n    urls:\n      allow: ['x{1001}']\n", NULL,
+               "a repeat count above 1000");
+    load_fails(MIN_YAML
+               "validation:\n  manifests:\n    urls:\n      allow: ['((a{100}){100}){100}']\n",
+               NULL, "repeats that expand to more than 20000 parts");
+    load_fails(MIN_YAML "validation:\n  manifests:\n    urls:\n      allow: "
+                        "['(((((((((((((((((((((((((((((((((a)))))))))))))))))))))))))))))))))']\n",
+               NULL, "groups nested more than 32 deep");
+    /* Go's lazy forms, brackets with ']' or classes, escapes and counts within the limits */
+    load_ok(
+        MIN_YAML
+        "validation:\n  manifests:\n    urls:\n      allow: ['^https?://([^/]+\\.)*?x\\.example/', "
+        "'[]+*[:alpha:]]+', 'a\\++', '(ab){2,1000}c{3,}', '[^]{]{5}']\n",
+        NULL, &cfg, &d);
+    assert_int_equal(cfg.validation.urls.nallow, 5);
+    config_free(&cfg);
+    config_diag_free(&d);
 }
 
 static void test_load_file_errors(void **state)
