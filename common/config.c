@@ -1528,6 +1528,9 @@ static const struct field proxy_fields[] = {
     DUR("tagfreshness", C(proxy.tagfreshness_ms), .hint = "30s"),
     I64("maxsize", C(proxy.maxsize), 0, LLONG_MAX, .flags = F_BYTES, .hint = "10GB"),
     STR("spooldir", C(proxy.spooldir), .def = "/var/tmp/regmirror-spool", .flags = F_ZERODEF),
+    BOOL("push", C(proxy.push)),
+    LIST("pushusers", C(proxy.pushusers), C(proxy.npushusers)),
+    BOOL("shadow", C(proxy.shadow)),
     SECTIONS("remotes", C(proxy.remotes), C(proxy.nremotes), remote_schema),
 };
 SCHEMA(proxy_schema, proxy_fields, 0, 0, on_proxy, NULL);
@@ -3013,6 +3016,13 @@ static void finish(struct ctx *c, struct node *root, struct config *cfg)
         ERR(c, tree_at(root, "proxy.remoteurl"),
             "proxy.remoteurl: expected a URL like \"https://registry-1.docker.io\", got %s",
             quote_msg(cfg->proxy.remoteurl, got, sizeof(got)));
+    /* Without client auth no request has a user: a list of pushers would refuse everyone. */
+    if (cfg->proxy.npushusers && cfg->auth.type != CONFIG_AUTH_HTPASSWD)
+        ERR(c, tree_at(root, "proxy.pushusers"),
+            "proxy.pushusers: needs client auth (auth.htpasswd) to know who pushes");
+    else if (cfg->proxy.npushusers && !cfg->proxy.push)
+        WARN(c, tree_at(root, "proxy.pushusers"),
+             "proxy.pushusers: has no effect without proxy.push: true");
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -341,6 +341,12 @@ struct config {
         /* regmirror key: a local directory for the blob spool when the store is remote (its
          * content belongs to the running daemon and is removed at start). */
         char *spooldir;
+        /* regmirror keys, mirror/writepolicy.h: writes accepted at all (default: read-only
+         * cache), by whom (empty: any user auth lets in), and over tags pulled through. */
+        bool push;
+        char **pushusers;
+        size_t npushusers;
+        bool shadow;
         struct config_proxy_remote *remotes;
         size_t nremotes;
     } proxy;

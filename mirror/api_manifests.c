@@ -9,6 +9,7 @@
 #include "notify.h"
 #include "offload.h"
 #include "proxy.h"
+#include "writepolicy.h"
 
 #define ACCEPT_LINES_MAX 32
 
@@ -170,6 +171,7 @@ static void serve_manifest(const struct api *api, struct http_req *req, const st
 /* A manifest PUT: validated and stored off the loop. */
 struct put_job {
     const struct api *api;
+    const struct config *cfg;
     struct registry *reg;
     struct proxy *px; /* told when a tag may have changed; NULL without pull-through */
     struct api_route rt;
@@ -186,9 +188,11 @@ struct put_job {
 static void put_work(void *arg)
 {
     struct put_job *j = arg;
-    j->result =
-        registry_manifest_put(j->reg, j->rt.name, j->rt.ref, j->body, j->len, j->content_type,
-                              &j->d, &j->has_subject, &j->subject, j->err, sizeof(j->err));
+    j->result = writepolicy_tag(j->cfg, j->reg, j->rt.name, j->rt.ref, j->err, sizeof(j->err));
+    if (j->result == REG_OK)
+        j->result =
+            registry_manifest_put(j->reg, j->rt.name, j->rt.ref, j->body, j->len, j->content_type,
+                                  &j->d, &j->has_subject, &j->subject, j->err, sizeof(j->err));
     if (j->result == REG_OK)
         proxy_tags_changed(j->px);
 }
@@ -233,6 +237,7 @@ static void put_body(struct http_req *req, void *arg, const char *data, size_t l
     if (!j || (ct && !(j->content_type = strdup(ct))))
         goto oom;
     j->api = api;
+    j->cfg = api->cfg;
     j->reg = api->reg;
     j->px = api->proxy;
     j->rt = ctx->rt;
@@ -282,16 +287,20 @@ static void put_manifest(const struct api *api, struct http_req *req, const stru
 
 struct delete_job {
     const struct api *api;
+    const struct config *cfg;
     struct registry *reg;
     struct proxy *px;
     struct api_route rt;
     enum regerr result;
+    char err[512];
 };
 
 static void delete_work(void *arg)
 {
     struct delete_job *j = arg;
-    j->result = registry_manifest_delete(j->reg, j->rt.name, j->rt.ref);
+    j->result = writepolicy_tag(j->cfg, j->reg, j->rt.name, j->rt.ref, j->err, sizeof(j->err));
+    if (j->result == REG_OK)
+        j->result = registry_manifest_delete(j->reg, j->rt.name, j->rt.ref);
     if (j->result == REG_OK)
         proxy_tags_changed(j->px);
 }
@@ -303,7 +312,10 @@ static void delete_done(void *arg, struct http_req *req)
     if (!req)
         goto out;
     if (j->result != REG_OK) {
-        api_errorf(api, req, j->result, "manifest %s:%s", j->rt.name, j->rt.ref);
+        if (*j->err)
+            api_error(api, req, j->result, j->err);
+        else
+            api_errorf(api, req, j->result, "manifest %s:%s", j->rt.name, j->rt.ref);
         goto out;
     }
     notify_manifest(api, req, NOTIFY_DELETE, j->rt.name, j->rt.ref, NULL, NULL, NULL, 0);
@@ -324,7 +336,7 @@ static void delete_manifest(const struct api *api, struct http_req *req, const s
         api_error(api, req, REG_ERR_INTERNAL, NULL);
         return;
     }
-    *j = (struct delete_job){api, api->reg, api->proxy, *rt, REG_OK};
+    *j = (struct delete_job){api, api->cfg, api->reg, api->proxy, *rt, REG_OK, ""};
     offload_req(api->offload, req, delete_work, delete_done, j);
 }
 

@@ -9,6 +9,7 @@
  *    younger than proxy.tagfreshness, re-fetched only when the digest changed, and served
  *    from the cache when the upstream fails. A tag pushed here has no marker and is never
  *    touched. Concurrent checks and fetches of one reference share one upstream request.
+ *    Whether anyone may push, and over a proxied tag: writepolicy.h.
  *  - Blobs: one upstream fetch per digest at a time. The bytes go into an upload session
  *    (the spool, hashed as it fills) and every client attached to the fetch reads the spool
  *    at its own pace, late joiners from the start. The blob is committed only after its

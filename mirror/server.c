@@ -11,6 +11,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "tls.h"
+#include "writepolicy.h"
 
 struct server {
     struct api api;
@@ -84,8 +85,9 @@ static void on_request(struct http_req *req, void *arg)
         return;
     }
     /* Client auth comes before routing: without credentials nothing about the store shows. */
+    char user[AUTH_USER_MAX] = "";
     if (srv->auth && !auth_check(srv->auth, http_req_header(req, "Authorization"),
-                                 http_req_remote_addr(req), NULL)) {
+                                 http_req_remote_addr(req), user)) {
         const char *hdrs[] = {"WWW-Authenticate", auth_challenge(srv->auth), NULL};
         api_error_headers(&srv->api, req, REG_ERR_UNAUTHORIZED, NULL, hdrs);
         return;
@@ -99,6 +101,13 @@ static void on_request(struct http_req *req, void *arg)
     if (srv->api.cfg->storage.maintenance.readonly && is_write(http_req_method(req))) {
         api_error(&srv->api, req, REG_ERR_UNSUPPORTED,
                   "the registry is read-only (storage.maintenance.readonly)");
+        return;
+    }
+    char why[API_NAME_MAX + 128];
+    if (is_write(http_req_method(req)) &&
+        (result = writepolicy_request(srv->api.cfg, &rt, srv->auth ? user : NULL, why,
+                                      sizeof(why))) != REG_OK) {
+        api_error(&srv->api, req, result, why);
         return;
     }
     routes[rt.kind](&srv->api, req, &rt);
@@ -148,6 +157,7 @@ struct server *server_new(struct event_base *base, const struct config *cfg, str
     http_server_set_access_log(srv->http, !cfg->log.accesslog_disabled);
     if (server_setup_auth_tls(srv, base, cfg) != 0)
         goto fail;
+    writepolicy_log_start(cfg, srv->auth != NULL);
     if (srv->tls ? tls_server_listen(srv->tls, cfg->http.addr) != 0
                  : http_server_listen(srv->http, cfg->http.addr) != 0) {
         log_error("cannot listen on %s: %s", cfg->http.addr, strerror(errno));

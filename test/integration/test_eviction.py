@@ -95,7 +95,8 @@ def local_image_sharing(layer):
 
 
 def test_ttl_evicts_proxied_content_only(make_registry, upstream, seeded):
-    mirror = make_registry(name="ttl", extra_yaml=upstream.proxy_yaml(extra="  ttl: 2s\n"))
+    mirror = make_registry(name="ttl",
+                           extra_yaml=upstream.proxy_yaml(extra="  ttl: 2s\n  push: true\n"))
     alpine = seeded.alpine
     assert pull(mirror, alpine, alpine.repo) == []
     shared = alpine.layers[0]

@@ -201,7 +201,7 @@ def test_file_tcp_http_checks(make_registry, tmp_path):
 
 def test_unreachable_upstream_is_reported_not_fatal(make_registry, repo):
     port = helpers.free_port()
-    reg = start(make_registry, extra="proxy:\n  remoteurl: http://127.0.0.1:%d\n" % port)
+    reg = start(make_registry, extra="proxy:\n  remoteurl: http://127.0.0.1:%d\n  push: true\n" % port)
     key = "upstream_http://127.0.0.1:%d" % port
 
     def reported():

@@ -145,7 +145,7 @@ def deletes(emu):
 
 
 def test_ttl_eviction_on_oss(oss_registry, emu, upstream, seeded):
-    mirror = oss_registry("ttl", extra_yaml=upstream.proxy_yaml(extra="  ttl: 3s\n"))
+    mirror = oss_registry("ttl", extra_yaml=upstream.proxy_yaml(extra="  ttl: 3s\n  push: true\n"))
     alpine = seeded.alpine
     assert pull(mirror, alpine, alpine.repo) == []
     assert revision_stored(emu, alpine.repo, alpine.digest)

@@ -26,6 +26,13 @@ def mirror(make_registry, upstream):
     return make_registry(name="mirror", extra_yaml=upstream.proxy_yaml(username="alice"))
 
 
+@pytest.fixture
+def pushing_mirror(make_registry, upstream):
+    """The same, accepting pushes (proxy.push)."""
+    return make_registry(name="mirror", extra_yaml=upstream.proxy_yaml(username="alice",
+                                                                       extra="  push: true\n"))
+
+
 def get_manifest(reg, repo, ref, method="GET", accept=ACCEPT_ALL):
     return reg.session.request(method, reg.url("/v2/%s/manifests/%s" % (repo, ref)),
                                headers={"Accept": accept}, timeout=60)
@@ -110,8 +117,8 @@ def test_tag_freshness_skips_the_check(make_registry, upstream, seeded):
 def test_fresh_tag_follows_local_writes(make_registry, upstream, seeded):
     # A fresh proxied tag is answered from memory for a few seconds; a push or a delete of
     # the tag here is seen by the very next request.
-    reg = make_registry(name="fresh-local",
-                        extra_yaml=upstream.proxy_yaml(extra="  tagfreshness: 1h\n"))
+    reg = make_registry(name="fresh-local", extra_yaml=upstream.proxy_yaml(
+        extra="  tagfreshness: 1h\n  push: true\n  shadow: true\n"))
     img = seeded.alpine
     for _ in range(3):
         assert get_manifest(reg, img.repo, img.tag).content == img.manifest
@@ -267,8 +274,10 @@ def test_500_retried(mirror, upstream, seeded):
     pull_image(mirror, seeded.alpine)
 
 
-def test_local_push_next_to_proxied(mirror, upstream, seeded):
-    # A push works in proxy mode, and a locally pushed tag is never replaced by the upstream's.
+def test_local_push_next_to_proxied(pushing_mirror, upstream, seeded):
+    # A push works in proxy mode (proxy.push), and a locally pushed tag is never replaced by the
+    # upstream's. This mirror never pulled the tag, so the push needs no proxy.shadow.
+    mirror = pushing_mirror
     img = make_image()
     push_image(mirror, seeded.alpine.repo, img, seeded.alpine.tag)
     for _ in range(2):
@@ -324,9 +333,10 @@ def test_no_partial_files_after_faults(mirror, upstream, seeded):
         assert "/_uploads/" not in path, path
 
 
-def test_pull_records_for_ttl(mirror, upstream, seeded):
+def test_pull_records_for_ttl(pushing_mirror, upstream, seeded):
     """Proxied content gets a pull record (proxy.ttl expiry reads its mtime); local content
     never does."""
+    mirror = pushing_mirror
     img = seeded.alpine
     pull_image(mirror, img)
     base = os.path.join(mirror.rootdir, "docker/registry/v2/repositories", img.repo,

@@ -1133,6 +1133,75 @@ static void test_http_checks(void **state)
     config_diag_free(&d);
 }
 
+/* proxy.push, proxy.pushusers, proxy.shadow (mirror/writepolicy.h). */
+static void test_proxy_writes(void **state)
+{
+    struct config cfg;
+    struct config_diag d;
+#define PROXY_YAML "proxy:\n  remoteurl: https://registry-1.docker.io\n"
+    const char *proxy = MIN_YAML PROXY_YAML;
+    const char *authed = MIN_YAML "auth:\n  htpasswd:\n    realm: r\n    path: /p\n" PROXY_YAML;
+    char yaml[512];
+
+    (void)state;
+    load_ok(proxy, NULL, &cfg, &d);
+    assert_false(cfg.proxy.push);
+    assert_false(cfg.proxy.shadow);
+    assert_int_equal(cfg.proxy.npushusers, 0);
+    char *text = print_to_string(&cfg);
+    assert_non_null(strstr(text, "push: false"));
+    assert_non_null(strstr(text, "shadow: false"));
+    free(text);
+    config_free(&cfg);
+    config_diag_free(&d);
+
+    snprintf(yaml, sizeof(yaml), "%s  push: true\n  shadow: true\n  pushusers: [ann, bob]\n",
+             authed);
+    load_ok(yaml, NULL, &cfg, &d);
+    assert_int_equal(d.nwarnings, 0);
+    assert_true(cfg.proxy.push);
+    assert_true(cfg.proxy.shadow);
+    assert_int_equal(cfg.proxy.npushusers, 2);
+    assert_string_equal(cfg.proxy.pushusers[0], "ann");
+    assert_string_equal(cfg.proxy.pushusers[1], "bob");
+    config_free(&cfg);
+    config_diag_free(&d);
+
+    char *env[] = {"REGISTRY_PROXY_PUSH=true",         "REGISTRY_PROXY_SHADOW=true",
+                   "REGISTRY_PROXY_PUSHUSERS=[carol]", "REGISTRY_AUTH_HTPASSWD_REALM=r",
+                   "REGISTRY_AUTH_HTPASSWD_PATH=/p",   NULL};
+    load_ok(proxy, env, &cfg, &d);
+    assert_true(cfg.proxy.push);
+    assert_true(cfg.proxy.shadow);
+    assert_int_equal(cfg.proxy.npushusers, 1);
+    assert_string_equal(cfg.proxy.pushusers[0], "carol");
+    config_free(&cfg);
+    config_diag_free(&d);
+    char *off[] = {"REGISTRY_PROXY_PUSH=false", NULL};
+    snprintf(yaml, sizeof(yaml), "%s  push: true\n", proxy);
+    load_ok(yaml, off, &cfg, &d);
+    assert_false(cfg.proxy.push);
+    config_free(&cfg);
+    config_diag_free(&d);
+
+    snprintf(yaml, sizeof(yaml), "%s  pushusers: [ann]\n", authed);
+    load_ok(yaml, NULL, &cfg, &d);
+    assert_true(
+        has(d.warnings, d.nwarnings, "proxy.pushusers: has no effect without proxy.push: true"));
+    config_free(&cfg);
+    config_diag_free(&d);
+
+    snprintf(yaml, sizeof(yaml), "%s  push: maybe\n", proxy);
+    load_fails(yaml, NULL, "proxy.push: expected true or false, got \"maybe\" (test.yml:6)");
+    char *bad[] = {"REGISTRY_PROXY_SHADOW=often", NULL};
+    load_fails(proxy, bad,
+               "proxy.shadow: expected true or false, got \"often\" (from REGISTRY_PROXY_SHADOW)");
+    snprintf(yaml, sizeof(yaml), "%s  pushusers: ann\n", proxy);
+    load_fails(yaml, NULL, "proxy.pushusers: expected");
+    snprintf(yaml, sizeof(yaml), "%s  push: true\n  pushusers: [ann]\n", proxy);
+    load_fails(yaml, NULL, "proxy.pushusers: needs client auth (auth.htpasswd)");
+}
+
 static void test_validation_flags(void **state)
 {
     struct config cfg;
@@ -1232,6 +1301,7 @@ int main(void)
         cmocka_unit_test(test_anchors_and_merge_keys),
         cmocka_unit_test(test_auth),
         cmocka_unit_test(test_http_checks),
+        cmocka_unit_test(test_proxy_writes),
         cmocka_unit_test(test_validation_flags),
         cmocka_unit_test(test_load_file_errors),
     };
