@@ -728,6 +728,39 @@ bad:
     return i;
 }
 
+/*
+ * How many bytes the parser may take now. In a head (or trailers) at most one byte past the
+ * header and URL limits, so that it judges a limit at the byte that crosses it, before any
+ * later byte, whichever way the input was split.
+ */
+static size_t frame_budget(const struct conn *conn, size_t avail)
+{
+    switch (conn->frame.state) {
+    case FR_LINE_START:
+    case FR_REQ_LINE:
+    case FR_FIELD_START:
+    case FR_NAME:
+    case FR_VALUE:
+    case FR_CR:
+        break;
+    default:
+        return avail;
+    }
+    const struct http_limits *lim = &conn->srv->limits;
+    size_t head =
+        conn->head_bytes < lim->max_header_bytes ? conn->head_bytes : lim->max_header_bytes;
+    size_t left = lim->max_header_bytes - head + 1;
+    const struct http_req *req = conn->req;
+    if (!req || !req->url_done) {
+        size_t url = !req                                 ? 0
+                     : req->head_len < lim->max_url_bytes ? req->head_len
+                                                          : lim->max_url_bytes;
+        if (lim->max_url_bytes - url + 1 < left)
+            left = lim->max_url_bytes - url + 1;
+    }
+    return avail < left ? avail : left;
+}
+
 /* The head has been parsed: the request's framing says how to check what follows. */
 static void frame_body(struct frame *fr, const struct http_req *req)
 {
@@ -1176,7 +1209,7 @@ static void conn_process(struct conn *conn)
         frame_body(&conn->frame, conn->req);
         struct frame ahead = conn->frame;
         bool bad;
-        size_t ok = frame_scan(&ahead, v.iov_base, v.iov_len, &bad);
+        size_t ok = frame_scan(&ahead, v.iov_base, frame_budget(conn, v.iov_len), &bad);
         if (ok == 0) {
             /* a bad byte, or the parser did not end a message where the framing did */
             conn_fail(conn, 400);
@@ -1202,6 +1235,7 @@ static void conn_process(struct conn *conn)
                 break;
             }
             conn->frame = (struct frame){.state = FR_LINE_START};
+            conn->head_bytes = 0;
         }
         handle_event(conn, ev);
         /* body data pointed into the buffer: drop it only now */
