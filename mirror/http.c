@@ -132,8 +132,8 @@ struct http_req {
     char held;        /* last byte of a Content-Length stream, sent by stream_end */
     int64_t out_left; /* body bytes a Content-Length stream may still queue */
     uint64_t sent;    /* body bytes queued, for the access log */
-    /* where the head and the body begin in the connection's output stream (conn.out_written
-     * counts the same bytes); set once the head is queued */
+    /* where the head and the body begin in the connection's output stream (offsets as
+     * conn.out_added counts them); set once the head is queued */
     uint64_t out_head, out_body;
     bool head_queued, rejected;
     http_writable_cb on_writable;
@@ -175,9 +175,10 @@ struct conn {
      * call. Lifted once the output is empty, which pushes the last partial segment. */
     bool corked;
     struct evbuffer_cb_entry *out_cb;
-    /* Bytes the transport took from the output so far (not counting a retracted answer), and
-     * the access log lines waiting for their answers to leave (see struct logrec). */
-    uint64_t out_written;
+    /* Bytes queued on the output so far (a retracted answer taken off again): what the
+     * transport took is out_added minus what the output still holds (conn_written). And the
+     * access log lines waiting for their answers to leave (see struct logrec). */
+    uint64_t out_added;
     bool retracting;
     struct logrec *logs;
     int nlogs;
@@ -300,6 +301,38 @@ static size_t conn_output_len(const struct conn *conn)
     return evbuffer_get_length(bufferevent_get_output(conn->bev));
 }
 
+/* Bytes the transport has taken from the output (counted here, not from evbuffer callbacks,
+ * which a bufferevent may defer). */
+static uint64_t conn_written(const struct conn *conn)
+{
+    return conn->out_added - conn_output_len(conn);
+}
+
+/* Every byte of an answer is queued through these, so that conn.out_added counts it. */
+static int out_add(struct conn *conn, const void *data, size_t len)
+{
+    if (evbuffer_add(bufferevent_get_output(conn->bev), data, len) < 0)
+        return -1;
+    conn->out_added += len;
+    return 0;
+}
+
+static int out_add_file(struct conn *conn, int fd, off_t off, off_t len)
+{
+    if (evbuffer_add_file(bufferevent_get_output(conn->bev), fd, off, len) < 0)
+        return -1;
+    conn->out_added += (uint64_t)len;
+    return 0;
+}
+
+/* The size line of a chunk. */
+static void out_chunk_size(struct conn *conn, uint64_t len)
+{
+    char line[24];
+    int n = snprintf(line, sizeof(line), "%llx\r\n", (unsigned long long)len);
+    out_add(conn, line, (size_t)n);
+}
+
 static bool conn_streaming(const struct conn *conn)
 {
     return conn->req && conn->req->resp == RESP_STREAMING;
@@ -371,10 +404,8 @@ static void conn_output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *
     struct conn *conn = arg;
     if (conn->retracting)
         return;
-    if (info->n_deleted > 0) {
-        conn->out_written += info->n_deleted;
+    if (info->n_deleted > 0)
         conn_logs_flush(conn, false);
-    }
     if (conn->plain && info->n_added > 0 && !conn->write_on)
         conn_kick(conn);
 }
@@ -430,9 +461,9 @@ struct logrec {
     char text[]; /* method, path and user agent, each NUL-terminated */
 };
 
-static void log_write(struct conn *conn, const struct logrec *rec)
+static void log_write(struct conn *conn, const struct logrec *rec, uint64_t written)
 {
-    uint64_t out = conn->out_written < rec->end_at ? conn->out_written : rec->end_at;
+    uint64_t out = written < rec->end_at ? written : rec->end_at;
     uint64_t body = out > rec->body_at ? out - rec->body_at : 0;
     /* a cut chunked answer counts its chunk framing too */
     if (body > rec->body_len)
@@ -444,7 +475,7 @@ static void log_write(struct conn *conn, const struct logrec *rec)
     snprintf(ms, sizeof(ms), "%ld", elapsed_ms(&rec->started));
     const char *method = rec->text, *path = method + strlen(method) + 1;
     const char *ua = path + strlen(path) + 1;
-    bool aborted = rec->aborted || conn->out_written < rec->end_at;
+    bool aborted = rec->aborted || written < rec->end_at;
     const char *fields[] = {"method",     method,   "path",
                             path,         "status", status,
                             "bytes",      bytes,    "duration_ms",
@@ -457,11 +488,12 @@ static void log_write(struct conn *conn, const struct logrec *rec)
 /* Writes the lines whose answers have left (all of them when closing, as they stand). */
 static void conn_logs_flush(struct conn *conn, bool closing)
 {
-    while (conn->logs && (closing || conn->out_written >= conn->logs->end_at)) {
+    uint64_t written = conn->logs ? conn_written(conn) : 0;
+    while (conn->logs && (closing || written >= conn->logs->end_at)) {
         struct logrec *rec = conn->logs;
         conn->logs = rec->next;
         conn->nlogs--;
-        log_write(conn, rec);
+        log_write(conn, rec, written);
         free(rec);
     }
 }
@@ -496,7 +528,7 @@ static void access_log(const struct http_req *req, bool aborted)
     memcpy(rec->text + ml, path, pl);
     memcpy(rec->text + ml + pl, ua, ul);
     /* an answer that never queued its head (aborted early) starts where the output ends */
-    uint64_t end = conn->out_written + conn_output_len(conn);
+    uint64_t end = conn->out_added;
     rec->head_at = req->head_queued ? req->out_head : end;
     rec->body_at = req->head_queued ? req->out_body : end;
     rec->end_at = end;
@@ -1883,7 +1915,7 @@ static void req_accept_body(struct http_req *req)
         req->end_pending = true;
     } else {
         if (req->expect_continue && !req->continue_sent && req->resp == RESP_NONE) {
-            evbuffer_add(bufferevent_get_output(conn->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+            out_add(conn, "HTTP/1.1 100 Continue\r\n\r\n", 25);
             req->continue_sent = true;
         }
         conn_set_read_timeout(conn, true);
@@ -2027,7 +2059,7 @@ static void resp_write_head(struct http_req *req, int64_t content_length, bool c
         return;
     }
     char *p = v.iov_base;
-    req->out_head = conn->out_written + evbuffer_get_length(out);
+    req->out_head = conn->out_added;
     req->head_queued = true;
     p = PUT_LIT(p, "HTTP/1.1 ");
     p = put_u64(p, (uint64_t)req->status);
@@ -2055,6 +2087,7 @@ static void resp_write_head(struct http_req *req, int64_t content_length, bool c
         p = put_bytes(p, body, body_len);
     v.iov_len = (size_t)(p - (char *)v.iov_base);
     evbuffer_commit_space(out, &v, 1);
+    conn->out_added += v.iov_len;
 }
 
 /* The whole response is queued: log it, then go on with the connection. May free req. */
@@ -2242,6 +2275,7 @@ static void file_pump(struct http_req *req, void *ctx)
         }
         v.iov_len = (size_t)n;
         evbuffer_commit_space(out, &v, 1);
+        req->conn->out_added += (uint64_t)n;
         req->file_off += n;
         req->file_left -= n;
         req->sent += (uint64_t)n;
@@ -2288,7 +2322,7 @@ void http_resp_body_file(struct http_req *req, int fd, off_t off, off_t len)
         req->resp = RESP_STREAMING;
         conn_kick(req->conn);
         return;
-    } else if (evbuffer_add_file(bufferevent_get_output(req->conn->bev), fd, off, len) < 0) {
+    } else if (out_add_file(req->conn, fd, off, len) < 0) {
         log_error("http: cannot queue file for %s", http_req_path(req));
         http_resp_stream_abort(req);
         return;
@@ -2359,7 +2393,6 @@ void http_resp_stream_write(struct http_req *req, const void *data, size_t len)
         return;
     if (req->is_head)
         return;
-    struct evbuffer *out = bufferevent_get_output(req->conn->bev);
     bool hold;
     int64_t now = stream_account(req, (int64_t)len, &hold);
     if (now < 0) {
@@ -2368,10 +2401,10 @@ void http_resp_stream_write(struct http_req *req, const void *data, size_t len)
         return;
     }
     if (req->chunked_out)
-        evbuffer_add_printf(out, "%zx\r\n", len);
-    evbuffer_add(out, data, (size_t)now);
+        out_chunk_size(req->conn, len);
+    out_add(req->conn, data, (size_t)now);
     if (req->chunked_out)
-        evbuffer_add(out, "\r\n", 2);
+        out_add(req->conn, "\r\n", 2);
     if (hold) {
         req->held = ((const char *)data)[len - 1];
         req->has_held = true;
@@ -2387,7 +2420,6 @@ void http_resp_stream_file(struct http_req *req, int fd, off_t off, off_t len)
             http_resp_stream_abort(req);
         return;
     }
-    struct evbuffer *out = bufferevent_get_output(req->conn->bev);
     bool hold;
     int64_t now = stream_account(req, (int64_t)len, &hold);
     if (now < 0)
@@ -2395,15 +2427,15 @@ void http_resp_stream_file(struct http_req *req, int fd, off_t off, off_t len)
     if (hold && pread(fd, &req->held, 1, off + len - 1) != 1)
         goto fail;
     if (req->chunked_out)
-        evbuffer_add_printf(out, "%llx\r\n", (unsigned long long)len);
+        out_chunk_size(req->conn, (uint64_t)len);
     if (now > 0) {
-        if (evbuffer_add_file(out, fd, off, now) < 0)
+        if (out_add_file(req->conn, fd, off, now) < 0)
             goto fail;
     } else {
         close(fd);
     }
     if (req->chunked_out)
-        evbuffer_add(out, "\r\n", 2);
+        out_add(req->conn, "\r\n", 2);
     req->has_held = hold;
     req->sent += (uint64_t)len;
     return;
@@ -2424,7 +2456,6 @@ void http_resp_stream_end(struct http_req *req)
 {
     if (!stream_live(req))
         return;
-    struct evbuffer *out = bufferevent_get_output(req->conn->bev);
     if (!req->is_head && !req->chunked_out && !req->raw_out && req->out_left > 0) {
         log_error("http: stream for %s ended %lld bytes short", http_req_path(req),
                   (long long)req->out_left);
@@ -2432,9 +2463,9 @@ void http_resp_stream_end(struct http_req *req)
         return;
     }
     if (req->has_held)
-        evbuffer_add(out, &req->held, 1);
+        out_add(req->conn, &req->held, 1);
     if (req->chunked_out && !req->is_head)
-        evbuffer_add(out, "0\r\n\r\n", 5);
+        out_add(req->conn, "0\r\n\r\n", 5);
     resp_complete(req);
 }
 
@@ -2467,9 +2498,11 @@ bool http_resp_retract(struct http_req *req)
     if (!stream_live(req) || !req->head_queued || req->file_fd >= 0)
         return false;
     struct conn *conn = req->conn;
-    if (conn->out_written > req->out_head ||
-        !conn_truncate_output(conn, (size_t)(req->out_head - conn->out_written)))
+    uint64_t answer = conn->out_added - req->out_head; /* the tail of the output */
+    size_t queued = conn_output_len(conn);
+    if (queued < answer || !conn_truncate_output(conn, queued - (size_t)answer))
         return false;
+    conn->out_added = req->out_head;
     conn_cork(conn, false);
     free(req->hbuf);
     req->hbuf = NULL;

@@ -228,6 +228,8 @@ static void hold_abort(struct http_req *req, void *ctx)
     aborts++;
 }
 
+static void f_request(struct http_req *req, void *arg);
+
 static void on_request(struct http_req *req, void *arg)
 {
     const char *path = http_req_path(req);
@@ -277,6 +279,8 @@ static void on_request(struct http_req *req, void *arg)
         timed_new(req, deferred_cb, timed_abort);
     } else if (strcmp(path, "/hold") == 0) {
         http_req_on_abort(req, hold_abort, NULL);
+    } else if (strcmp(path, "/r") == 0 || strcmp(path, "/rl") == 0) {
+        f_request(req, base);
     } else if (strcmp(path, "/nobody") == 0) {
         http_resp_start(req, 200);
         http_resp_header(req, "X-Len", "12345");
@@ -812,8 +816,38 @@ static void f_end(struct http_req *req, void *ctx)
     http_resp_body_mem(req, out, strlen(out));
 }
 
+/* Streams a head and some body, then takes the answer back: a 502 if nothing had left. */
+static void f_retract(struct http_req *req)
+{
+    if (http_resp_retract(req)) {
+        http_resp_start(req, 502);
+        http_resp_body_mem(req, "retracted", 9);
+    } else {
+        http_resp_stream_abort(req);
+    }
+}
+
+static void f_retract_later(evutil_socket_t fd, short what, void *arg)
+{
+    f_retract(arg);
+}
+
 static void f_request(struct http_req *req, void *arg)
 {
+    const char *path = http_req_path(req);
+    if (strcmp(path, "/r") == 0 || strcmp(path, "/rl") == 0) {
+        http_resp_start(req, 200);
+        http_resp_header(req, "X-Gone", "yes");
+        http_resp_stream_begin(req, 100, NULL, NULL);
+        http_resp_stream_write(req, "0123456789", 10);
+        if (path[2] == 'l') {
+            struct timeval tv = {0, 1000};
+            event_base_once(arg, -1, EV_TIMEOUT, f_retract_later, req, &tv);
+        } else {
+            f_retract(req);
+        }
+        return;
+    }
     if (!http_req_has_body(req)) {
         http_resp_start(req, 200);
         http_resp_body_mem(req, "len=0", 5);
@@ -838,7 +872,7 @@ static void f_run(struct event_base *b)
 static void f_feed(const char *req, size_t len, size_t step, size_t cut, char *out, size_t max)
 {
     struct event_base *b = event_base_new();
-    struct http_server_handler h = {.on_request = f_request};
+    struct http_server_handler h = {.on_request = f_request, .arg = b};
     struct http_server *s = http_server_new(b, NULL, &h);
     http_server_set_access_log(s, false);
     struct bufferevent *pair[2];
@@ -942,6 +976,38 @@ static void t_framing(void **state)
                    "200,200");
     expect_framing("\r\nGET / HTTP/1.1\nHost: a\nX: b\n\nGET / HTTP/1.1\r\n\r\n", "200,200");
     expect_framing("GET / HTTP/1.1\r\nA: b\r\n\r\nGET / HTTP/1.1\r\nB : c\r\n\r\n", "200,400");
+}
+
+static void t_retract(void **state)
+{
+    /* a small receive window: most of the first answer stays queued in the server, and the
+     * second (streamed, then taken back) is queued behind it; only the second is dropped */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    struct rd *r = rd_new(fd);
+    struct resp resp = {0};
+    cl_sends(fd, "GET /file HTTP/1.1\r\n\r\nGET /r HTTP/1.1\r\n\r\n");
+    usleep(200 * 1000);
+    assert_int_equal(read_response(r, &resp, false), 0);
+    assert_int_equal(resp.status, 200);
+    assert_int_equal(resp.body_len, sizeof(file_data));
+    assert_memory_equal(resp.body, file_data, sizeof(file_data));
+    assert_int_equal(read_response(r, &resp, false), 0);
+    assert_int_equal(resp.status, 502);
+    assert_null(resp_hdr(&resp, "X-Gone"));
+    assert_string_equal(resp.body, "retracted");
+    /* once the head has left, only cutting the connection is honest */
+    cl_sends(fd, "GET /rl HTTP/1.1\r\n\r\n");
+    assert_int_equal(read_response(r, &resp, false), 0);
+    assert_int_equal(resp.status, 200);
+    assert_string_equal(resp_hdr(&resp, "X-Gone"), "yes");
+    assert_false(resp.complete);
+    resp_clear(&resp);
+    rd_free(r);
 }
 
 static void t_http10(void **state)
@@ -1293,7 +1359,7 @@ int main(void)
         cmocka_unit_test(t_header_n),    cmocka_unit_test(t_file),
         cmocka_unit_test(t_early),       cmocka_unit_test(t_cut),
         cmocka_unit_test(t_pause_stop),  cmocka_unit_test(t_timeouts),
-        cmocka_unit_test(t_framing),
+        cmocka_unit_test(t_framing),     cmocka_unit_test(t_retract),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
