@@ -31,6 +31,14 @@ static const struct {
                                            "invalid number of results requested"},
     [REG_ERR_TOO_LARGE] = {"SIZE_INVALID", 413, "request body too large"},
     [REG_ERR_NOT_FOUND] = {"NOT_FOUND", 404, "not found"},
+    [REG_ERR_BAD_GATEWAY] = {"UNKNOWN", 502, "the upstream sent an invalid response"},
+    /* The spec has no codes for these; UNSUPPORTED and SIZE_INVALID come closest. */
+    [REG_ERR_BAD_REQUEST] = {"UNSUPPORTED", 400, "malformed request"},
+    [REG_ERR_TIMEOUT] = {"UNKNOWN", 408, "the request head did not arrive in time"},
+    [REG_ERR_URI_TOO_LONG] = {"UNSUPPORTED", 414, "request target too long"},
+    [REG_ERR_HEADERS_TOO_LARGE] = {"SIZE_INVALID", 431, "request header fields too large"},
+    [REG_ERR_NOT_IMPLEMENTED] = {"UNSUPPORTED", 501, "transfer coding not implemented"},
+    [REG_ERR_HTTP_VERSION] = {"UNSUPPORTED", 505, "HTTP version not supported"},
 };
 
 static int valid(enum regerr e)
@@ -51,4 +59,28 @@ int regerr_status(enum regerr e)
 const char *regerr_message(enum regerr e)
 {
     return valid(e) ? table[e].message : "unknown error";
+}
+
+enum regerr regerr_from_http_status(int status)
+{
+    switch (status) {
+    case 400:
+        return REG_ERR_BAD_REQUEST;
+    case 408:
+        return REG_ERR_TIMEOUT;
+    case 413:
+        return REG_ERR_TOO_LARGE;
+    case 414:
+        return REG_ERR_URI_TOO_LONG;
+    case 431:
+        return REG_ERR_HEADERS_TOO_LARGE;
+    case 501:
+        return REG_ERR_NOT_IMPLEMENTED;
+    case 503:
+        return REG_ERR_UNAVAILABLE;
+    case 505:
+        return REG_ERR_HTTP_VERSION;
+    default:
+        return REG_ERR_INTERNAL;
+    }
 }

@@ -29,8 +29,16 @@ enum regerr {
     REG_ERR_UNSUPPORTED, /* 405 for disabled deletes, 400 otherwise via status override */
     REG_ERR_TOOMANYREQUESTS,
     REG_ERR_PAGINATION_NUMBER_INVALID,
-    REG_ERR_TOO_LARGE, /* 413, body over a limit */
-    REG_ERR_NOT_FOUND, /* storage-level "no such path"; mapped by the caller */
+    REG_ERR_TOO_LARGE,   /* 413, body over a limit */
+    REG_ERR_NOT_FOUND,   /* storage-level "no such path"; mapped by the caller */
+    REG_ERR_BAD_GATEWAY, /* 502, the upstream sent something unusable (wrong bytes, length) */
+    /* Requests the HTTP layer rejects before they parse (regerr_from_http_status). */
+    REG_ERR_BAD_REQUEST,       /* 400, malformed framing */
+    REG_ERR_TIMEOUT,           /* 408, the head did not arrive in time */
+    REG_ERR_URI_TOO_LONG,      /* 414 */
+    REG_ERR_HEADERS_TOO_LARGE, /* 431 */
+    REG_ERR_NOT_IMPLEMENTED,   /* 501, a transfer coding other than chunked */
+    REG_ERR_HTTP_VERSION,      /* 505 */
     REG_ERR__COUNT
 };
 
@@ -40,5 +48,7 @@ const char *regerr_code(enum regerr e);
 int regerr_status(enum regerr e);
 /* Default human message for the error body. */
 const char *regerr_message(enum regerr e);
+/* The error for a status the HTTP layer answers itself (see http_server_handler.on_error). */
+enum regerr regerr_from_http_status(int status);
 
 #endif

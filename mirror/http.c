@@ -43,6 +43,8 @@
 #define HTTP_FILE_PIECE (256 * 1024)
 #define HTTP_LINGER_MS 2000
 #define HTTP_ACCEPT_RETRY_MS 200
+/* Pipelined requests wait while this many answers have not left yet (their log lines wait). */
+#define HTTP_MAX_PENDING_LOGS 32
 
 enum body_mode {
     BODY_UNDECIDED, /* the application has not said what to do with the body yet */
@@ -55,6 +57,33 @@ enum body_mode {
 enum resp_state { RESP_NONE, RESP_STARTED, RESP_STREAMING, RESP_DONE };
 
 enum parse_event { PEV_NONE, PEV_HEADERS, PEV_BODY, PEV_COMPLETE };
+
+/*
+ * The framing check (frame_scan) that runs over every byte before http_parser sees it. The
+ * parser is lenient where RFC 9112 requires a 400, and a front proxy that reads such bytes
+ * differently would frame the messages differently from us (request smuggling).
+ */
+enum frame_state {
+    FR_LINE_START,    /* before the request line: empty lines are ignored */
+    FR_REQ_LINE,      /* in the request line (the parser checks it) */
+    FR_FIELD_START,   /* start of a field line, or the empty line that ends the section */
+    FR_NAME,          /* in a field name */
+    FR_VALUE,         /* after the colon, up to the end of the line */
+    FR_CR,            /* after CR: LF must follow, then state `after` */
+    FR_HEAD_DONE,     /* the head is over: the request's framing picks the next state */
+    FR_PASS,          /* a Content-Length body or none: the parser delimits it */
+    FR_CHUNK_SIZE,    /* chunk-size digits */
+    FR_CHUNK_EXT,     /* chunk extensions, up to CRLF */
+    FR_CHUNK_DATA,    /* `left` bytes of chunk data */
+    FR_CHUNK_DATA_CR, /* the CRLF after chunk data */
+    FR_DONE,          /* the chunked message is over */
+};
+
+struct frame {
+    enum frame_state state, after;
+    bool trailers, digits;
+    uint64_t left;
+};
 
 struct hdr {
     size_t name;  /* offsets into req->head, stable across reallocations */
@@ -103,6 +132,10 @@ struct http_req {
     char held;        /* last byte of a Content-Length stream, sent by stream_end */
     int64_t out_left; /* body bytes a Content-Length stream may still queue */
     uint64_t sent;    /* body bytes queued, for the access log */
+    /* where the head and the body begin in the connection's output stream (offsets as
+     * conn.out_added counts them); set once the head is queued */
+    uint64_t out_head, out_body;
+    bool head_queued, rejected;
     http_writable_cb on_writable;
     void *wr_ctx;
     /* http_resp_body_file on a non-socket (TLS) connection: the rest of the file, sent by
@@ -121,7 +154,8 @@ struct conn {
     struct http_req *req;
     char remote[INET6_ADDRSTRLEN];
     size_t head_bytes;
-    int parse_status; /* set by parser callbacks that stop parsing: 414, 431, 501, ... */
+    int parse_status;   /* set by parser callbacks that stop parsing: 414, 431, 501, ... */
+    struct frame frame; /* where frame_scan is in the bytes fed to the parser */
     enum parse_event event;
     const char *ev_data;
     size_t ev_len;
@@ -141,6 +175,13 @@ struct conn {
      * call. Lifted once the output is empty, which pushes the last partial segment. */
     bool corked;
     struct evbuffer_cb_entry *out_cb;
+    /* Bytes queued on the output so far (a retracted answer taken off again): what the
+     * transport took is out_added minus what the output still holds (conn_written). And the
+     * access log lines waiting for their answers to leave (see struct logrec). */
+    uint64_t out_added;
+    bool retracting;
+    struct logrec *logs;
+    int nlogs;
     bool processing, eof, closing, lingering, closed;
 };
 
@@ -151,6 +192,10 @@ struct http_server {
     struct evconnlistener *listeners[HTTP_MAX_LISTENERS];
     int nlisteners;
     struct event *accept_retry;
+    /* accept() failing (EMFILE): since when, and how many retries failed, logged at the end */
+    bool accept_failing;
+    unsigned accept_failures;
+    struct timespec accept_failing_since;
     struct event *reap;
     struct conn *conns, *dead;
     bool access_log, freeing;
@@ -256,6 +301,38 @@ static size_t conn_output_len(const struct conn *conn)
     return evbuffer_get_length(bufferevent_get_output(conn->bev));
 }
 
+/* Bytes the transport has taken from the output (counted here, not from evbuffer callbacks,
+ * which a bufferevent may defer). */
+static uint64_t conn_written(const struct conn *conn)
+{
+    return conn->out_added - conn_output_len(conn);
+}
+
+/* Every byte of an answer is queued through these, so that conn.out_added counts it. */
+static int out_add(struct conn *conn, const void *data, size_t len)
+{
+    if (evbuffer_add(bufferevent_get_output(conn->bev), data, len) < 0)
+        return -1;
+    conn->out_added += len;
+    return 0;
+}
+
+static int out_add_file(struct conn *conn, int fd, off_t off, off_t len)
+{
+    if (evbuffer_add_file(bufferevent_get_output(conn->bev), fd, off, len) < 0)
+        return -1;
+    conn->out_added += (uint64_t)len;
+    return 0;
+}
+
+/* The size line of a chunk. */
+static void out_chunk_size(struct conn *conn, uint64_t len)
+{
+    char line[24];
+    int n = snprintf(line, sizeof(line), "%llx\r\n", (unsigned long long)len);
+    out_add(conn, line, (size_t)n);
+}
+
 static bool conn_streaming(const struct conn *conn)
 {
     return conn->req && conn->req->resp == RESP_STREAMING;
@@ -318,11 +395,18 @@ static void conn_flush(struct conn *conn)
         conn_kick(conn);
 }
 
-/* Output was queued on a plain connection: have conn_flush write it from the loop. */
+static void conn_logs_flush(struct conn *conn, bool closing);
+
+/* Counts what the transport takes from the output (for the access log); output queued on a
+ * plain connection has conn_flush write it from the loop. */
 static void conn_output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     struct conn *conn = arg;
-    if (info->n_added > 0 && !conn->write_on)
+    if (conn->retracting)
+        return;
+    if (info->n_deleted > 0)
+        conn_logs_flush(conn, false);
+    if (conn->plain && info->n_added > 0 && !conn->write_on)
         conn_kick(conn);
 }
 
@@ -362,10 +446,62 @@ static long elapsed_ms(const struct timespec *since)
     return (long)(now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
 }
 
+/*
+ * One access log line waiting for its answer to leave: the line tells the bytes the
+ * transport took, not the bytes queued, so it is written once the output has drained past
+ * the answer's end, or when the connection closes.
+ */
+struct logrec {
+    struct logrec *next;
+    uint64_t head_at, body_at, end_at; /* offsets in the connection's output stream */
+    uint64_t body_len;                 /* body bytes queued */
+    int status;
+    bool aborted, rejected;
+    struct timespec started;
+    char text[]; /* method, path and user agent, each NUL-terminated */
+};
+
+static void log_write(struct conn *conn, const struct logrec *rec, uint64_t written)
+{
+    uint64_t out = written < rec->end_at ? written : rec->end_at;
+    uint64_t body = out > rec->body_at ? out - rec->body_at : 0;
+    /* a cut chunked answer counts its chunk framing too */
+    if (body > rec->body_len)
+        body = rec->body_len;
+    char status[16], bytes[32], ms[32];
+    /* no byte of the head left: the client saw no status */
+    snprintf(status, sizeof(status), "%d", out > rec->head_at ? rec->status : 0);
+    snprintf(bytes, sizeof(bytes), "%llu", (unsigned long long)body);
+    snprintf(ms, sizeof(ms), "%ld", elapsed_ms(&rec->started));
+    const char *method = rec->text, *path = method + strlen(method) + 1;
+    const char *ua = path + strlen(path) + 1;
+    bool aborted = rec->aborted || written < rec->end_at;
+    const char *fields[] = {"method",     method,   "path",
+                            path,         "status", status,
+                            "bytes",      bytes,    "duration_ms",
+                            ms,           "remote", conn->remote,
+                            "user_agent", ua,       aborted ? "aborted" : NULL,
+                            "true",       NULL};
+    log_kv(LOG_INFO, fields, rec->rejected ? "request rejected" : "request");
+}
+
+/* Writes the lines whose answers have left (all of them when closing, as they stand). */
+static void conn_logs_flush(struct conn *conn, bool closing)
+{
+    uint64_t written = conn->logs ? conn_written(conn) : 0;
+    while (conn->logs && (closing || written >= conn->logs->end_at)) {
+        struct logrec *rec = conn->logs;
+        conn->logs = rec->next;
+        conn->nlogs--;
+        log_write(conn, rec, written);
+        free(rec);
+    }
+}
+
 static void access_log(const struct http_req *req, bool aborted)
 {
-    const struct conn *conn = req->conn;
-    if (conn->srv->handler.on_complete) {
+    struct conn *conn = req->conn;
+    if (conn->srv->handler.on_complete && !req->rejected) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
         int64_t us = (int64_t)(now.tv_sec - req->started.tv_sec) * 1000000 +
@@ -375,29 +511,33 @@ static void access_log(const struct http_req *req, bool aborted)
     }
     if (!conn->srv->access_log || !log_enabled(LOG_INFO))
         return;
-    char status[16], bytes[32], ms[32];
-    snprintf(status, sizeof(status), "%d", req->status);
-    snprintf(bytes, sizeof(bytes), "%llu", (unsigned long long)req->sent);
-    snprintf(ms, sizeof(ms), "%ld", elapsed_ms(&req->started));
-    const char *ua = http_req_header(req, "User-Agent");
-    const char *fields[] = {"method",
-                            http_req_method_str(req),
-                            "path",
-                            req->path ? req->path : "",
-                            "status",
-                            status,
-                            "bytes",
-                            bytes,
-                            "duration_ms",
-                            ms,
-                            "remote",
-                            conn->remote,
-                            "user_agent",
-                            ua ? ua : "",
-                            aborted ? "aborted" : NULL,
-                            "true",
-                            NULL};
-    log_kv(LOG_INFO, fields, "request");
+    const char *method = req->rejected ? "" : http_req_method_str(req);
+    const char *path = req->path ? req->path : "";
+    const char *ua = req->rejected ? NULL : http_req_header(req, "User-Agent");
+    ua = ua ? ua : "";
+    size_t ml = strlen(method) + 1, pl = strlen(path) + 1, ul = strlen(ua) + 1;
+    struct logrec *rec = malloc(sizeof(*rec) + ml + pl + ul);
+    if (!rec)
+        return;
+    *rec = (struct logrec){.status = req->status,
+                           .aborted = aborted,
+                           .rejected = req->rejected,
+                           .started = req->started,
+                           .body_len = req->sent};
+    memcpy(rec->text, method, ml);
+    memcpy(rec->text + ml, path, pl);
+    memcpy(rec->text + ml + pl, ua, ul);
+    /* an answer that never queued its head (aborted early) starts where the output ends */
+    uint64_t end = conn->out_added;
+    rec->head_at = req->head_queued ? req->out_head : end;
+    rec->body_at = req->head_queued ? req->out_body : end;
+    rec->end_at = end;
+    struct logrec **tail = &conn->logs;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = rec;
+    conn->nlogs++;
+    conn_logs_flush(conn, conn->closed);
 }
 
 /* ---- requests ---- */
@@ -484,6 +624,181 @@ static void req_finish(struct http_req *req)
         return;
     conn_arm_timer(conn, conn->srv->limits.idle_timeout_ms);
     conn_kick(conn);
+}
+
+/* ---- strict framing ---- */
+
+static bool is_tchar(unsigned char c);
+
+static int hex_value(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c |= 0x20;
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* A CRLF (or in the head a bare LF, which RFC 9112 §2.2 lets a recipient accept) ends a line. */
+static void frame_eol(struct frame *fr, unsigned char c, enum frame_state after)
+{
+    if (c == '\r') {
+        fr->state = FR_CR;
+        fr->after = after;
+    } else {
+        fr->state = after;
+    }
+}
+
+/* After the chunk-size line: its data, or for the last chunk the trailer section. */
+static enum frame_state frame_after_size(struct frame *fr)
+{
+    if (fr->left > 0)
+        return FR_CHUNK_DATA;
+    fr->trailers = true;
+    return FR_FIELD_START;
+}
+
+/*
+ * Advances fr over up to n bytes of p. Returns how many it took: all n, fewer when the head or
+ * a chunked message ends there (the caller decides what follows), or the offset of a byte that
+ * breaks the framing rules, with *bad set. Rejected (RFC 9112): whitespace or any other
+ * non-token byte in a field name, before the colon too (§5.1); obs-fold continuation lines
+ * (§5.2); a bare CR (§2.2); chunk lines without CRLF, chunk data not followed by CRLF, and
+ * chunk sizes above 2^64 (§7.1). The state depends only on the bytes, never on how they were
+ * split.
+ */
+static size_t frame_scan(struct frame *fr, const char *p, size_t n, bool *bad)
+{
+    *bad = false;
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = (unsigned char)p[i];
+        switch (fr->state) {
+        case FR_LINE_START:
+            if (c == '\r' || c == '\n')
+                frame_eol(fr, c, FR_LINE_START);
+            else
+                fr->state = FR_REQ_LINE;
+            break;
+        case FR_REQ_LINE:
+        case FR_VALUE:
+            if (c == '\r' || c == '\n')
+                frame_eol(fr, c, FR_FIELD_START);
+            break;
+        case FR_FIELD_START:
+            if (c == '\r' || c == '\n')
+                frame_eol(fr, c, fr->trailers ? FR_DONE : FR_HEAD_DONE);
+            else if (is_tchar(c))
+                fr->state = FR_NAME;
+            else
+                goto bad; /* obs-fold, whitespace before the first field, an empty name */
+            break;
+        case FR_NAME:
+            if (c == ':')
+                fr->state = FR_VALUE;
+            else if (!is_tchar(c))
+                goto bad;
+            break;
+        case FR_CR:
+            if (c != '\n')
+                goto bad;
+            fr->state = fr->after;
+            break;
+        case FR_CHUNK_SIZE: {
+            int h = hex_value(c);
+            if (h >= 0 && fr->left <= UINT64_MAX >> 4) {
+                fr->left = fr->left << 4 | (uint64_t)h;
+                fr->digits = true;
+            } else if (!fr->digits || h >= 0) {
+                goto bad;
+            } else if (c == ';' || c == ' ' || c == '\t') {
+                fr->state = FR_CHUNK_EXT;
+            } else if (c == '\r') {
+                fr->state = FR_CR;
+                fr->after = frame_after_size(fr);
+            } else {
+                goto bad;
+            }
+            break;
+        }
+        case FR_CHUNK_EXT:
+            if (c == '\r') {
+                fr->state = FR_CR;
+                fr->after = frame_after_size(fr);
+            } else if (c == '\n') {
+                goto bad;
+            }
+            break;
+        case FR_CHUNK_DATA: {
+            uint64_t take = n - i < fr->left ? n - i : fr->left;
+            fr->left -= take;
+            i += take;
+            if (fr->left == 0)
+                fr->state = FR_CHUNK_DATA_CR;
+            continue;
+        }
+        case FR_CHUNK_DATA_CR:
+            if (c != '\r')
+                goto bad;
+            fr->state = FR_CR;
+            fr->after = FR_CHUNK_SIZE;
+            fr->digits = false;
+            break;
+        case FR_PASS:
+            return n;
+        case FR_HEAD_DONE:
+        case FR_DONE:
+            return i;
+        }
+        i++;
+        if (fr->state == FR_HEAD_DONE || fr->state == FR_DONE)
+            return i;
+    }
+    return i;
+bad:
+    *bad = true;
+    return i;
+}
+
+/*
+ * How many bytes the parser may take now. In a head (or trailers) at most one byte past the
+ * header and URL limits, so that it judges a limit at the byte that crosses it, before any
+ * later byte, whichever way the input was split.
+ */
+static size_t frame_budget(const struct conn *conn, size_t avail)
+{
+    switch (conn->frame.state) {
+    case FR_LINE_START:
+    case FR_REQ_LINE:
+    case FR_FIELD_START:
+    case FR_NAME:
+    case FR_VALUE:
+    case FR_CR:
+        break;
+    default:
+        return avail;
+    }
+    const struct http_limits *lim = &conn->srv->limits;
+    size_t head =
+        conn->head_bytes < lim->max_header_bytes ? conn->head_bytes : lim->max_header_bytes;
+    size_t left = lim->max_header_bytes - head + 1;
+    const struct http_req *req = conn->req;
+    if (!req || !req->url_done) {
+        size_t url = !req                                 ? 0
+                     : req->head_len < lim->max_url_bytes ? req->head_len
+                                                          : lim->max_url_bytes;
+        if (lim->max_url_bytes - url + 1 < left)
+            left = lim->max_url_bytes - url + 1;
+    }
+    return avail < left ? avail : left;
+}
+
+/* The head has been parsed: the request's framing says how to check what follows. */
+static void frame_body(struct frame *fr, const struct http_req *req)
+{
+    if (fr->state != FR_HEAD_DONE || !req)
+        return;
+    *fr = (struct frame){.state = req->chunked ? FR_CHUNK_SIZE : FR_PASS};
 }
 
 /* ---- parser callbacks: they only record; the application runs from conn_process ---- */
@@ -629,6 +944,40 @@ static int split_target(struct conn *conn, struct http_req *req)
     return 0;
 }
 
+/*
+ * Transfer-Encoding (RFC 9112 §6.1, §6.3): chunked must be the final coding and applied once,
+ * or the body cannot be delimited (400); HTTP/1.0 has no transfer codings, so its framing is
+ * faulty (400); any other coding is not implemented here (501). 0 when the framing is fine.
+ */
+static int transfer_coding_status(const struct http_req *req)
+{
+    bool present = false, last_chunked = false, other = false;
+    int chunked = 0;
+    const char *v;
+    for (size_t i = 0; (v = http_req_header_n(req, "Transfer-Encoding", i)); i++) {
+        present = true;
+        while (*v) {
+            size_t len = strcspn(v, ",");
+            size_t a = 0, b = len;
+            while (a < b && (v[a] == ' ' || v[a] == '\t'))
+                a++;
+            while (b > a && (v[b - 1] == ' ' || v[b - 1] == '\t'))
+                b--;
+            if (b > a) {
+                last_chunked = b - a == 7 && strncasecmp(v + a, "chunked", 7) == 0;
+                chunked += last_chunked;
+                other = other || !last_chunked;
+            }
+            v += len + (v[len] == ',');
+        }
+    }
+    if (!present)
+        return 0;
+    if (req->http10 || !last_chunked || chunked > 1)
+        return 400;
+    return other ? 501 : 0;
+}
+
 static int on_headers_complete(http_parser *p)
 {
     struct conn *conn = p->data;
@@ -656,12 +1005,10 @@ static int on_headers_complete(http_parser *p)
         }
         req->content_length = (int64_t)p->content_length;
     }
-    /* Only plain chunked framing is understood; anything else cannot be delimited. */
-    for (size_t i = 0; http_req_header_n(req, "Transfer-Encoding", i); i++) {
-        if (i > 0 || strcasecmp(http_req_header_n(req, "Transfer-Encoding", i), "chunked") != 0) {
-            conn->parse_status = 501;
-            return -1;
-        }
+    int te = transfer_coding_status(req);
+    if (te != 0) {
+        conn->parse_status = te;
+        return -1;
     }
     const char *expect = http_req_header(req, "Expect");
     req->expect_continue =
@@ -695,41 +1042,63 @@ static int on_message_complete(http_parser *p)
 
 /* ---- connection ---- */
 
+static bool req_live(const struct http_req *req);
+
+/*
+ * Answers an error the server decides itself: through the application's on_error (the
+ * registry's error body), or as plain text when it does not answer. The request's body is
+ * never complete, so req outlives the answer.
+ */
+static void answer_error(struct http_req *req, int status)
+{
+    const struct http_server_handler *h = &req->conn->srv->handler;
+    if (h->on_error)
+        h->on_error(req, status, h->arg);
+    if (!req_live(req) || req->resp == RESP_STREAMING)
+        return;
+    char msg[64];
+    int n = snprintf(msg, sizeof(msg), "%s\n", reason_phrase(status));
+    http_resp_start(req, status);
+    http_resp_header(req, "Content-Type", "text/plain");
+    http_resp_body_mem(req, msg, (size_t)n);
+}
+
 /*
  * Answers a request the parser rejected (or that timed out) and closes. A request the
  * application already holds is aborted first; if its response has begun, the connection is
- * just cut.
+ * just cut. The answer goes out for a fresh request with no method, path or headers.
  */
 static void conn_fail(struct conn *conn, int status)
 {
     struct http_req *req = conn->req;
-    if (req && req->dispatched && req->resp != RESP_DONE) {
-        /* a streamed head is on the wire already: only cutting the connection is left */
+    if (req && req->dispatched) {
+        /* a streamed head may be on the wire already: only cutting the connection is left */
         if (req->resp == RESP_STREAMING) {
             conn_close(conn);
+            return;
+        }
+        /* answered already (the rest of its body is broken): no second answer */
+        if (req->resp == RESP_DONE) {
+            req->body_mode = BODY_STOPPED;
+            conn_close_after_flush(conn);
             return;
         }
         req->aborting = true;
         if (req->on_abort)
             req->on_abort(req, req->abort_ctx);
-        req->resp = RESP_DONE;
         if (conn->closed)
             return;
     }
-    const char *reason = reason_phrase(status);
-    struct evbuffer *out = bufferevent_get_output(conn->bev);
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: text/plain\r\n"
-                        "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
-                        status, reason, http_date(conn->srv), strlen(reason) + 1, reason);
-    if (conn->srv->access_log && log_enabled(LOG_INFO)) {
-        char st[16];
-        snprintf(st, sizeof(st), "%d", status);
-        const char *fields[] = {"method", "",       "path",       "",  "status",
-                                st,       "remote", conn->remote, NULL};
-        log_kv(LOG_INFO, fields, "request rejected");
+    req_free(req);
+    conn->req = req = req_new(conn);
+    if (!req) {
+        conn_close(conn);
+        return;
     }
-    conn_close_after_flush(conn);
+    req->dispatched = req->rejected = req->must_close = true;
+    req->body_mode = BODY_STOPPED;
+    evtimer_del(conn->timer);
+    answer_error(req, status);
 }
 
 static int parse_error_status(struct conn *conn, enum http_errno err)
@@ -740,7 +1109,7 @@ static int parse_error_status(struct conn *conn, enum http_errno err)
     case HPE_HEADER_OVERFLOW:
         return 431;
     case HPE_INVALID_TRANSFER_ENCODING:
-        return 501;
+        return 400; /* chunked is not the final coding */
     default:
         return 400;
     }
@@ -753,7 +1122,7 @@ static bool conn_can_parse(const struct conn *conn)
     if (conn->closed || conn->closing)
         return false;
     if (!req)
-        return conn_output_len(conn) < HTTP_WRITE_LOW;
+        return conn_output_len(conn) < HTTP_WRITE_LOW && conn->nlogs < HTTP_MAX_PENDING_LOGS;
     if (!req->dispatched)
         return true;
     if (req->body_done)
@@ -867,15 +1236,39 @@ static void conn_process(struct conn *conn)
             break;
         if (HTTP_PARSER_ERRNO(&conn->parser) == HPE_PAUSED)
             http_parser_pause(&conn->parser, 0);
+        /* the parser sees only bytes the framing check passed; a bad byte waits until the
+         * parser has judged everything before it, so any split gives the same answer */
+        frame_body(&conn->frame, conn->req);
+        struct frame ahead = conn->frame;
+        bool bad;
+        size_t ok = frame_scan(&ahead, v.iov_base, frame_budget(conn, v.iov_len), &bad);
+        if (ok == 0) {
+            /* a bad byte, or the parser did not end a message where the framing did */
+            conn_fail(conn, 400);
+            break;
+        }
         conn->event = PEV_NONE;
-        size_t n = http_parser_execute(&conn->parser, &parser_settings, v.iov_base, v.iov_len);
+        size_t n = http_parser_execute(&conn->parser, &parser_settings, v.iov_base, ok);
         enum http_errno err = HTTP_PARSER_ERRNO(&conn->parser);
         if ((err != HPE_OK && err != HPE_PAUSED) || (n == 0 && conn->event == PEV_NONE)) {
             conn_fail(conn, parse_error_status(conn, err));
             break;
         }
+        if (n == ok)
+            conn->frame = ahead;
+        else
+            frame_scan(&conn->frame, v.iov_base, n, &bad);
         enum parse_event ev = conn->event;
         conn->event = PEV_NONE;
+        if (ev == PEV_COMPLETE) {
+            if (conn->frame.state != FR_PASS && conn->frame.state != FR_DONE &&
+                conn->frame.state != FR_HEAD_DONE) {
+                conn_fail(conn, 400);
+                break;
+            }
+            conn->frame = (struct frame){.state = FR_LINE_START};
+            conn->head_bytes = 0;
+        }
         handle_event(conn, ev);
         /* body data pointed into the buffer: drop it only now */
         evbuffer_drain(in, n);
@@ -917,6 +1310,8 @@ static void conn_close(struct conn *conn)
         evbuffer_remove_cb_entry(bufferevent_get_output(conn->bev), conn->out_cb);
         conn->out_cb = NULL;
     }
+    /* what is still queued never leaves */
+    conn_logs_flush(conn, true);
     evtimer_del(conn->timer);
     event_del(conn->kick);
 
@@ -939,6 +1334,7 @@ static void conn_close(struct conn *conn)
 
 static void conn_free(struct conn *conn)
 {
+    conn_logs_flush(conn, true);
     req_free(conn->req);
     if (conn->rd)
         event_free(conn->rd);
@@ -1145,6 +1541,9 @@ static int conn_new(struct http_server *srv, struct bufferevent *bev, const char
         goto fail;
     http_parser_init(&conn->parser, HTTP_REQUEST);
     conn->parser.data = conn;
+    conn->out_cb = evbuffer_add_cb(bufferevent_get_output(bev), conn_output_cb, conn);
+    if (!conn->out_cb)
+        goto fail;
 
     bufferevent_setcb(bev, conn_read_cb, conn_write_cb, conn_event_cb, conn);
     bufferevent_setwatermark(bev, EV_WRITE, HTTP_WRITE_LOW, 0);
@@ -1153,8 +1552,7 @@ static int conn_new(struct http_server *srv, struct bufferevent *bev, const char
         conn->rd = event_new(srv->base, bufferevent_getfd(bev), EV_READ | EV_PERSIST,
                              conn_sock_read_cb, conn);
         conn->rd_timer = evtimer_new(srv->base, conn_rd_timeout_cb, conn);
-        conn->out_cb = evbuffer_add_cb(bufferevent_get_output(bev), conn_output_cb, conn);
-        if (!conn->rd || !conn->rd_timer || !conn->out_cb)
+        if (!conn->rd || !conn->rd_timer)
             goto fail;
         /* a new bufferevent has EV_WRITE enabled; plain connections write with conn_flush */
         if (bufferevent_disable(bev, EV_WRITE) < 0)
@@ -1177,6 +1575,8 @@ static int conn_new(struct http_server *srv, struct bufferevent *bev, const char
     return 0;
 fail:
     if (conn) {
+        if (conn->out_cb)
+            evbuffer_remove_cb_entry(bufferevent_get_output(bev), conn->out_cb);
         if (conn->rd)
             event_free(conn->rd);
         if (conn->rd_timer)
@@ -1222,6 +1622,11 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
                       void *arg)
 {
     struct http_server *srv = arg;
+    if (srv->accept_failing) {
+        log_info("http: accepting connections again after %ld ms (%u retries failed)",
+                 elapsed_ms(&srv->accept_failing_since), srv->accept_failures);
+        srv->accept_failing = false;
+    }
     /* Nagle would hold back small writes (response heads) behind unacknowledged data. */
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -1243,12 +1648,23 @@ static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
         evconnlistener_enable(srv->listeners[i]);
 }
 
-/* accept() failing (EMFILE, ENFILE) would spin the loop: pause accepting for a moment. */
+/*
+ * accept() failing (EMFILE, ENFILE) would spin the loop: pause accepting for a moment, and
+ * retry until it works again. Logged once when it starts and once when it ends: a warning
+ * on every retry would flood the log while the descriptors stay taken.
+ */
 static void accept_error_cb(struct evconnlistener *l, void *arg)
 {
     struct http_server *srv = arg;
     int err = EVUTIL_SOCKET_ERROR();
-    log_warn("http: accept: %s", evutil_socket_error_to_string(err));
+    if (!srv->accept_failing) {
+        log_warn("http: accept: %s; new connections wait until it works again",
+                 evutil_socket_error_to_string(err));
+        srv->accept_failing = true;
+        srv->accept_failures = 0;
+        clock_gettime(CLOCK_MONOTONIC, &srv->accept_failing_since);
+    }
+    srv->accept_failures++;
     for (int i = 0; i < srv->nlisteners; i++)
         evconnlistener_disable(srv->listeners[i]);
     struct timeval tv = ms_tv(HTTP_ACCEPT_RETRY_MS);
@@ -1499,7 +1915,7 @@ static void req_accept_body(struct http_req *req)
         req->end_pending = true;
     } else {
         if (req->expect_continue && !req->continue_sent && req->resp == RESP_NONE) {
-            evbuffer_add(bufferevent_get_output(conn->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+            out_add(conn, "HTTP/1.1 100 Continue\r\n\r\n", 25);
             req->continue_sent = true;
         }
         conn_set_read_timeout(conn, true);
@@ -1551,17 +1967,7 @@ static void reject_body(struct http_req *req)
     req->on_abort = NULL;
     if (abort_cb)
         abort_cb(req, req->abort_ctx);
-    const struct http_server_handler *h = &conn->srv->handler;
-    if (h->on_error)
-        h->on_error(req, 413, h->arg);
-    /* the body is incomplete, so req outlives any response from on_error */
-    if (!req_live(req) || req->resp == RESP_STREAMING)
-        return;
-    static const char msg[] = "request body too large\n";
-    req->resp = RESP_STARTED;
-    req->status = 413;
-    http_resp_header(req, "Content-Type", "text/plain");
-    http_resp_body_mem(req, msg, sizeof(msg) - 1);
+    answer_error(req, 413);
 }
 
 void http_req_buffer_body(struct http_req *req, size_t max, http_body_buffered_cb cb, void *ctx)
@@ -1653,6 +2059,8 @@ static void resp_write_head(struct http_req *req, int64_t content_length, bool c
         return;
     }
     char *p = v.iov_base;
+    req->out_head = conn->out_added;
+    req->head_queued = true;
     p = PUT_LIT(p, "HTTP/1.1 ");
     p = put_u64(p, (uint64_t)req->status);
     *p++ = ' ';
@@ -1674,10 +2082,12 @@ static void resp_write_head(struct http_req *req, int64_t content_length, bool c
     else if (req->http10)
         p = PUT_LIT(p, "Connection: keep-alive\r\n");
     p = PUT_LIT(p, "\r\n");
+    req->out_body = req->out_head + (uint64_t)(p - (char *)v.iov_base);
     if (body && body_len > 0)
         p = put_bytes(p, body, body_len);
     v.iov_len = (size_t)(p - (char *)v.iov_base);
     evbuffer_commit_space(out, &v, 1);
+    conn->out_added += v.iov_len;
 }
 
 /* The whole response is queued: log it, then go on with the connection. May free req. */
@@ -1865,6 +2275,7 @@ static void file_pump(struct http_req *req, void *ctx)
         }
         v.iov_len = (size_t)n;
         evbuffer_commit_space(out, &v, 1);
+        req->conn->out_added += (uint64_t)n;
         req->file_off += n;
         req->file_left -= n;
         req->sent += (uint64_t)n;
@@ -1911,7 +2322,7 @@ void http_resp_body_file(struct http_req *req, int fd, off_t off, off_t len)
         req->resp = RESP_STREAMING;
         conn_kick(req->conn);
         return;
-    } else if (evbuffer_add_file(bufferevent_get_output(req->conn->bev), fd, off, len) < 0) {
+    } else if (out_add_file(req->conn, fd, off, len) < 0) {
         log_error("http: cannot queue file for %s", http_req_path(req));
         http_resp_stream_abort(req);
         return;
@@ -1982,7 +2393,6 @@ void http_resp_stream_write(struct http_req *req, const void *data, size_t len)
         return;
     if (req->is_head)
         return;
-    struct evbuffer *out = bufferevent_get_output(req->conn->bev);
     bool hold;
     int64_t now = stream_account(req, (int64_t)len, &hold);
     if (now < 0) {
@@ -1991,10 +2401,10 @@ void http_resp_stream_write(struct http_req *req, const void *data, size_t len)
         return;
     }
     if (req->chunked_out)
-        evbuffer_add_printf(out, "%zx\r\n", len);
-    evbuffer_add(out, data, (size_t)now);
+        out_chunk_size(req->conn, len);
+    out_add(req->conn, data, (size_t)now);
     if (req->chunked_out)
-        evbuffer_add(out, "\r\n", 2);
+        out_add(req->conn, "\r\n", 2);
     if (hold) {
         req->held = ((const char *)data)[len - 1];
         req->has_held = true;
@@ -2010,7 +2420,6 @@ void http_resp_stream_file(struct http_req *req, int fd, off_t off, off_t len)
             http_resp_stream_abort(req);
         return;
     }
-    struct evbuffer *out = bufferevent_get_output(req->conn->bev);
     bool hold;
     int64_t now = stream_account(req, (int64_t)len, &hold);
     if (now < 0)
@@ -2018,15 +2427,15 @@ void http_resp_stream_file(struct http_req *req, int fd, off_t off, off_t len)
     if (hold && pread(fd, &req->held, 1, off + len - 1) != 1)
         goto fail;
     if (req->chunked_out)
-        evbuffer_add_printf(out, "%llx\r\n", (unsigned long long)len);
+        out_chunk_size(req->conn, (uint64_t)len);
     if (now > 0) {
-        if (evbuffer_add_file(out, fd, off, now) < 0)
+        if (out_add_file(req->conn, fd, off, now) < 0)
             goto fail;
     } else {
         close(fd);
     }
     if (req->chunked_out)
-        evbuffer_add(out, "\r\n", 2);
+        out_add(req->conn, "\r\n", 2);
     req->has_held = hold;
     req->sent += (uint64_t)len;
     return;
@@ -2047,7 +2456,6 @@ void http_resp_stream_end(struct http_req *req)
 {
     if (!stream_live(req))
         return;
-    struct evbuffer *out = bufferevent_get_output(req->conn->bev);
     if (!req->is_head && !req->chunked_out && !req->raw_out && req->out_left > 0) {
         log_error("http: stream for %s ended %lld bytes short", http_req_path(req),
                   (long long)req->out_left);
@@ -2055,10 +2463,59 @@ void http_resp_stream_end(struct http_req *req)
         return;
     }
     if (req->has_held)
-        evbuffer_add(out, &req->held, 1);
+        out_add(req->conn, &req->held, 1);
     if (req->chunked_out && !req->is_head)
-        evbuffer_add(out, "0\r\n\r\n", 5);
+        out_add(req->conn, "0\r\n\r\n", 5);
     resp_complete(req);
+}
+
+/* Drops the output from offset keep on (it holds nothing but this answer), uncounted. */
+static bool conn_truncate_output(struct conn *conn, size_t keep)
+{
+    struct evbuffer *out = bufferevent_get_output(conn->bev);
+    struct evbuffer *front = keep > 0 ? evbuffer_new() : NULL;
+    if (keep > 0 && !front)
+        return false;
+    conn->retracting = true;
+    /* a socket bufferevent keeps its output's start frozen outside its own writes */
+    if (conn->plain)
+        evbuffer_unfreeze(out, 1);
+    if (front)
+        evbuffer_remove_buffer(out, front, keep);
+    evbuffer_drain(out, evbuffer_get_length(out));
+    if (front) {
+        evbuffer_add_buffer(out, front);
+        evbuffer_free(front);
+    }
+    if (conn->plain)
+        evbuffer_freeze(out, 1);
+    conn->retracting = false;
+    return true;
+}
+
+bool http_resp_retract(struct http_req *req)
+{
+    if (!stream_live(req) || !req->head_queued || req->file_fd >= 0)
+        return false;
+    struct conn *conn = req->conn;
+    uint64_t answer = conn->out_added - req->out_head; /* the tail of the output */
+    size_t queued = conn_output_len(conn);
+    if (queued < answer || !conn_truncate_output(conn, queued - (size_t)answer))
+        return false;
+    conn->out_added = req->out_head;
+    conn_cork(conn, false);
+    free(req->hbuf);
+    req->hbuf = NULL;
+    req->hlen = req->hcap = 0;
+    req->resp = RESP_NONE;
+    req->status = 200;
+    req->close_after = req->chunked_out = req->raw_out = req->has_held = false;
+    req->head_queued = false;
+    req->out_left = 0;
+    req->sent = 0;
+    req->on_writable = NULL;
+    req->wr_ctx = NULL;
+    return true;
 }
 
 void http_resp_stream_abort(struct http_req *req)

@@ -20,7 +20,16 @@
  * application set it). It answers malformed requests with 400, oversized headers with 431,
  * over-long URLs with 414, sends "100 Continue" when the application accepts a body, and
  * closes idle connections after the idle timeout. A streaming download is never cut by a
- * timeout while the client keeps reading. One access log line is written per request.
+ * timeout while the client keeps reading.
+ *
+ * Framing is strict (RFC 9112): whitespace or any non-token byte in a field name (also before
+ * the colon), obs-fold lines, bare CR, chunk data without its CRLF, Transfer-Encoding whose
+ * final coding is not chunked (or chunked twice, or on HTTP/1.0), and Content-Length with
+ * Transfer-Encoding all get 400; bare LF ends a head line (§2.2 allows it).
+ *
+ * One access log line is written per request once its answer has left (or the connection
+ * closed): status 0 when no byte of the head reached the transport, bytes the body bytes it
+ * took. Requests that did not parse are logged as "request rejected".
  *
  * The process must ignore SIGPIPE (as the daemon does): responses are written with writev and
  * sendfile, which raise it when a client has gone away.
@@ -56,10 +65,12 @@ struct http_server_handler {
     void (*on_request)(struct http_req *req, void *arg);
     void *arg;
     /*
-     * Optional: renders an error the server decides for a parsed request (today 413 from
-     * http_req_buffer_body), e.g. with the registry's JSON error body. It must answer with the
-     * http_resp_* calls; when NULL (or when it does not answer) a plain-text body is sent.
-     * The connection is closed after that response whatever the application sets.
+     * Optional: renders an error the server decides, e.g. with the registry's JSON error
+     * body: 413 from http_req_buffer_body for a parsed request, and for a request that did
+     * not parse 400 (bad framing), 408 (head timeout), 414, 431, 501 (transfer coding), 505.
+     * Such a request has no method, path or headers and never reached on_request. It must
+     * answer with the http_resp_* calls; when NULL (or when it does not answer) a plain-text
+     * body is sent. The connection is closed after that response whatever the application sets.
      */
     void (*on_error)(struct http_req *req, int status, void *arg);
     /*
@@ -188,5 +199,13 @@ void http_resp_stream_file(struct http_req *req, int fd, off_t off, off_t len);
 size_t http_resp_stream_pending(const struct http_req *req);
 void http_resp_stream_end(struct http_req *req);
 void http_resp_stream_abort(struct http_req *req);
+/*
+ * Takes back a streamed answer of which no byte has reached the transport yet (its head and
+ * body are only queued): they are dropped and the request is as before http_resp_start, so
+ * the application answers it again, e.g. with an error instead of a cut connection. False
+ * when some of it has left already (only http_resp_stream_abort is honest then) or no stream
+ * is in progress; the answer is unchanged then.
+ */
+bool http_resp_retract(struct http_req *req);
 
 #endif

@@ -1098,6 +1098,12 @@ static void reader_pump(struct breader *rd)
         }
     } while (rd->again);
     rd->pumping = false;
+    if (f->state == B_FAILED && http_resp_retract(rd->c.req)) {
+        /* nothing of the answer has left yet: the client gets a status instead of a cut */
+        client_error(&rd->c, f->err, f->retry_after, f->why);
+        reader_done(rd);
+        return;
+    }
     if (f->state == B_FAILED) {
         log_warn("proxy: cutting the response for %s: %s", rd->c.rt.ref, f->why);
         http_req_on_abort(rd->c.req, NULL, NULL);
@@ -1143,10 +1149,12 @@ static int b_on_data(struct upstream_req *r, void *ctx, const char *data, size_t
     struct bfetch *f = ctx;
     if (f->total >= 0 && f->written + len > (uint64_t)f->total) {
         snprintf(f->why, sizeof(f->why), "the upstream sent more bytes than announced");
+        f->err = REG_ERR_BAD_GATEWAY;
         return -1;
     }
     if (registry_upload_write(f->up, data, len) != REG_OK) {
         snprintf(f->why, sizeof(f->why), "writing the spool failed");
+        f->err = REG_ERR_UNAVAILABLE;
         return -1;
     }
     f->written += len;
@@ -1225,7 +1233,7 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
         bfetch_unlist(f);
     enum regerr result = outcome_error(o, true);
     if (result == REG_OK && f->total >= 0 && f->written != (uint64_t)f->total) {
-        result = REG_ERR_UNAVAILABLE;
+        result = REG_ERR_BAD_GATEWAY;
         snprintf(f->why, sizeof(f->why), "the upstream sent %" PRIu64 " of %" PRId64 " bytes",
                  f->written, f->total);
     }
@@ -1239,9 +1247,17 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
             snprintf(f->why, sizeof(f->why), "storing the blob failed");
         if (result != REG_OK) {
             registry_upload_cancel(sreg, f->name, f->id);
-            result = REG_ERR_UNAVAILABLE;
+            result = result == REG_ERR_DIGEST_INVALID ? REG_ERR_BAD_GATEWAY : REG_ERR_UNAVAILABLE;
         }
     } else {
+        if (f->err != REG_OK) {
+            result = f->err; /* b_on_data stopped the transfer */
+        } else if (result == REG_ERR_UNAVAILABLE && f->total >= 0 &&
+                   f->written < (uint64_t)f->total) {
+            result = REG_ERR_BAD_GATEWAY;
+            snprintf(f->why, sizeof(f->why), "the upstream sent %" PRIu64 " of %" PRId64 " bytes",
+                     f->written, f->total);
+        }
         if (!f->why[0])
             snprintf(f->why, sizeof(f->why), "%s", o->message);
         registry_upload_close(f->up);

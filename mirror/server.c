@@ -58,13 +58,13 @@ static const char *strip_prefix(const struct config *cfg, const char *path)
     return path + pl;
 }
 
-/* Errors the HTTP layer decides on a parsed request (413 for an oversized buffered body)
- * get the registry's error body and headers like every other /v2/ answer. */
+/* Errors the HTTP layer decides (413 for an oversized buffered body; 400, 414, 431, ... for
+ * requests that did not parse) get the registry's error body and headers like every other
+ * /v2/ answer. */
 static void on_error(struct http_req *req, int status, void *arg)
 {
     struct server *srv = arg;
-    if (status == 413)
-        api_error(&srv->api, req, REG_ERR_TOO_LARGE, NULL);
+    api_error(&srv->api, req, regerr_from_http_status(status), NULL);
 }
 
 static void on_complete(struct http_req *req, int status, uint64_t duration_us, void *arg)

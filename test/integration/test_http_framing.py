@@ -2,7 +2,13 @@
 requests in one send, keep-alive across requests."""
 
 import json
+import re
+import socket
+import subprocess
 import time
+
+import pytest
+import requests
 
 from helpers import (OCI_MANIFEST, make_image, push_image, raw_connect, recv_response, sha256,
                      upload_blob)
@@ -124,3 +130,124 @@ def test_expect_100_continue(reg, repo):
         s.sendall(data)
         status, _, _ = recv_response(s)
         assert status == 201
+
+
+# ---- strict framing (RFC 9112): each case whole and byte by byte ----
+
+def _upload(repo, headers, body=b""):
+    return (b"POST /v2/%s/blobs/uploads/ HTTP/1.1\r\nHost: a\r\n" % repo.encode()
+            + headers + b"\r\n" + body)
+
+
+def _send(reg, data, bytewise):
+    with raw_connect(reg) as s:
+        try:
+            if bytewise:
+                for i in range(len(data)):
+                    s.sendall(data[i:i + 1])
+                    time.sleep(0.0005)
+            else:
+                s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed before the rest arrived
+        status, headers, body = recv_response(s)
+        s.settimeout(5)
+        try:
+            closed = s.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+    return status, headers, body, closed
+
+
+_DEVIATES = pytest.mark.reference_deviation(
+    "distribution 2.8 (Go 1.19 net/http) trims the spaces before the colon and honours the field")
+
+FRAMING_CASES = [
+    pytest.param(lambda r: _upload(r, b"Content-Length : 4\r\n", b"abcd"), 400,
+                 id="space-before-colon-cl", marks=_DEVIATES),
+    pytest.param(lambda r: _upload(r, b"Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"), 400,
+                 id="space-before-colon-te", marks=_DEVIATES),
+    pytest.param(lambda r: b"GET /v2/ HTTP/1.1\r\nHost\t: a\r\n\r\n", 400, id="tab-before-colon"),
+    pytest.param(lambda r: b"GET /v2/ HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n", 400,
+                 id="space-before-colon-any", marks=_DEVIATES),
+    pytest.param(lambda r: b"GET /v2/ HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", 400,
+                 id="obs-fold", marks=pytest.mark.reference_deviation(
+                     "Go 1.19 net/http joins obs-fold lines")),
+    pytest.param(lambda r: _upload(r, b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+                                   b"0\r\n\r\n"), 400, id="cl-and-te",
+                 marks=pytest.mark.reference_deviation(
+                     "RFC 9112 6.3 lets a server reject it (regmirror) or drop the length (Go)")),
+    pytest.param(lambda r: _upload(r, b"Content-Length: 4\r\nContent-Length: 5\r\n", b"abcd"),
+                 400, id="two-lengths"),
+    pytest.param(lambda r: _upload(r, b"Transfer-Encoding: gzip\r\n", b"abcd"), 400,
+                 id="te-not-chunked", marks=pytest.mark.reference_deviation(
+                     "Go answers 501 where RFC 9112 6.3 requires 400")),
+]
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+@pytest.mark.parametrize("make,status", FRAMING_CASES)
+def test_bad_framing_rejected(reg, repo, make, status, bytewise):
+    got, headers, body, closed = _send(reg, make(repo), bytewise)
+    assert got == status, body[:200]
+    assert closed, "the connection must close after a framing error"
+    # nothing was started by a request whose framing is broken
+    assert reg.get("/v2/%s/tags/list" % repo).status_code == 404
+
+
+@pytest.mark.regmirror_only("registry:2 answers these from Go's net/http, in plain text")
+@pytest.mark.parametrize("data,status,code", [
+    (b"GET /v2/ HTTP/1.1\r\nHost : a\r\n\r\n", 400, "UNSUPPORTED"),
+    (b"GARBAGE\r\n\r\n", 400, "UNSUPPORTED"),
+    (b"GET /v2/" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "UNSUPPORTED"),
+    (b"GET /v2/ HTTP/1.1\r\nX-Big: " + b"b" * 70000 + b"\r\n\r\n", 431, "SIZE_INVALID"),
+    (b"POST /v2/x/blobs/uploads/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501,
+     "UNSUPPORTED"),
+    (b"GET /v2/ HTTP/2.0\r\n\r\n", 505, "UNSUPPORTED"),
+], ids=["400-framing", "400-garbage", "414", "431", "501", "505"])
+def test_errors_before_parse_have_registry_bodies(reg, data, status, code):
+    got, headers, body, closed = _send(reg, data, False)
+    assert got == status
+    assert headers.get("docker-distribution-api-version") == "registry/2.0"
+    assert headers.get("content-type", "").startswith("application/json")
+    assert headers.get("connection") == "close"
+    assert [e["code"] for e in json.loads(body)["errors"]] == [code]
+    assert closed
+
+
+# ---- file descriptors run out: one warning per episode, accepting again afterwards ----
+
+@pytest.mark.regmirror_only("log lines are regmirror's")
+def test_emfile_logged_once_and_recovers(make_registry):
+    reg = make_registry(name="fds")
+    limit = 64
+    subprocess.run(["prlimit", "--pid", str(reg.proc.pid), "--nofile=%d:%d" % (limit, limit)],
+                   check=True)
+    held = []
+    try:
+        # connections until accept() fails: the rest wait in the backlog
+        for _ in range(limit + 16):
+            s = socket.create_connection(("127.0.0.1", reg.port), timeout=5)
+            held.append(s)
+        time.sleep(2.5)  # a dozen accept retries at 200 ms
+        log = open(reg.log_path, errors="replace").read()
+        assert log.count("http: accept:") == 1, log[-3000:]
+        assert "Too many open files" in log
+        for s in held:
+            s.close()
+        held = []
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if requests.get(reg.url("/v2/"), timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "no answer once descriptors are free"
+            time.sleep(0.1)
+        log = open(reg.log_path, errors="replace").read()
+        assert log.count("http: accept:") == 1
+        assert re.search(r"accepting connections again after \d+ ms \(\d+ retries failed\)", log)
+    finally:
+        for s in held:
+            s.close()

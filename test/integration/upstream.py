@@ -72,8 +72,8 @@ def classify(path):
 # ---------------------------------------------------------------------------
 # faults
 
-FAULT_KINDS = ("fail", "stall", "cut", "corrupt", "throttle")
-_BODY_FAULTS = ("cut", "corrupt", "throttle")
+FAULT_KINDS = ("fail", "stall", "cut", "corrupt", "throttle", "whole")
+_BODY_FAULTS = ("cut", "corrupt", "throttle", "whole")
 
 
 class Fault:
@@ -88,6 +88,8 @@ class Fault:
       stall    seconds (wait before forwarding), drop (close without answering after the wait)
       cut      after (body bytes sent before the connection is closed), rst (reset, not FIN)
       corrupt  offset (body offset of the flipped byte; default the middle, or 0 if unknown)
+      whole    (none) the head and the body in one write, as a fast upstream's small blob
+               arrives; cut and corrupt take whole=True for the same
       throttle rate (bytes per second on the connection)
     """
 
@@ -693,6 +695,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         framing = "none" if no_body else ("length" if length is not None else
                                           ("chunked" if resp.chunked else "close"))
+        if framing == "length" and ("whole" in faults or
+                                    any(f.params.get("whole") for f in faults.values())):
+            self._relay_whole(resp, faults)
+            return
         if framing == "chunked":
             self.send_header("Transfer-Encoding", "chunked")
         elif framing == "close":
@@ -746,6 +752,23 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         elif framing == "close":
             self._abort()
+
+    def _relay_whole(self, resp, faults):
+        """The head and the body with its faults in one write (see Fault)."""
+        body = resp.read()
+        corrupt, cut = faults.get("corrupt"), faults.get("cut")
+        if corrupt and body:
+            i = corrupt.params.get("offset")
+            i = len(body) // 2 if i is None else min(i, len(body) - 1)
+            body = body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1:]
+        if cut:
+            body = body[:cut.params.get("after", 0)]
+        self._headers_buffer.append(b"\r\n")
+        head = b"".join(self._headers_buffer)
+        self._headers_buffer = []
+        self.wfile.write(head + body)
+        if cut:
+            self._abort(rst=cut.params.get("rst", False))
 
     def _write_body(self, data, framing):
         if not data:
