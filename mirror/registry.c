@@ -1146,7 +1146,8 @@ enum regerr registry_referrers(struct registry *reg, const char *name, const str
                               MANIFEST_MT_OCI_INDEX, "manifests", list);
     if (!index)
         return REG_ERR_INTERNAL;
-    /* Every algorithm directory: the subject may be referred to by sha512 manifests too. */
+    /* Every algorithm directory: the subject may be referred to by sha384 or sha512
+     * manifests too. */
     for (int algo = DIGEST_SHA256; algo <= DIGEST_SHA512; algo++) {
         enum regerr lr = storage_list(reg->st, layout_revisions_dir(path, name, algo), &revs);
         if (lr == REG_ERR_NOT_FOUND)
