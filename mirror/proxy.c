@@ -307,12 +307,19 @@ static void job_end(struct proxy *px)
  * its name, another upstream's is cached under "<host>/<name>" so the two never mix.
  */
 static enum regerr pick_target(struct proxy *px, struct http_req *req, const struct api_route *rt,
-                               struct target *t)
+                               struct target *t, const char **why)
 {
-    char *ns = reference_query_get(http_req_query(req), "ns");
+    char *ns;
+    int has = reference_query_lookup(http_req_query(req), "ns", &ns);
     enum regerr result = REG_OK;
     t->rm = &px->remotes[0];
     t->rt = *rt;
+    /* A malformed ns names no upstream: refused, never served from the main one. */
+    if (has < 0 || (ns && *ns && !reference_host_valid(ns, strlen(ns)))) {
+        result = REG_ERR_NAME_INVALID;
+        *why = "ns is not a registry host name";
+        goto out;
+    }
     if (ns && *ns && strcmp(ns, DEFAULT_HOST) != 0) {
         t->rm = NULL;
         for (size_t i = 0; i < px->nremotes; i++) {
@@ -321,6 +328,7 @@ static enum regerr pick_target(struct proxy *px, struct http_req *req, const str
         }
         if (!t->rm) {
             result = REG_ERR_NAME_UNKNOWN;
+            *why = "no upstream for this ns";
             goto out;
         }
     }
@@ -333,8 +341,10 @@ static enum regerr pick_target(struct proxy *px, struct http_req *req, const str
         }
         int n = snprintf(t->rt.name, sizeof(t->rt.name), "%s/%s", host, rt->name);
         if (n < 0 || (size_t)n >= sizeof(t->rt.name) ||
-            !reference_name_valid(t->rt.name, strlen(t->rt.name)))
+            !reference_name_valid(t->rt.name, strlen(t->rt.name))) {
             result = REG_ERR_NAME_INVALID;
+            *why = "the name is too long for this ns";
+        }
     }
 out:
     free(ns);
@@ -346,9 +356,10 @@ static bool begin(struct proxy *px, const struct api *api, struct http_req *req,
                   const struct api_route *rt, proxy_blob_serve_fn serve, struct target *t,
                   struct client *c)
 {
-    enum regerr result = pick_target(px, req, rt, t);
+    const char *why = "";
+    enum regerr result = pick_target(px, req, rt, t, &why);
     if (result != REG_OK) {
-        api_errorf(api, req, result, "no upstream for this ns");
+        api_errorf(api, req, result, "%s", why);
         return false;
     }
     *c = (struct client){api, req, t->rt, serve, NULL};
