@@ -31,6 +31,7 @@ static const struct {
                                            "invalid number of results requested"},
     [REG_ERR_TOO_LARGE] = {"SIZE_INVALID", 413, "request body too large"},
     [REG_ERR_NOT_FOUND] = {"NOT_FOUND", 404, "not found"},
+    [REG_ERR_BAD_GATEWAY] = {"UNKNOWN", 502, "the upstream registry's answer cannot be used"},
 };
 
 static int valid(enum regerr e)

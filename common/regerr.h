@@ -29,8 +29,10 @@ enum regerr {
     REG_ERR_UNSUPPORTED, /* 405 for disabled deletes, 400 otherwise via status override */
     REG_ERR_TOOMANYREQUESTS,
     REG_ERR_PAGINATION_NUMBER_INVALID,
-    REG_ERR_TOO_LARGE, /* 413, body over a limit */
-    REG_ERR_NOT_FOUND, /* storage-level "no such path"; mapped by the caller */
+    REG_ERR_TOO_LARGE,   /* 413, body over a limit */
+    REG_ERR_NOT_FOUND,   /* storage-level "no such path"; mapped by the caller */
+    REG_ERR_BAD_GATEWAY, /* 502, the upstream's answer cannot be used (a size that does not
+                            parse, ...) */
     REG_ERR__COUNT
 };
 

@@ -803,9 +803,9 @@ struct bhead {
     struct remote *rm;
     struct digest d;
     struct upstream_req *ureq;
-    int64_t size;
-    bool job;    /* its link job runs (the job holds the request's abort callback) */
-    bool linked; /* the job's result */
+    int64_t size; /* -1: the upstream's Content-Length is missing or unreadable */
+    bool job;     /* its link job runs (the job holds the request's abort callback) */
+    bool linked;  /* the job's result */
 };
 
 static void blob_fetch(struct proxy *px, const struct target *t, struct client *c,
@@ -837,7 +837,7 @@ static int bh_on_response(struct upstream_req *r, void *ctx, long status,
     struct bhead *b = ctx;
     const char *cl = httpc_header_get(h, "Content-Length");
     uint64_t n;
-    b->size = (cl && reference_parse_uint(cl, &n) == 0) ? (int64_t)n : -1;
+    b->size = (cl && reference_parse_uint(cl, &n) == 0 && n <= INT64_MAX) ? (int64_t)n : -1;
     return 0;
 }
 
@@ -897,6 +897,11 @@ static void bhead_done(void *arg, struct http_req *req)
     }
     int64_t size = b->size;
     bhead_free(b);
+    if (size < 0) {
+        /* Never answer a size that was not read. */
+        client_error(&c, REG_ERR_BAD_GATEWAY, -1, "the upstream's blob HEAD has no usable size");
+        return;
+    }
     http_req_on_abort(c.req, NULL, NULL);
     api_start(c.api, c.req, 200);
     http_resp_header(c.req, "Content-Type", "application/octet-stream");
@@ -963,9 +968,10 @@ struct bfetch {
     long retry_after;
     char why[256];
     struct breader *readers;
-    bool listed;    /* in px->bfetches: new requests join it */
-    bool pinned;    /* being walked: readers finishing must not free it under the walker */
-    bool importing; /* the verified spool is being stored (remote store); readers go on */
+    bool listed;     /* in px->bfetches: new requests join it */
+    bool pinned;     /* being walked: readers finishing must not free it under the walker */
+    bool importing;  /* the verified spool is being stored (remote store); readers go on */
+    bool bad_answer; /* the upstream's answer was refused (502), not lost */
     enum regerr imported;
 };
 
@@ -1143,7 +1149,12 @@ static int b_on_response(struct upstream_req *r, void *ctx, long status,
     struct bfetch *f = ctx;
     const char *cl = httpc_header_get(h, "Content-Length");
     uint64_t n;
-    f->total = (cl && reference_parse_uint(cl, &n) == 0 && n <= INT64_MAX) ? (int64_t)n : -1;
+    if (cl && (reference_parse_uint(cl, &n) != 0 || n > INT64_MAX)) {
+        f->bad_answer = true;
+        snprintf(f->why, sizeof(f->why), "the upstream sent an unreadable Content-Length");
+        return -1;
+    }
+    f->total = cl ? (int64_t)n : -1;
     f->state = B_STREAMING;
     bfetch_pump_all(f);
     return 0;
@@ -1253,6 +1264,8 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
             result = REG_ERR_UNAVAILABLE;
         }
     } else {
+        if (f->bad_answer)
+            result = REG_ERR_BAD_GATEWAY;
         if (!f->why[0])
             snprintf(f->why, sizeof(f->why), "%s", o->message);
         registry_upload_close(f->up);

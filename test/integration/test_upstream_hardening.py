@@ -38,3 +38,30 @@ def test_malformed_ns_is_refused(mirror, upstream, seeded, ns):
         r = mirror.get("/v2/%s/manifests/%s?ns=%s" % (img.repo, img.tag, ns),
                        headers={"Accept": img.media_type})
         assert r.status_code == 200 and r.content == img.manifest, (ns, r.status_code)
+
+
+@pytest.mark.parametrize("value,status", [
+    # Read by libcurl, refused by the mirror: 502.
+    ("12abc", 502), ("9223372036854775808", 502), ("99999999999999999999999", 502),
+    # Refused by libcurl as a malformed reply: a broken transfer, retried, then 503.
+    ("abc", 503), ("-1", 503), ("", 503),
+])
+def test_unreadable_blob_size_is_refused(mirror, upstream, seeded, value, status):
+    """A blob HEAD or GET whose upstream Content-Length cannot be read (not a number,
+    negative, above INT64_MAX) gets an error with an OCI body, never an invented size;
+    nothing is stored and a clean fetch afterwards works."""
+    img = seeded.alpine
+    d, data = next(iter(img.blobs.items()))
+    path = "/v2/%s/blobs/%s" % (img.repo, d)
+    upstream.proxy.bad_length(value, method="HEAD", count=None)
+    r = mirror.head(path)
+    assert r.status_code == status, (r.status_code, dict(r.headers))
+    assert r.headers.get("Content-Length") != "0"
+    upstream.proxy.bad_length(value, method="GET", count=None)
+    r = mirror.get(path)
+    assert_error(r, status, "UNKNOWN" if status == 502 else "UNAVAILABLE")
+    upstream.proxy.clear_faults()
+    r = mirror.head(path)
+    assert r.status_code == 200 and int(r.headers["Content-Length"]) == len(data)
+    r = mirror.get(path)
+    assert r.status_code == 200 and r.content == data

@@ -72,7 +72,7 @@ def classify(path):
 # ---------------------------------------------------------------------------
 # faults
 
-FAULT_KINDS = ("fail", "stall", "cut", "corrupt", "throttle")
+FAULT_KINDS = ("fail", "stall", "cut", "corrupt", "throttle", "length")
 _BODY_FAULTS = ("cut", "corrupt", "throttle")
 
 
@@ -89,6 +89,8 @@ class Fault:
       cut      after (body bytes sent before the connection is closed), rst (reset, not FIN)
       corrupt  offset (body offset of the flipped byte; default the middle, or 0 if unknown)
       throttle rate (bytes per second on the connection)
+      length   value (the Content-Length header sent instead of the real one, on HEAD and GET
+               alike; a body is then sent whole and the connection closed after it)
     """
 
     def __init__(self, kind, count=None, method=None, kinds=None, path=None, host=None,
@@ -99,7 +101,7 @@ class Fault:
         self.count = count
         self.method = method.upper() if method else (
             "GET" if kind in _BODY_FAULTS else None)
-        if kinds is None and kind in _BODY_FAULTS:
+        if kinds is None and (kind in _BODY_FAULTS or kind == "length"):
             kinds = ("blob",)
         if isinstance(kinds, str):
             kinds = (kinds,)
@@ -406,6 +408,11 @@ class CountingProxy:
         """Matching bodies (blob GETs by default) are sent at `rate` bytes per second."""
         return self.add_fault("throttle", rate=rate, count=count, **kw)
 
+    def bad_length(self, value, count=1, **kw):
+        """The next `count` matching answers (blob HEADs and GETs by default) carry
+        `Content-Length: <value>` instead of the real length."""
+        return self.add_fault("length", value=value, count=count, **kw)
+
     def clear_faults(self):
         with self._lock:
             self._faults = []
@@ -688,11 +695,18 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                    or 100 <= resp.status < 200)
         length = resp.getheader("Content-Length")
         faults = {} if no_body else self.proxy._take(rec, _BODY_FAULTS)
+        bad_length = self.proxy._take(rec, ("length",)).get("length") if resp.status < 300 else None
+        if bad_length:
+            out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-length"]
+            out_headers.append(("Content-Length", str(bad_length.params.get("value", ""))))
         self.send_response_only(resp.status, resp.reason)
         for k, v in out_headers:
             self.send_header(k, v)
         framing = "none" if no_body else ("length" if length is not None else
                                           ("chunked" if resp.chunked else "close"))
+        if bad_length and framing != "none":
+            framing = "close"
+            self.close_connection = True
         if framing == "chunked":
             self.send_header("Transfer-Encoding", "chunked")
         elif framing == "close":
