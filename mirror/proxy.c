@@ -1532,10 +1532,13 @@ static int add_remote(struct proxy *px, const char *host, const char *url, const
         return -1;
     }
     px->nremotes++;
-    if (user && *user)
+    if (user && *user) {
         log_warn("proxy: upstream %s uses the account %s: anyone who can reach this mirror can "
                  "pull what that account can, unless client auth is configured",
                  url, user);
+        log_info("proxy: upstream %s: the account goes to %s", url,
+                 upstream_credentials_rule(rm->up));
+    }
     return 0;
 }
 

@@ -1,8 +1,12 @@
 """Pull-through hardening: what the mirror does with malformed or hostile upstream input
 (?ns=, sizes it cannot read, token realms on other hosts) and with space it cannot use."""
 
+import subprocess
+
 import pytest
 
+import helpers
+import tokenserver
 from helpers import assert_error
 
 pytestmark = pytest.mark.regmirror_only("pull-through hardening is regmirror's behaviour")
@@ -65,3 +69,77 @@ def test_unreadable_blob_size_is_refused(mirror, upstream, seeded, value, status
     assert r.status_code == 200 and int(r.headers["Content-Length"]) == len(data)
     r = mirror.get(path)
     assert r.status_code == 200 and r.content == data
+
+
+def _token_upstream(tmp_path, upstream, host, name):
+    """A token server on `host` and a docker-registry over the test upstream's storage whose
+    challenge names that server as realm."""
+    ts = tokenserver.TokenServer(str(tmp_path / name), host=host, key_path=upstream.token.key_path,
+                                 bundle_path=str(tmp_path / (name + ".bundle.pem")),
+                                 issuer=upstream.issuer, service=upstream.service).start()
+    yaml = ("auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n"
+            "    rootcertbundle: %s\n") % (ts.realm, upstream.service, upstream.issuer,
+                                          ts.bundle_path)
+    reg = helpers.Registry("docker-registry", str(tmp_path / (name + "-registry")),
+                           rootdir=upstream.registry.fs_root, extra_yaml=yaml)
+    reg.start()
+    return ts, reg
+
+
+def test_credentials_never_go_to_a_foreign_realm(make_registry, upstream, seeded, tmp_path):
+    """An upstream whose challenge names a token realm on another host (127.0.0.2 for an
+    upstream on 127.0.0.1) gets anonymous token requests there: the realm never sees an
+    Authorization header, public pulls work, private ones do not; a warning names the realm
+    host, never the account. The legit realm (same address) still gets the account."""
+    foreign, evil = _token_upstream(tmp_path, upstream, "127.0.0.2", "foreign")
+    try:
+        yaml = "proxy:\n  remoteurl: %s\n  username: alice\n  password: %s\n" % (
+            evil.base, upstream.users["alice"])
+        mirror = make_registry(name="foreign-realm", extra_yaml=yaml)
+        img = seeded.alpine
+        r = mirror.get("/v2/%s/manifests/%s" % (img.repo, img.tag),
+                       headers={"Accept": img.media_type})
+        assert r.status_code == 200 and r.content == img.manifest, r.text[:200]
+        for d, data in img.blobs.items():
+            assert mirror.get("/v2/%s/blobs/%s" % (img.repo, d)).content == data
+        secret = seeded.secret
+        r = mirror.get("/v2/%s/manifests/%s" % (secret.repo, secret.tag),
+                       headers={"Accept": secret.media_type})
+        assert r.status_code == 404, r.text[:200]
+        log = foreign.stats()["log"]
+        assert log, "the foreign realm was never asked"
+        assert not any(e["authorization"] for e in log), log
+        assert all(e["user"] is None for e in log), log
+        text = open(mirror.log_path).read()
+        warned = [l for l in text.splitlines() if "token realm 127.0.0.2" in l]
+        assert len(warned) == 1 and "does not qualify" in warned[0], text[-3000:]
+        assert upstream.users["alice"] not in text
+    finally:
+        evil.stop()
+        foreign.stop()
+    # The legit realm (the upstream's own address, another port) gets the account.
+    mirror = make_registry(name="legit-realm", extra_yaml=upstream.proxy_yaml(username="alice"))
+    secret = seeded.secret
+    r = mirror.get("/v2/%s/manifests/%s" % (secret.repo, secret.tag),
+                   headers={"Accept": secret.media_type})
+    assert r.status_code == 200 and r.content == secret.manifest
+    log = upstream.token.stats()["log"]
+    assert log and all(e["authorization"] and e["user"] == "alice" for e in log), log
+    assert "if on the address 127.0.0.1 itself" in open(mirror.log_path).read()
+
+
+def test_check_config_names_the_credentials_rule(tmp_path):
+    cfg = tmp_path / "config.yml"
+    cfg.write_text("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\n"
+                   "proxy:\n  remoteurl: https://registry-1.docker.io\n  username: u\n"
+                   "  password: secretpw\n  remotes:\n    - host: ghcr.io\n"
+                   "      remoteurl: https://ghcr.io\n      username: g\n      password: p2\n"
+                   % (tmp_path / "root"))
+    out = subprocess.run([helpers.regmirror_bin(), "check-config", str(cfg)], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert ("# proxy: the account of https://registry-1.docker.io goes to the realm named by "
+            "the upstream's challenge, if on docker.io (https)") in out.stdout, out.stdout
+    assert ("# proxy: the account of https://ghcr.io goes to the realm named by the upstream's "
+            "challenge, if on ghcr.io (https)") in out.stdout
+    assert "secretpw" not in out.stdout
