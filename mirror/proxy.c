@@ -18,6 +18,7 @@
 #include "notify.h"
 #include "offload.h"
 #include "reference.h"
+#include "spools.h"
 #include "upstream.h"
 
 /* Every manifest type, so the upstream answers with what it has (indexes included); each
@@ -61,8 +62,10 @@ struct proxy {
     struct storage *spool_st;
     struct registry *spool;
     int spool_lock; /* flock'd spool directory, or -1 */
-    unsigned jobs;  /* offload jobs that use px */
-    bool closing;   /* proxy_free ran: the last job's done frees px */
+    /* Filesystem store: the record of this process's spools in the store (spools.h). */
+    struct spools *spools;
+    unsigned jobs; /* offload jobs that use px */
+    bool closing;  /* proxy_free ran: the last job's done frees px */
     /* Bumped whenever a manifest / blob fetch leaves its table (see LOOKUP_TRIES). */
     unsigned mseq, bseq;
     struct remote *remotes;
@@ -284,6 +287,7 @@ static void proxy_release(struct proxy *px)
     free(px->tagmemo);
     if (px->spool_lock >= 0)
         close(px->spool_lock);
+    spools_close(px->spools);
     free(px);
 }
 
@@ -1272,6 +1276,7 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
         f->up = NULL;
         registry_upload_cancel(sreg, f->name, f->id);
     }
+    spools_drop(px->spools, f->id);
     if (result == REG_OK && px->spool) {
         /* Readers finish from the spool; the import's done frees f (perhaps before
          * offload_run returns), so it comes last. */
@@ -1327,6 +1332,8 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
         struct registry *sreg = spool_reg(px);
         result = registry_upload_start(sreg, f->name, f->id);
         if (result == REG_OK)
+            spools_add(px->spools, f->name, f->id);
+        if (result == REG_OK)
             result = registry_upload_open(sreg, f->name, f->id, &f->up);
         if (result == REG_OK)
             result = registry_upload_reader(sreg, f->name, f->id, &f->fd);
@@ -1348,8 +1355,10 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
         if (f) {
             if (f->up)
                 registry_upload_close(f->up);
-            if (f->id[0])
+            if (f->id[0]) {
                 registry_upload_cancel(spool_reg(px), f->name, f->id);
+                spools_drop(px->spools, f->id);
+            }
             if (f->fd >= 0)
                 close(f->fd);
             free(f);
@@ -1599,6 +1608,9 @@ struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struc
     }
     if (!offload_inline(ol) && spool_open(px, cfg->proxy.spooldir) != 0)
         goto fail;
+    /* On the filesystem the store is the spool: remove what a killed instance left there. */
+    if (!px->spool && cfg->storage.driver == CONFIG_STORAGE_FILESYSTEM)
+        px->spools = spools_open(cfg->storage.filesystem.rootdirectory, reg);
     log_info("proxy: pulling through from %s", cfg->proxy.remoteurl);
     return px;
 fail:
@@ -1639,6 +1651,7 @@ void proxy_free(struct proxy *px)
             registry_upload_close(f->up);
         f->up = NULL;
         registry_upload_cancel(spool_reg(px), f->name, f->id);
+        spools_drop(px->spools, f->id);
         f->state = B_FAILED;
         snprintf(f->why, sizeof(f->why), "shutting down");
         bfetch_pump_all(f);

@@ -1,9 +1,13 @@
 """Pull-through hardening: what the mirror does with malformed or hostile upstream input
 (?ns=, sizes it cannot read, token realms on other hosts) and with space it cannot use."""
 
+import os
 import subprocess
+import threading
+import time
 
 import pytest
+import requests
 
 import helpers
 import tokenserver
@@ -143,3 +147,71 @@ def test_check_config_names_the_credentials_rule(tmp_path):
     assert ("# proxy: the account of https://ghcr.io goes to the realm named by the upstream's "
             "challenge, if on ghcr.io (https)") in out.stdout
     assert "secretpw" not in out.stdout
+
+
+def _uploads(root):
+    """Every upload session directory under a filesystem registry root."""
+    out = []
+    for dirpath, dirnames, _ in os.walk(os.path.join(root, "docker/registry/v2/repositories")):
+        if os.path.basename(dirpath) == "_uploads":
+            out += [os.path.join(dirpath, d) for d in dirnames]
+    return out
+
+
+def _wait(pred, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(helpers.storage_kind() == "oss", reason="the OSS spool is proxy.spooldir, "
+                    "cleared at every start")
+def test_killed_pull_through_leaves_no_spool(make_registry, upstream, seeded):
+    """kill -9 during a slow pull-through: the restart removes the spool nobody can resume
+    (and only that: a client's upload session stays resumable), and the re-pull works."""
+    mirror = make_registry(name="killed", extra_yaml=upstream.proxy_yaml())
+    img = seeded.alpine
+    d, data = max(img.blobs.items(), key=lambda kv: len(kv[1]))
+    r = mirror.post("/v2/%s/blobs/uploads/" % img.repo, data=b"")
+    assert r.status_code == 202
+    client_session = [p for p in _uploads(mirror.rootdir)]
+    assert len(client_session) == 1
+    upstream.proxy.throttle(len(data) // 10)
+
+    def pull():
+        try:
+            requests.get(mirror.url("/v2/%s/blobs/%s" % (img.repo, d)), timeout=60)
+        except requests.RequestException:
+            pass
+
+    t = threading.Thread(target=pull, daemon=True)
+    t.start()
+
+    def spooling():
+        return [p for p in _uploads(mirror.rootdir) if p not in client_session and
+                os.path.exists(os.path.join(p, "data")) and
+                os.path.getsize(os.path.join(p, "data")) > 0]
+
+    assert _wait(spooling), "no spool appeared"
+    spool = spooling()[0]
+    mirror.proc.kill()
+    mirror.proc.wait(10)
+    mirror.proc = None
+    t.join(30)
+    upstream.proxy.clear_faults()
+    assert os.path.isdir(spool)  # what a kill -9 leaves
+    mirror.start()
+    assert not os.path.exists(spool)
+    assert _uploads(mirror.rootdir) == client_session
+    assert os.listdir(os.path.join(mirror.rootdir, "regmirror-spools")) != []  # the new instance
+    assert "removed 1 pull-through spool(s) left by 1 stopped instance(s)" in open(
+        mirror.log_path).read()
+    r = mirror.get("/v2/%s/blobs/%s" % (img.repo, d))
+    assert r.status_code == 200 and r.content == data
+    assert _uploads(mirror.rootdir) == client_session
+    # A clean stop leaves no record behind.
+    mirror.stop()
+    assert os.listdir(os.path.join(mirror.rootdir, "regmirror-spools")) == []
