@@ -444,6 +444,16 @@ enum regerr registry_upload_close(struct registry_upload *up)
     return upload_release(up);
 }
 
+enum regerr registry_upload_rewind(struct registry_upload *up, uint64_t offset)
+{
+    /* The hash state has taken bytes that go now: the commit re-hashes instead. */
+    if (up->state) {
+        state_free(up->state);
+        up->state = NULL;
+    }
+    return storage_writer_truncate(up->w, offset);
+}
+
 static int hash_chunk(void *ctx, const void *data, size_t len)
 {
     return digest_hasher_update(ctx, data, len);

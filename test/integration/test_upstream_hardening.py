@@ -1,6 +1,7 @@
 """Pull-through hardening: what the mirror does with malformed or hostile upstream input
 (?ns=, sizes it cannot read, token realms on other hosts) and with space it cannot use."""
 
+import http.client
 import os
 import subprocess
 import threading
@@ -215,3 +216,84 @@ def test_killed_pull_through_leaves_no_spool(make_registry, upstream, seeded):
     # A clean stop leaves no record behind.
     mirror.stop()
     assert os.listdir(os.path.join(mirror.rootdir, "regmirror-spools")) == []
+
+
+@pytest.fixture
+def small_root(tmp_path):
+    """An 8 MiB tmpfs to serve from (needs root); skipped where it cannot be mounted."""
+    root = tmp_path / "small-root"
+    root.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(root)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs: " + r.stderr.strip())
+    yield str(root)
+    subprocess.run(["umount", "-l", str(root)], capture_output=True)
+
+
+def _send(reg, method, path, body, headers=None):
+    """Sends body in pieces, tolerating the server answering (and closing) early; returns
+    (status, body) or (0, b"") when no answer could be read."""
+    conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=60)
+    try:
+        conn.putrequest(method, path)
+        for k, v in dict({"Content-Type": "application/octet-stream",
+                          "Content-Length": str(len(body))}, **(headers or {})).items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        try:
+            for i in range(0, len(body), 256 * 1024):
+                conn.send(body[i:i + 256 * 1024])
+        except OSError:
+            pass
+        try:
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException):
+            return 0, b""
+    finally:
+        conn.close()
+
+
+def _upload_bytes(root):
+    return sum(os.path.getsize(os.path.join(p, "data")) for p in _uploads(root)
+               if os.path.exists(os.path.join(p, "data")))
+
+
+@pytest.mark.skipif(helpers.storage_kind() == "oss", reason="a full local disk is the "
+                    "filesystem driver's case")
+def test_full_disk_upload_frees_what_it_wrote(make_registry, small_root):
+    """A PUT or PATCH that fails with ENOSPC frees what it wrote and answers 503 UNAVAILABLE
+    with an OCI body; the session is back where it was, so a smaller POST+PUT (or the next
+    PATCH) succeeds at once, not after uploadpurging."""
+    reg = make_registry(name="full", rootdir=small_root)
+    repo = "full/app"
+    big = os.urandom(12 * 1024 * 1024)
+    for mode in ("PUT", "PATCH"):
+        loc, _ = helpers.start_upload(reg, repo)
+        path = loc[loc.index("/v2/"):]
+        if mode == "PUT":
+            target = helpers.with_query(path, digest=helpers.sha256(big))
+        else:
+            target = path
+        status, body = _send(reg, mode, target, big)
+        assert status in (503, 0), (mode, status, body[:300])  # 0: the answer was lost
+        if status:
+            assert b'"UNAVAILABLE"' in body, body
+        assert _wait(lambda: _upload_bytes(reg.rootdir) == 0, 10), \
+            (mode, _upload_bytes(reg.rootdir))
+        if mode == "PATCH":
+            # The same session goes on from where it was.
+            small = os.urandom(512 * 1024)
+            r = reg.patch(loc, data=small, headers={"Content-Type": "application/octet-stream"})
+            assert r.status_code == 202, r.text
+            assert r.headers["Range"] == "0-%d" % (len(small) - 1)
+            r = reg.put(helpers.with_query(helpers.abs_location(reg, r),
+                                           digest=helpers.sha256(small)), data=b"")
+            assert r.status_code == 201, r.text
+        small = os.urandom(1024 * 1024)
+        loc, _ = helpers.start_upload(reg, repo)
+        r = reg.put(helpers.with_query(loc, digest=helpers.sha256(small)), data=small,
+                    headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 201, (mode, r.status_code, r.text[:300])
+        assert reg.get("/v2/%s/blobs/%s" % (repo, helpers.sha256(small))).content == small
