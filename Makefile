@@ -11,7 +11,7 @@ CC      ?= cc
 # Build directory; B=/tmp/mybuild keeps concurrent builds of one tree apart.
 B       ?= build
 PYTHON  ?= /usr/bin/python3
-PKGS    := libevent libevent_openssl libevent_pthreads libcurl yaml-0.1 hiredis jansson openssl
+PKGS    := libevent libevent_openssl libevent_pthreads libcurl yaml-0.1 hiredis jansson openssl libpsl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lcrypt -lpthread
 WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter

@@ -11,6 +11,7 @@ static const struct {
     size_t hex_len;
 } algos[] = {
     [DIGEST_SHA256] = {"sha256", 6, 64},
+    [DIGEST_SHA384] = {"sha384", 6, 96},
     [DIGEST_SHA512] = {"sha512", 6, 128},
 };
 
@@ -113,6 +114,13 @@ const char *digest_algo_name(enum digest_algo algo)
     return algos[algo].name;
 }
 
+size_t digest_hex_len(enum digest_algo algo)
+{
+    if ((size_t)algo >= NALGOS)
+        return 0;
+    return algos[algo].hex_len;
+}
+
 const char *digest_str(const struct digest *d, char *buf)
 {
     const char *name = digest_algo_name(d->algo);
@@ -136,6 +144,8 @@ static const EVP_MD *evp_md(enum digest_algo algo)
     switch (algo) {
     case DIGEST_SHA256:
         return EVP_sha256();
+    case DIGEST_SHA384:
+        return EVP_sha384();
     case DIGEST_SHA512:
         return EVP_sha512();
     }

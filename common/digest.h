@@ -10,13 +10,14 @@
  *   algorithm-component ::= [a-z0-9]+
  *   algorithm-separator ::= [+._-]
  *   encoded             ::= [a-zA-Z0-9=_-]+
- * with the registered algorithms narrowing "encoded": sha256 is exactly 64 and sha512 exactly
- * 128 lowercase hex characters.
+ * with the registered algorithms narrowing "encoded": sha256 is exactly 64, sha384 exactly 96
+ * and sha512 exactly 128 lowercase hex characters (the three go-digest, and so registry:2,
+ * accepts).
  */
 #include <stdbool.h>
 #include <stddef.h>
 
-enum digest_algo { DIGEST_SHA256, DIGEST_SHA512 };
+enum digest_algo { DIGEST_SHA256, DIGEST_SHA384, DIGEST_SHA512 };
 
 /* Longest hex encoding (sha512) plus its NUL. */
 #define DIGEST_HEX_MAX 129
@@ -30,9 +31,9 @@ struct digest {
 
 /*
  * Parses the len bytes at s (no NUL needed; a NUL inside is just an invalid byte).
- * Returns 0 and fills *out (if out is not NULL) for a valid sha256/sha512 digest.
+ * Returns 0 and fills *out (if out is not NULL) for a valid sha256, sha384 or sha512 digest.
  * Returns -2 when s matches the generic grammar but names an algorithm regmirror does not
- * implement (e.g. "sha384:..." or "blake3:..."), so the API can say UNSUPPORTED rather than
+ * implement (e.g. "sha1:..." or "blake3:..."), so the API can say UNSUPPORTED rather than
  * DIGEST_INVALID. Returns -1 for everything else, including a known algorithm with the wrong
  * length or with uppercase hex. *out is left untouched on failure.
  */
@@ -41,8 +42,11 @@ int digest_parse(const char *s, size_t len, struct digest *out);
 /* Writes "algo:hex" into buf, which must hold DIGEST_STR_MAX bytes; returns buf. */
 const char *digest_str(const struct digest *d, char *buf);
 
-/* "sha256" or "sha512"; "unknown" for an out-of-range value. */
+/* "sha256", "sha384" or "sha512"; "unknown" for an out-of-range value. */
 const char *digest_algo_name(enum digest_algo algo);
+
+/* Length of the algorithm's hex encoding (64, 96, 128); 0 for an out-of-range value. */
+size_t digest_hex_len(enum digest_algo algo);
 
 /* Same algorithm and same hex. */
 bool digest_equal(const struct digest *a, const struct digest *b);

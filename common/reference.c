@@ -279,12 +279,13 @@ char *reference_url_decode(const char *s, size_t len)
     return percent_decode(s, len, false);
 }
 
-char *reference_query_get(const char *query, const char *key)
+int reference_query_lookup(const char *query, const char *key, char **value)
 {
     const char *p = query;
 
+    *value = NULL;
     if (query == NULL || key == NULL)
-        return NULL;
+        return 0;
     while (*p != '\0') {
         const char *pair_end = strchr(p, '&');
         const char *eq;
@@ -301,17 +302,69 @@ char *reference_query_get(const char *query, const char *key)
         free(k);
         if (match) {
             const char *v = eq != NULL ? eq + 1 : pair_end;
-            char *value = percent_decode(v, (size_t)(pair_end - v), true);
+            char *decoded = percent_decode(v, (size_t)(pair_end - v), true);
 
-            if (value != NULL && strlen(value) > REFERENCE_QUERY_VALUE_MAX) {
-                free(value);
-                value = NULL;
+            if (decoded == NULL || strlen(decoded) > REFERENCE_QUERY_VALUE_MAX) {
+                free(decoded);
+                return -1;
             }
-            return value;
+            *value = decoded;
+            return 1;
         }
         p = *pair_end == '&' ? pair_end + 1 : pair_end;
     }
-    return NULL;
+    return 0;
+}
+
+char *reference_query_get(const char *query, const char *key)
+{
+    char *value;
+    reference_query_lookup(query, key, &value);
+    return value;
+}
+
+static bool is_alnum(char c)
+{
+    return is_lower_alnum(c) || (c >= 'A' && c <= 'Z');
+}
+
+bool reference_host_valid(const char *host, size_t len)
+{
+    const char *colon = memchr(host, ':', len);
+    size_t hl = colon ? (size_t)(colon - host) : len, label = 0;
+
+    if (hl == 0 || hl > REFERENCE_HOST_MAX)
+        return false;
+    for (size_t i = 0; i < hl; i++) {
+        char c = host[i];
+        if (c == '.') {
+            if (label == 0 || host[i - 1] == '-')
+                return false;
+            label = 0;
+        } else if (is_alnum(c) || (c == '-' && label > 0)) {
+            if (++label > 63)
+                return false;
+        } else {
+            return false;
+        }
+    }
+    if (label == 0 || host[hl - 1] == '-')
+        return false;
+    if (colon) {
+        const char *port = colon + 1;
+        size_t pl = len - hl - 1;
+        unsigned long v = 0;
+        if (pl == 0 || pl > 5 || port[0] == '0')
+            return false;
+        for (size_t i = 0; i < pl; i++) {
+            if (port[i] < '0' || port[i] > '9')
+                return false;
+            v = v * 10 + (unsigned long)(port[i] - '0');
+        }
+        if (v > 65535)
+            return false;
+    }
+    return true;
 }
 
 char *reference_url_encode(const char *s)

@@ -69,6 +69,24 @@ int reference_parse_content_range(const char *hdr, uint64_t *start, uint64_t *en
 char *reference_query_get(const char *query, const char *key);
 
 /*
+ * reference_query_get that tells an absent key from an unusable value: 0 when key is absent
+ * (*value NULL), 1 with *value (the caller frees) as reference_query_get returns it, -1 when
+ * the first occurrence's value is badly encoded, decodes to a NUL byte, is too long or
+ * memory ran out (*value NULL).
+ */
+int reference_query_lookup(const char *query, const char *key, char **value);
+
+/* Longest host name (RFC 1035), without its port. */
+#define REFERENCE_HOST_MAX 253
+
+/*
+ * A registry host as ?ns= names it: a DNS name (labels of [A-Za-z0-9-], 1..63 bytes, no '-'
+ * at either end, joined by '.', at most REFERENCE_HOST_MAX bytes) with an optional ":port"
+ * (1..65535, no leading zero).
+ */
+bool reference_host_valid(const char *host, size_t len);
+
+/*
  * Percent-decodes len bytes of a URL path segment ('+' stays '+') into a malloc'd
  * NUL-terminated string the caller frees. NULL on a bad escape ("%zz", "%4"), an escape that
  * decodes to NUL, or out of memory.

@@ -31,7 +31,7 @@ static const struct {
                                            "invalid number of results requested"},
     [REG_ERR_TOO_LARGE] = {"SIZE_INVALID", 413, "request body too large"},
     [REG_ERR_NOT_FOUND] = {"NOT_FOUND", 404, "not found"},
-    [REG_ERR_BAD_GATEWAY] = {"UNKNOWN", 502, "the upstream sent an invalid response"},
+    [REG_ERR_BAD_GATEWAY] = {"UNKNOWN", 502, "the upstream registry's answer cannot be used"},
     /* The spec has no codes for these; UNSUPPORTED and SIZE_INVALID come closest. */
     [REG_ERR_BAD_REQUEST] = {"UNSUPPORTED", 400, "malformed request"},
     [REG_ERR_TIMEOUT] = {"UNKNOWN", 408, "the request head did not arrive in time"},

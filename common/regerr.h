@@ -31,7 +31,8 @@ enum regerr {
     REG_ERR_PAGINATION_NUMBER_INVALID,
     REG_ERR_TOO_LARGE,   /* 413, body over a limit */
     REG_ERR_NOT_FOUND,   /* storage-level "no such path"; mapped by the caller */
-    REG_ERR_BAD_GATEWAY, /* 502, the upstream sent something unusable (wrong bytes, length) */
+    REG_ERR_BAD_GATEWAY, /* 502, the upstream's answer cannot be used (wrong bytes,
+                            a length or size that does not parse) */
     /* Requests the HTTP layer rejects before they parse (regerr_from_http_status). */
     REG_ERR_BAD_REQUEST,       /* 400, malformed framing */
     REG_ERR_TIMEOUT,           /* 408, the head did not arrive in time */

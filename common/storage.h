@@ -72,6 +72,7 @@ struct storage_writer_ops {
     enum regerr (*write)(struct storage_writer *w, const void *data, size_t len);
     uint64_t (*size)(const struct storage_writer *w);
     enum regerr (*close)(struct storage_writer *w);
+    enum regerr (*truncate)(struct storage_writer *w, uint64_t size); /* NULL: not supported */
 };
 
 struct storage_writer {
@@ -219,6 +220,15 @@ static inline enum regerr storage_writer_write(struct storage_writer *w, const v
 static inline uint64_t storage_writer_size(const struct storage_writer *w)
 {
     return w->ops->size(w);
+}
+/*
+ * Cuts what w wrote back to size bytes (no more than it holds), freeing the rest: a request
+ * that failed half-way leaves what was there before it. REG_ERR_UNSUPPORTED where the
+ * driver cannot (OSS sends parts as they fill).
+ */
+static inline enum regerr storage_writer_truncate(struct storage_writer *w, uint64_t size)
+{
+    return w->ops->truncate ? w->ops->truncate(w, size) : REG_ERR_UNSUPPORTED;
 }
 /* Flushes and closes; w is freed whatever the result. */
 static inline enum regerr storage_writer_close(struct storage_writer *w)

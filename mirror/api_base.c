@@ -93,11 +93,13 @@ enum regerr api_route_parse(const char *path, struct api_route *rt)
         if (result != REG_OK)
             return result;
         size_t tl = strlen(tail);
+        /* Neither a tag nor a digest names no manifest: 404 for every method, as the OCI
+         * spec says for GET and registry:2 answers (its route does not match). */
         if (copy_part(rt->ref, sizeof(rt->ref), tail, tl) != 0)
-            return REG_ERR_TAG_INVALID;
+            return REG_ERR_MANIFEST_UNKNOWN;
         if (strchr(tail, ':'))
             return digest_parse(tail, tl, &d) == 0 ? REG_OK : REG_ERR_DIGEST_INVALID;
-        return reference_tag_valid(tail, tl) ? REG_OK : REG_ERR_TAG_INVALID;
+        return reference_tag_valid(tail, tl) ? REG_OK : REG_ERR_MANIFEST_UNKNOWN;
     }
     return REG_ERR_NOT_FOUND;
 }

@@ -460,10 +460,11 @@ static void head_blob(const struct api *api, struct http_req *req, const struct 
         hl->op = op;
 }
 
+/* Also a malformed one: the proxy refuses it. */
 static bool has_ns(struct http_req *req)
 {
-    char *ns = reference_query_get(http_req_query(req), "ns");
-    bool has = ns != NULL;
+    char *ns;
+    bool has = reference_query_lookup(http_req_query(req), "ns", &ns) != 0;
     free(ns);
     return has;
 }

@@ -47,6 +47,8 @@ struct upload_ctx {
     struct digest digest; /* PUT and monolithic POST */
     enum regerr result;   /* of the last job */
     uint64_t size;        /* the session's size as the last job saw it */
+    uint64_t start;       /* its size when this request began */
+    bool rewind;          /* a write failed: cut the session back to start when closing */
     char *buf, *wbuf;     /* filling on the loop; being written by a job */
     size_t len, cap, wlen, wcap;
 };
@@ -122,6 +124,8 @@ static void ctx_run(struct upload_ctx *ctx, offload_work_fn work, offload_done_f
 static void close_work(void *arg)
 {
     struct upload_ctx *ctx = arg;
+    if (ctx->rewind)
+        registry_upload_rewind(ctx->up, ctx->start);
     ctx->size = registry_upload_offset(ctx->up);
     ctx->result = registry_upload_close(ctx->up);
     ctx->up = NULL;
@@ -150,6 +154,17 @@ static void ctx_abandon(struct upload_ctx *ctx)
 static void ctx_fail(struct upload_ctx *ctx, enum regerr e)
 {
     api_error(ctx->api, ctx_release(ctx), e, NULL);
+    if (!ctx->busy)
+        ctx_abandon(ctx);
+}
+
+/* A write failed (a full disk, say): what this request wrote goes, so that it keeps no
+ * space and the client may send it again from where the session was. */
+static void ctx_fail_write(struct upload_ctx *ctx, enum regerr e)
+{
+    ctx->rewind = true;
+    api_errorf(ctx->api, ctx_release(ctx), e,
+               "writing the upload failed; the session is back at %" PRIu64 " bytes", ctx->start);
     if (!ctx->busy)
         ctx_abandon(ctx);
 }
@@ -239,7 +254,7 @@ static int body_data(struct http_req *req, void *arg, const char *data, size_t l
     if (result == REG_OK)
         return 0;
     /* The body's end will not come: release ctx now. */
-    ctx_fail(ctx, result);
+    ctx_fail_write(ctx, result);
     return -1;
 }
 
@@ -306,7 +321,7 @@ static void write_done(void *arg, bool cancelled)
     if (!ctx_resume(ctx, cancelled))
         return;
     if (ctx->result != REG_OK) {
-        ctx_fail(ctx, ctx->result);
+        ctx_fail_write(ctx, ctx->result);
         return;
     }
     if (ctx->ended) {
@@ -340,7 +355,7 @@ static void open_work(void *arg)
     struct upload_ctx *ctx = arg;
     ctx->result = registry_upload_open(ctx->reg, ctx->rt.name, ctx->rt.ref, &ctx->up);
     if (ctx->result == REG_OK)
-        ctx->size = registry_upload_offset(ctx->up);
+        ctx->start = ctx->size = registry_upload_offset(ctx->up);
 }
 
 /* Whether Content-Range (if any) continues the session at offset with Content-Length. */

@@ -22,7 +22,7 @@
 #define WALK_DEPTH_MAX 64
 #define V2 "/docker/registry/v2"
 
-static const enum digest_algo algos[] = {DIGEST_SHA256, DIGEST_SHA512};
+static const enum digest_algo algos[] = {DIGEST_SHA256, DIGEST_SHA384, DIGEST_SHA512};
 #define NALGOS (sizeof(algos) / sizeof(algos[0]))
 
 /* ---- digest set: open addressing, power-of-two capacity, at most half full ---- */

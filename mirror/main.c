@@ -17,6 +17,7 @@
 #include "notify.h"
 #include "offload.h"
 #include "proxy.h"
+#include "realm.h"
 #include "registry.h"
 #include "server.h"
 #include "storage.h"
@@ -238,6 +239,16 @@ static int garbage_collect(int argc, char **argv)
     return rc;
 }
 
+/* A YAML comment per upstream account: which token realms it goes to. */
+static void print_credentials_rule(const char *url, const char *user)
+{
+    char rule[320];
+    if (!url || !url[0] || !user || !user[0])
+        return;
+    if (realm_describe(url, rule, sizeof(rule)) == 0)
+        printf("# proxy: the account of %s goes to %s\n", url, rule);
+}
+
 static int check_config(const char *path)
 {
     struct config cfg;
@@ -246,6 +257,9 @@ static int check_config(const char *path)
         return 1;
     }
     config_print(&cfg, stdout);
+    print_credentials_rule(cfg.proxy.remoteurl, cfg.proxy.username);
+    for (size_t i = 0; i < cfg.proxy.nremotes; i++)
+        print_credentials_rule(cfg.proxy.remotes[i].remoteurl, cfg.proxy.remotes[i].username);
     config_free(&cfg);
     return 0;
 }

@@ -30,7 +30,7 @@
 /* The first upload purge after start: registry:2 waits up to an hour; so does this, at most. */
 #define PURGE_FIRST_MAX_MS 3600000LL
 
-static const enum digest_algo algos[] = {DIGEST_SHA256, DIGEST_SHA512};
+static const enum digest_algo algos[] = {DIGEST_SHA256, DIGEST_SHA384, DIGEST_SHA512};
 #define NALGOS (sizeof(algos) / sizeof(algos[0]))
 
 /* ---- the storage wrapper that records what is linked (or, with workers, used) in a pass ---- */

@@ -18,6 +18,7 @@
 #include "notify.h"
 #include "offload.h"
 #include "reference.h"
+#include "spools.h"
 #include "upstream.h"
 
 /* Every manifest type, so the upstream answers with what it has (indexes included); each
@@ -61,8 +62,10 @@ struct proxy {
     struct storage *spool_st;
     struct registry *spool;
     int spool_lock; /* flock'd spool directory, or -1 */
-    unsigned jobs;  /* offload jobs that use px */
-    bool closing;   /* proxy_free ran: the last job's done frees px */
+    /* Filesystem store: the record of this process's spools in the store (spools.h). */
+    struct spools *spools;
+    unsigned jobs; /* offload jobs that use px */
+    bool closing;  /* proxy_free ran: the last job's done frees px */
     /* Bumped whenever a manifest / blob fetch leaves its table (see LOOKUP_TRIES). */
     unsigned mseq, bseq;
     struct remote *remotes;
@@ -284,6 +287,7 @@ static void proxy_release(struct proxy *px)
     free(px->tagmemo);
     if (px->spool_lock >= 0)
         close(px->spool_lock);
+    spools_close(px->spools);
     free(px);
 }
 
@@ -307,12 +311,19 @@ static void job_end(struct proxy *px)
  * its name, another upstream's is cached under "<host>/<name>" so the two never mix.
  */
 static enum regerr pick_target(struct proxy *px, struct http_req *req, const struct api_route *rt,
-                               struct target *t)
+                               struct target *t, const char **why)
 {
-    char *ns = reference_query_get(http_req_query(req), "ns");
+    char *ns;
+    int has = reference_query_lookup(http_req_query(req), "ns", &ns);
     enum regerr result = REG_OK;
     t->rm = &px->remotes[0];
     t->rt = *rt;
+    /* A malformed ns names no upstream: refused, never served from the main one. */
+    if (has < 0 || (ns && *ns && !reference_host_valid(ns, strlen(ns)))) {
+        result = REG_ERR_NAME_INVALID;
+        *why = "ns is not a registry host name";
+        goto out;
+    }
     if (ns && *ns && strcmp(ns, DEFAULT_HOST) != 0) {
         t->rm = NULL;
         for (size_t i = 0; i < px->nremotes; i++) {
@@ -321,6 +332,7 @@ static enum regerr pick_target(struct proxy *px, struct http_req *req, const str
         }
         if (!t->rm) {
             result = REG_ERR_NAME_UNKNOWN;
+            *why = "no upstream for this ns";
             goto out;
         }
     }
@@ -333,8 +345,10 @@ static enum regerr pick_target(struct proxy *px, struct http_req *req, const str
         }
         int n = snprintf(t->rt.name, sizeof(t->rt.name), "%s/%s", host, rt->name);
         if (n < 0 || (size_t)n >= sizeof(t->rt.name) ||
-            !reference_name_valid(t->rt.name, strlen(t->rt.name)))
+            !reference_name_valid(t->rt.name, strlen(t->rt.name))) {
             result = REG_ERR_NAME_INVALID;
+            *why = "the name is too long for this ns";
+        }
     }
 out:
     free(ns);
@@ -346,9 +360,10 @@ static bool begin(struct proxy *px, const struct api *api, struct http_req *req,
                   const struct api_route *rt, proxy_blob_serve_fn serve, struct target *t,
                   struct client *c)
 {
-    enum regerr result = pick_target(px, req, rt, t);
+    const char *why = "";
+    enum regerr result = pick_target(px, req, rt, t, &why);
     if (result != REG_OK) {
-        api_errorf(api, req, result, "no upstream for this ns");
+        api_errorf(api, req, result, "%s", why);
         return false;
     }
     *c = (struct client){api, req, t->rt, serve, NULL};
@@ -792,9 +807,9 @@ struct bhead {
     struct remote *rm;
     struct digest d;
     struct upstream_req *ureq;
-    int64_t size;
-    bool job;    /* its link job runs (the job holds the request's abort callback) */
-    bool linked; /* the job's result */
+    int64_t size; /* -1: the upstream's Content-Length is missing or unreadable */
+    bool job;     /* its link job runs (the job holds the request's abort callback) */
+    bool linked;  /* the job's result */
 };
 
 static void blob_fetch(struct proxy *px, const struct target *t, struct client *c,
@@ -826,7 +841,7 @@ static int bh_on_response(struct upstream_req *r, void *ctx, long status,
     struct bhead *b = ctx;
     const char *cl = httpc_header_get(h, "Content-Length");
     uint64_t n;
-    b->size = (cl && reference_parse_uint(cl, &n) == 0) ? (int64_t)n : -1;
+    b->size = (cl && reference_parse_uint(cl, &n) == 0 && n <= INT64_MAX) ? (int64_t)n : -1;
     return 0;
 }
 
@@ -886,6 +901,11 @@ static void bhead_done(void *arg, struct http_req *req)
     }
     int64_t size = b->size;
     bhead_free(b);
+    if (size < 0) {
+        /* Never answer a size that was not read. */
+        client_error(&c, REG_ERR_BAD_GATEWAY, -1, "the upstream's blob HEAD has no usable size");
+        return;
+    }
     http_req_on_abort(c.req, NULL, NULL);
     api_start(c.api, c.req, 200);
     http_resp_header(c.req, "Content-Type", "application/octet-stream");
@@ -952,9 +972,10 @@ struct bfetch {
     long retry_after;
     char why[256];
     struct breader *readers;
-    bool listed;    /* in px->bfetches: new requests join it */
-    bool pinned;    /* being walked: readers finishing must not free it under the walker */
-    bool importing; /* the verified spool is being stored (remote store); readers go on */
+    bool listed;     /* in px->bfetches: new requests join it */
+    bool pinned;     /* being walked: readers finishing must not free it under the walker */
+    bool importing;  /* the verified spool is being stored (remote store); readers go on */
+    bool bad_answer; /* the upstream's answer was refused (502), not lost */
     enum regerr imported;
 };
 
@@ -1138,7 +1159,12 @@ static int b_on_response(struct upstream_req *r, void *ctx, long status,
     struct bfetch *f = ctx;
     const char *cl = httpc_header_get(h, "Content-Length");
     uint64_t n;
-    f->total = (cl && reference_parse_uint(cl, &n) == 0 && n <= INT64_MAX) ? (int64_t)n : -1;
+    if (cl && (reference_parse_uint(cl, &n) != 0 || n > INT64_MAX)) {
+        f->bad_answer = true;
+        snprintf(f->why, sizeof(f->why), "the upstream sent an unreadable Content-Length");
+        return -1;
+    }
+    f->total = cl ? (int64_t)n : -1;
     f->state = B_STREAMING;
     bfetch_pump_all(f);
     return 0;
@@ -1252,6 +1278,8 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
     } else {
         if (f->err != REG_OK) {
             result = f->err; /* b_on_data stopped the transfer */
+        } else if (f->bad_answer) {
+            result = REG_ERR_BAD_GATEWAY;
         } else if (result == REG_ERR_UNAVAILABLE && f->total >= 0 &&
                    f->written < (uint64_t)f->total) {
             result = REG_ERR_BAD_GATEWAY;
@@ -1264,6 +1292,7 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
         f->up = NULL;
         registry_upload_cancel(sreg, f->name, f->id);
     }
+    spools_drop(px->spools, f->id);
     if (result == REG_OK && px->spool) {
         /* Readers finish from the spool; the import's done frees f (perhaps before
          * offload_run returns), so it comes last. */
@@ -1319,6 +1348,8 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
         struct registry *sreg = spool_reg(px);
         result = registry_upload_start(sreg, f->name, f->id);
         if (result == REG_OK)
+            spools_add(px->spools, f->name, f->id);
+        if (result == REG_OK)
             result = registry_upload_open(sreg, f->name, f->id, &f->up);
         if (result == REG_OK)
             result = registry_upload_reader(sreg, f->name, f->id, &f->fd);
@@ -1340,8 +1371,10 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
         if (f) {
             if (f->up)
                 registry_upload_close(f->up);
-            if (f->id[0])
+            if (f->id[0]) {
                 registry_upload_cancel(spool_reg(px), f->name, f->id);
+                spools_drop(px->spools, f->id);
+            }
             if (f->fd >= 0)
                 close(f->fd);
             free(f);
@@ -1524,10 +1557,13 @@ static int add_remote(struct proxy *px, const char *host, const char *url, const
         return -1;
     }
     px->nremotes++;
-    if (user && *user)
+    if (user && *user) {
         log_warn("proxy: upstream %s uses the account %s: anyone who can reach this mirror can "
                  "pull what that account can, unless client auth is configured",
                  url, user);
+        log_info("proxy: upstream %s: the account goes to %s", url,
+                 upstream_credentials_rule(rm->up));
+    }
     return 0;
 }
 
@@ -1588,6 +1624,9 @@ struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struc
     }
     if (!offload_inline(ol) && spool_open(px, cfg->proxy.spooldir) != 0)
         goto fail;
+    /* On the filesystem the store is the spool: remove what a killed instance left there. */
+    if (!px->spool && cfg->storage.driver == CONFIG_STORAGE_FILESYSTEM)
+        px->spools = spools_open(cfg->storage.filesystem.rootdirectory, reg);
     log_info("proxy: pulling through from %s", cfg->proxy.remoteurl);
     return px;
 fail:
@@ -1628,6 +1667,7 @@ void proxy_free(struct proxy *px)
             registry_upload_close(f->up);
         f->up = NULL;
         registry_upload_cancel(spool_reg(px), f->name, f->id);
+        spools_drop(px->spools, f->id);
         f->state = B_FAILED;
         snprintf(f->why, sizeof(f->why), "shutting down");
         bfetch_pump_all(f);

@@ -444,6 +444,16 @@ enum regerr registry_upload_close(struct registry_upload *up)
     return upload_release(up);
 }
 
+enum regerr registry_upload_rewind(struct registry_upload *up, uint64_t offset)
+{
+    /* The hash state has taken bytes that go now: the commit re-hashes instead. */
+    if (up->state) {
+        state_free(up->state);
+        up->state = NULL;
+    }
+    return storage_writer_truncate(up->w, offset);
+}
+
 static int hash_chunk(void *ctx, const void *data, size_t len)
 {
     return digest_hasher_update(ctx, data, len);
@@ -1146,7 +1156,8 @@ enum regerr registry_referrers(struct registry *reg, const char *name, const str
                               MANIFEST_MT_OCI_INDEX, "manifests", list);
     if (!index)
         return REG_ERR_INTERNAL;
-    /* Every algorithm directory: the subject may be referred to by sha512 manifests too. */
+    /* Every algorithm directory: the subject may be referred to by sha384 or sha512
+     * manifests too. */
     for (int algo = DIGEST_SHA256; algo <= DIGEST_SHA512; algo++) {
         enum regerr lr = storage_list(reg->st, layout_revisions_dir(path, name, algo), &revs);
         if (lr == REG_ERR_NOT_FOUND)

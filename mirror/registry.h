@@ -91,6 +91,11 @@ enum regerr registry_upload_write(struct registry_upload *up, const void *data, 
 /* Keeps the session. On a remote store closing is what stores the bytes: check the result. */
 enum regerr registry_upload_close(struct registry_upload *up);
 /*
+ * Cuts the session back to offset bytes (what it held before a request that failed), so a
+ * failed write keeps no space; REG_ERR_UNSUPPORTED where the storage cannot.
+ */
+enum regerr registry_upload_rewind(struct registry_upload *up, uint64_t offset);
+/*
  * Verifies the content against d (DIGEST_INVALID on mismatch, and the session stays so the
  * client may retry), moves it into place, links it into the repository, and ends the
  * session. Consumes up whatever the result.

@@ -16,6 +16,7 @@
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
+#include "realm.h"
 #include "wwwauth.h"
 
 #define DEFAULT_ATTEMPTS 3
@@ -57,10 +58,12 @@ struct token_fetch {
 struct upstream {
     struct httpc *http;
     struct event_base *base;
-    char *remoteurl; /* no trailing '/' */
-    char *origin;    /* scheme://host:port, lowercase, for the Authorization rule */
-    char *host;      /* for logs */
-    char *basic;     /* "Authorization: Basic ..." or NULL when anonymous */
+    char *remoteurl;     /* no trailing '/' */
+    char *origin;        /* scheme://host:port, lowercase, for the Authorization rule */
+    char *host;          /* for logs */
+    char *basic;         /* "Authorization: Basic ..." or NULL when anonymous */
+    char cred_rule[320]; /* which token realms get basic (realm_describe) */
+    char *refused_realm; /* the last realm host warned about */
     bool hub;
     int attempts;
     long retry_delay_ms;
@@ -995,6 +998,24 @@ static void on_tok_done(struct httpc_req *hr, void *ctx, enum httpc_result res, 
 
 static const struct httpc_callbacks token_cb = {on_tok_headers, on_tok_data, on_tok_done};
 
+/* Warns once per realm host that it gets no credentials (the host, never the account). */
+static void realm_refused(struct upstream *up, const char *realm)
+{
+    char *host = NULL;
+    char *origin = origin_of(realm, &host, NULL);
+    const char *shown = host ? host : "(unparsable)";
+    if (!up->refused_realm || strcmp(up->refused_realm, shown) != 0) {
+        log_kv(LOG_WARN, NULL,
+               "upstream %s: token realm %s%s does not qualify for the configured account "
+               "(credentials go to %s): asking it anonymously",
+               up->host, shown, origin && strncmp(origin, "http:", 5) == 0 ? " (plain http)" : "",
+               up->cred_rule);
+        replace(&up->refused_realm, strdup(shown));
+    }
+    free(origin);
+    free(host);
+}
+
 static struct token_fetch *fetch_start(struct upstream *up, char *key, const char *realm,
                                        const char *service, const char *scope)
 {
@@ -1009,13 +1030,13 @@ static struct token_fetch *fetch_start(struct upstream *up, char *key, const cha
         goto fail;
     snprintf(url, n, "%s%sservice=%s&scope=%s", realm, strchr(realm, '?') ? "&" : "?", esc_service,
              esc_scope);
-    /* The account goes to the realm the registry names (auth.docker.io for Hub), but never
-     * in the clear when the registry itself is reached over https. */
+    /* The account goes to the realm the registry names only on the registry's own domain
+     * (auth.docker.io for Hub), and never in the clear when the registry is reached over
+     * https (see realm.h); elsewhere the token is asked for anonymously. */
     const char *cred = up->basic;
-    if (cred && strncasecmp(realm, "http://", 7) == 0 && strncmp(up->origin, "https:", 6) == 0) {
-        log_kv(LOG_WARN, NULL, "upstream %s: token realm is plain http, asking anonymously",
-               up->host);
+    if (cred && !realm_may_get_credentials(up->remoteurl, realm)) {
         cred = NULL;
+        realm_refused(up, realm);
     }
     const char *hdrs[] = {"Accept: application/json", cred, NULL};
     struct httpc_req_opts o = {
@@ -1118,7 +1139,7 @@ struct upstream *upstream_new(struct httpc *c, const struct upstream_config *cfg
     up->hub = hub_host(up->host);
     if (nonempty(cfg->username)) {
         up->basic = basic_header(cfg->username, cfg->password ? cfg->password : "");
-        if (!up->basic)
+        if (!up->basic || realm_describe(up->remoteurl, up->cred_rule, sizeof(up->cred_rule)) != 0)
             goto fail;
     }
     up->attempts = cfg->attempts > 0 ? cfg->attempts : DEFAULT_ATTEMPTS;
@@ -1154,10 +1175,16 @@ void upstream_free(struct upstream *up)
     }
     free(up->realm);
     free(up->service);
+    free(up->refused_realm);
     free(up->remoteurl);
     free(up->origin);
     free(up->host);
     free(up);
+}
+
+const char *upstream_credentials_rule(const struct upstream *up)
+{
+    return up->basic ? up->cred_rule : "";
 }
 
 bool upstream_is_docker_hub(const struct upstream *up)

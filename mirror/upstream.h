@@ -6,7 +6,10 @@
  *
  *  - Auth: a 401 is answered by parsing WWW-Authenticate. Bearer: a token for
  *    "repository:<name>:pull" is fetched from the realm (GET with service and scope, HTTP
- *    Basic with the configured account, anonymous otherwise), cached per realm+service+scope
+ *    Basic with the configured account when the realm qualifies for it (realm.h: the
+ *    upstream's registrable domain, https unless the upstream is http; a warning names a
+ *    realm that does not), anonymous otherwise; never following a redirect), cached per
+ *    realm+service+scope
  *    until shortly before it expires, and the request is retried once with it. Concurrent
  *    requests that need the same token wait for one token fetch. Once a realm is known, later
  *    requests send a cached (or freshly fetched) token up front. Basic: the configured
@@ -60,6 +63,12 @@ struct upstream *upstream_new(struct httpc *c, const struct upstream_config *cfg
  * client and its token cache. Must not be called from inside an upstream callback. Takes NULL.
  */
 void upstream_free(struct upstream *u);
+
+/*
+ * Which token realms get the configured account, in words (realm_describe), for the start
+ * log; "" for an anonymous client.
+ */
+const char *upstream_credentials_rule(const struct upstream *u);
 
 /* Is the remote Docker Hub (registry-1.docker.io, docker.io, index.docker.io)? */
 bool upstream_is_docker_hub(const struct upstream *u);

@@ -35,7 +35,7 @@ struct cache_mem {
 
 static bool digest_ok(const struct digest *d)
 {
-    size_t want = d->algo == DIGEST_SHA256 ? 64 : d->algo == DIGEST_SHA512 ? 128 : 0;
+    size_t want = digest_hex_len(d->algo);
     return want && strnlen(d->hex, sizeof(d->hex)) == want;
 }
 

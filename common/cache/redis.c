@@ -168,7 +168,7 @@ static void timer_in(struct event *ev, int64_t ms)
 
 static bool digest_ok(const struct digest *d)
 {
-    size_t want = d->algo == DIGEST_SHA256 ? 64 : d->algo == DIGEST_SHA512 ? 128 : 0;
+    size_t want = digest_hex_len(d->algo);
     return want && strnlen(d->hex, sizeof(d->hex)) == want;
 }
 

@@ -347,11 +347,13 @@ static enum regerr fs_open_read(struct storage *s, const char *path, int *fd, ui
 static enum regerr fs_writer_write(struct storage_writer *base, const void *data, size_t len);
 static uint64_t fs_writer_size(const struct storage_writer *base);
 static enum regerr fs_writer_close(struct storage_writer *base);
+static enum regerr fs_writer_truncate(struct storage_writer *base, uint64_t size);
 
 static const struct storage_writer_ops fs_writer_ops = {
     .write = fs_writer_write,
     .size = fs_writer_size,
     .close = fs_writer_close,
+    .truncate = fs_writer_truncate,
 };
 
 static enum regerr fs_open_writer(struct storage *s, const char *path, bool append,
@@ -382,10 +384,28 @@ static enum regerr fs_writer_write(struct storage_writer *base, const void *data
 {
     struct fs_writer *w = (struct fs_writer *)base;
     if (write_all(w->fd, data, len) != 0) {
-        log_error("storage: write %s: %s", w->path, strerror(errno));
-        return REG_ERR_INTERNAL;
+        int err = errno;
+        log_error("storage: write %s: %s", w->path, strerror(err));
+        /* The part of this write that got in goes: the file holds what size says. */
+        if (ftruncate(w->fd, (off_t)w->size) != 0)
+            log_error("storage: truncate %s: %s", w->path, strerror(errno));
+        /* A full disk is a condition to retry after, not a fault of the registry. */
+        return err == ENOSPC || err == EDQUOT ? REG_ERR_UNAVAILABLE : REG_ERR_INTERNAL;
     }
     w->size += len;
+    return REG_OK;
+}
+
+static enum regerr fs_writer_truncate(struct storage_writer *base, uint64_t size)
+{
+    struct fs_writer *w = (struct fs_writer *)base;
+    if (size > w->size)
+        return REG_ERR_INTERNAL;
+    if (ftruncate(w->fd, (off_t)size) != 0) {
+        log_error("storage: truncate %s: %s", w->path, strerror(errno));
+        return REG_ERR_INTERNAL;
+    }
+    w->size = size;
     return REG_OK;
 }
 

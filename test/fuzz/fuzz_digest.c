@@ -21,10 +21,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
 
-    if (digest_compute(DIGEST_SHA256, data, size, &hashed) != 0)
-        abort();
-    digest_str(&hashed, buf);
-    if (digest_parse(buf, strlen(buf), &back) != 0 || !digest_equal(&hashed, &back))
-        abort();
+    static const enum digest_algo algos[] = {DIGEST_SHA256, DIGEST_SHA384, DIGEST_SHA512};
+    for (size_t i = 0; i < sizeof(algos) / sizeof(algos[0]); i++) {
+        if (digest_compute(algos[i], data, size, &hashed) != 0)
+            abort();
+        digest_str(&hashed, buf);
+        if (strlen(hashed.hex) != digest_hex_len(algos[i]) ||
+            digest_parse(buf, strlen(buf), &back) != 0 || !digest_equal(&hashed, &back))
+            abort();
+    }
     return 0;
 }

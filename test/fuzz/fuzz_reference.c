@@ -40,6 +40,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(val);
     val = reference_query_get(s, "");
     free(val);
+    char *ns;
+    int has = reference_query_lookup(s, "ns", &ns);
+    if ((has == 1) != (ns != NULL) || (ns && strlen(ns) > REFERENCE_QUERY_VALUE_MAX))
+        abort();
+    free(ns);
+
+    if (reference_host_valid(s, size) && (memchr(s, '\0', size) || size > REFERENCE_HOST_MAX + 6))
+        abort();
 
     dec = reference_url_decode(s, size);
     free(dec);

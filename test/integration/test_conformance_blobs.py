@@ -71,6 +71,29 @@ def test_post_then_put_monolithic(reg, repo):
     assert g.content == data
 
 
+def test_sha384_blob_roundtrip(reg, repo):
+    """sha384 digests are accepted wherever sha512 ones are (go-digest, and so registry:2,
+    supports sha256, sha384 and sha512)."""
+    data = random_bytes(70 * 1024)
+    d = "sha384:" + hashlib.sha384(data).hexdigest()
+    loc, _ = start_upload(reg, repo)
+    r = reg.put(with_query(loc, digest=d), data=data,
+                headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    for method in ("HEAD", "GET"):
+        g = reg.request(method, "/v2/%s/blobs/%s" % (repo, d))
+        assert g.status_code == 200, (method, g.text[:200])
+        assert int(g.headers["Content-Length"]) == len(data)
+    assert reg.get("/v2/%s/blobs/%s" % (repo, d)).content == data
+    r = reg.get("/v2/%s/blobs/sha384:%s" % (repo, "0" * 96))
+    assert_error(r, 404, "BLOB_UNKNOWN")
+    # The wrong bytes for a sha384 digest are refused as for any other.
+    loc, _ = start_upload(reg, repo)
+    r = reg.put(with_query(loc, digest="sha384:" + "1" * 96), data=data,
+                headers={"Content-Type": "application/octet-stream"})
+    assert_error(r, 400, "DIGEST_INVALID")
+
+
 def test_single_post_monolithic(reg, repo):
     """end-4b: a registry MAY store the blob in one POST (201) or answer 202 and let the
     client PUT (distribution 2.8 does the latter)."""

@@ -1,6 +1,7 @@
 """OCI distribution spec v1.1: manifests (end-3, end-7), for the four manifest types
 clients push: Docker schema2, Docker manifest list, OCI manifest, OCI index."""
 
+import hashlib
 import json
 
 import pytest
@@ -208,6 +209,43 @@ def test_manifest_malformed_digest_reference(reg, repo):
         r = get_manifest(reg, repo, bad)
         assert r.status_code in (400, 404), r.text
         assert set(error_codes(r)) & {"DIGEST_INVALID", "TAG_INVALID", "MANIFEST_UNKNOWN"}
+
+
+@pytest.mark.parametrize("ref", [".INVALID_MANIFEST_NAME", "-dash", "t" * 129])
+def test_manifest_reference_neither_tag_nor_digest_404(reg, repo, is_reference, ref):
+    """The conformance suite's nonexistent manifest: a reference that is neither a tag nor a
+    digest names no manifest, 404 for every method as registry:2 answers (its route does not
+    match; regmirror gives the OCI error body too)."""
+    img = make_image()
+    push_image(reg, repo, img, "t")
+    for method in ("GET", "HEAD", "DELETE", "PUT"):
+        if method == "PUT":
+            r = put_manifest(reg, repo, ref, img.manifest, img.media_type)
+        else:
+            r = get_manifest(reg, repo, ref, method=method)
+        assert r.status_code == 404, (method, r.status_code, r.text[:200])
+        if not is_reference and method != "HEAD":
+            assert_error(r, 404, "MANIFEST_UNKNOWN")
+    assert get_manifest(reg, repo, "t").status_code == 200
+
+
+def test_manifest_sha384_reference(reg, repo, is_reference):
+    """sha384 digests name manifests as sha512 ones do (go-digest's three algorithms); one
+    that is not stored is MANIFEST_UNKNOWN, not a refused algorithm."""
+    r = get_manifest(reg, repo, "sha384:" + "0" * 96)
+    assert_error(r, 404, "MANIFEST_UNKNOWN")
+    if is_reference:
+        return  # registry:2 2.8 hashes a pushed manifest with sha256 only
+    assert_error(get_manifest(reg, repo, "sha384:" + "0" * 64), 400, "DIGEST_INVALID")
+    img = make_image()
+    push_image(reg, repo, img, "t")
+    d = "sha384:" + hashlib.sha384(img.manifest).hexdigest()
+    r = put_manifest(reg, repo, d, img.manifest, img.media_type)
+    assert r.status_code == 201, r.text[:300]
+    assert r.headers.get("Docker-Content-Digest") == d
+    g = get_manifest(reg, repo, d)
+    assert g.status_code == 200 and g.content == img.manifest
+    assert g.headers.get("Docker-Content-Digest") == d
 
 
 def test_subject_to_missing_manifest_accepted(reg, repo):

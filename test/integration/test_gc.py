@@ -46,7 +46,7 @@ def image_of(layers, docker=False, subject=None, artifact_type=None):
 def blob_set(root):
     """digest -> size of every blob with data under root."""
     out = {}
-    for algo in ("sha256", "sha512"):
+    for algo in ("sha256", "sha384", "sha512"):
         base = os.path.join(root, "docker/registry/v2/blobs", algo)
         for dirpath, _, files in os.walk(base):
             if "data" in files:

@@ -34,7 +34,7 @@ AK, SK = "GCTESTAK", "gc-secret-Hk3vQ8"
 BUCKET = "gcbkt"
 REGION = "cn-hangzhou"
 PREFIX = "registry/store"  # storage.oss.rootdirectory (given as /registry/store/)
-BLOB_RE = re.compile(r"^docker/registry/v2/blobs/(sha256|sha512)/[0-9a-f]{2}/([0-9a-f]+)/data$")
+BLOB_RE = re.compile(r"^docker/registry/v2/blobs/(sha256|sha384|sha512)/[0-9a-f]{2}/([0-9a-f]+)/data$")
 
 
 @pytest.fixture(scope="module")

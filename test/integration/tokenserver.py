@@ -28,6 +28,7 @@ token really stops working `lifetime` seconds after issue, as `expires_in` says.
 
 Control and inspection
   GET /stats                 {"requests", "failures", "issued", "by_user", "by_method", "log"}
+                             (each log entry says whether an Authorization header came)
   GET /control?down=1|0&lifetime=N&omit_expires_in=1|0&reset=1    -> current settings
   GET /healthz
 
@@ -477,7 +478,8 @@ class _TokenHandler(BaseHTTPRequestHandler):
         ts = self.ts
         entry = {"t": time.time(), "method": self.command, "user": None, "scopes": [],
                  "granted": [], "status": 0, "grant_type": None, "client_id": None,
-                 "service": None, "user_agent": self.headers.get("User-Agent")}
+                 "service": None, "user_agent": self.headers.get("User-Agent"),
+                 "authorization": self.headers.get("Authorization") is not None}
         try:
             self._token_inner(q, entry)
         finally:

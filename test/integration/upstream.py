@@ -72,7 +72,7 @@ def classify(path):
 # ---------------------------------------------------------------------------
 # faults
 
-FAULT_KINDS = ("fail", "stall", "cut", "corrupt", "throttle", "whole")
+FAULT_KINDS = ("fail", "stall", "cut", "corrupt", "throttle", "whole", "length")
 _BODY_FAULTS = ("cut", "corrupt", "throttle", "whole")
 
 
@@ -91,6 +91,8 @@ class Fault:
       whole    (none) the head and the body in one write, as a fast upstream's small blob
                arrives; cut and corrupt take whole=True for the same
       throttle rate (bytes per second on the connection)
+      length   value (the Content-Length header sent instead of the real one, on HEAD and GET
+               alike; a body is then sent whole and the connection closed after it)
     """
 
     def __init__(self, kind, count=None, method=None, kinds=None, path=None, host=None,
@@ -101,7 +103,7 @@ class Fault:
         self.count = count
         self.method = method.upper() if method else (
             "GET" if kind in _BODY_FAULTS else None)
-        if kinds is None and kind in _BODY_FAULTS:
+        if kinds is None and (kind in _BODY_FAULTS or kind == "length"):
             kinds = ("blob",)
         if isinstance(kinds, str):
             kinds = (kinds,)
@@ -408,6 +410,11 @@ class CountingProxy:
         """Matching bodies (blob GETs by default) are sent at `rate` bytes per second."""
         return self.add_fault("throttle", rate=rate, count=count, **kw)
 
+    def bad_length(self, value, count=1, **kw):
+        """The next `count` matching answers (blob HEADs and GETs by default) carry
+        `Content-Length: <value>` instead of the real length."""
+        return self.add_fault("length", value=value, count=count, **kw)
+
     def clear_faults(self):
         with self._lock:
             self._faults = []
@@ -690,11 +697,18 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                    or 100 <= resp.status < 200)
         length = resp.getheader("Content-Length")
         faults = {} if no_body else self.proxy._take(rec, _BODY_FAULTS)
+        bad_length = self.proxy._take(rec, ("length",)).get("length") if resp.status < 300 else None
+        if bad_length:
+            out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-length"]
+            out_headers.append(("Content-Length", str(bad_length.params.get("value", ""))))
         self.send_response_only(resp.status, resp.reason)
         for k, v in out_headers:
             self.send_header(k, v)
         framing = "none" if no_body else ("length" if length is not None else
                                           ("chunked" if resp.chunked else "close"))
+        if bad_length and framing != "none":
+            framing = "close"
+            self.close_connection = True
         if framing == "length" and ("whole" in faults or
                                     any(f.params.get("whole") for f in faults.values())):
             self._relay_whole(resp, faults)

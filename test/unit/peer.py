@@ -15,6 +15,7 @@ Registry behaviour is chosen by the first component of the repository name:
   flaky/*    503 twice per path, then 200     down/*    always 503
   limited/*  429 with Retry-After: 42         cdn/*     blobs answer 307 to 127.0.0.2
   rel/*      blobs answer 302 to /v2/open/x/... deadrealm/*  the realm's port is closed
+  foreign/*  the realm is on 127.0.0.2           tokredir/*  the realm answers 302 to 127.0.0.2
 Counters at GET /_stats (JSON), reset with GET /_reset.
 """
 import base64
@@ -181,8 +182,13 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "basic":
             return auth == CREDS, 'Basic realm="peer"'
         realm_port = 1 if kind == "deadrealm" else PORTS[0]
-        challenge = ('Bearer realm="http://127.0.0.1:%d/token",service="peer.test",'
-                     'scope="repository:%s:pull"' % (realm_port, repo))
+        realm = "http://127.0.0.1:%d/token" % realm_port
+        if kind == "foreign":
+            realm = "http://127.0.0.2:%d/token" % PORTS[1]
+        elif kind == "tokredir":
+            realm = "http://127.0.0.1:%d/tokenredirect" % PORTS[0]
+        challenge = ('Bearer realm="%s",service="peer.test",'
+                     'scope="repository:%s:pull"' % (realm, repo))
         if not auth.startswith("Bearer "):
             return False, challenge
         tok = auth[7:]
@@ -268,8 +274,19 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 CONNS.add(self.client_address)
                 STATS["conns"] = len(CONNS)
-        if self.server.server_address[0] == "127.0.0.2":
+        if self.server.server_address[0] == "127.0.0.2" and path == "/token":
+            count("foreign_token")
+            if self.headers.get("Authorization"):
+                count("foreign_token_auth")
+            self.token(query)
+        elif self.server.server_address[0] == "127.0.0.2":
             self.cdn(path)
+        elif path == "/tokenredirect":
+            count("token_redirect")
+            if self.headers.get("Authorization"):
+                count("token_redirect_auth")
+            self.reply(302, b"", [("Location", "http://127.0.0.2:%d/token?%s"
+                                   % (PORTS[1], url.query))])
         elif path == "/_stats":
             with LOCK:
                 body = json.dumps(STATS).encode()

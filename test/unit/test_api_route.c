@@ -53,7 +53,11 @@ static void test_rejects(void **state)
     expect_error("/v2/../etc/manifests/v1", REG_ERR_NAME_INVALID);
     expect_error("/v2/a/%2e%2e/manifests/v1", REG_ERR_NAME_INVALID);
     expect_error("/v2//a/manifests/v1", REG_ERR_NAME_INVALID);
-    expect_error("/v2/a/manifests/.bad", REG_ERR_TAG_INVALID);
+    expect_error("/v2/a/manifests/.bad", REG_ERR_MANIFEST_UNKNOWN);
+    expect_error("/v2/a/manifests/.INVALID_MANIFEST_NAME", REG_ERR_MANIFEST_UNKNOWN);
+    char longtag[300] = "/v2/a/manifests/";
+    memset(longtag + 16, 't', 200);
+    expect_error(longtag, REG_ERR_MANIFEST_UNKNOWN);
     expect_error("/v2/a/manifests/sha256:xyz", REG_ERR_DIGEST_INVALID);
     expect_error("/v2/a/blobs/latest", REG_ERR_DIGEST_INVALID);
     expect_error("/v2/a/referrers/latest", REG_ERR_DIGEST_INVALID);

@@ -10,6 +10,12 @@
 
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 #define ABC_SHA256 "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+#define EMPTY_SHA384                                                                               \
+    "38b060a751ac96384cd9327eb1b1e36a21fdb71114be07434c0cc7bf63f6e1da274edebfe76f65fbd51ad2f14898" \
+    "b95b"
+#define ABC_SHA384                                                                                 \
+    "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c8" \
+    "25a7"
 #define EMPTY_SHA512                                                                               \
     "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877e" \
     "ec"                                                                                           \
@@ -39,6 +45,15 @@ static void test_parse_valid(void **state)
     assert_string_equal(d.hex, EMPTY_SHA512);
     assert_string_equal(digest_str(&d, buf), "sha512:" EMPTY_SHA512);
     assert_int_equal(strlen(buf) + 1, 136);
+
+    assert_int_equal(parse("sha384:" EMPTY_SHA384, &d), 0);
+    assert_int_equal(d.algo, DIGEST_SHA384);
+    assert_string_equal(d.hex, EMPTY_SHA384);
+    assert_string_equal(digest_str(&d, buf), "sha384:" EMPTY_SHA384);
+    /* sha384 has its own length: 64 or 128 hex characters are not a sha384 digest. */
+    assert_int_equal(parse("sha384:" EMPTY_SHA256, NULL), -1);
+    assert_int_equal(parse("sha384:" EMPTY_SHA512, NULL), -1);
+    assert_int_equal(parse("sha512:" EMPTY_SHA384, NULL), -1);
 
     /* Validation only. */
     assert_int_equal(parse("sha256:" ABC_SHA256, NULL), 0);
@@ -104,7 +119,8 @@ static void test_parse_embedded_nul(void **state)
 
 static void test_parse_unsupported(void **state)
 {
-    assert_int_equal(parse("sha384:abc", NULL), -2);
+    assert_int_equal(parse("sha384:abc", NULL), -1);
+    assert_int_equal(parse("sha224:abc", NULL), -2);
     assert_int_equal(parse("blake3:" EMPTY_SHA256, NULL), -2);
     assert_int_equal(parse("multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8", NULL),
                      -2);
@@ -126,7 +142,12 @@ static void test_equal_and_names(void **state)
     assert_false(digest_equal(&a, &b));
 
     assert_string_equal(digest_algo_name(DIGEST_SHA256), "sha256");
+    assert_string_equal(digest_algo_name(DIGEST_SHA384), "sha384");
     assert_string_equal(digest_algo_name(DIGEST_SHA512), "sha512");
+    assert_int_equal(digest_hex_len(DIGEST_SHA256), 64);
+    assert_int_equal(digest_hex_len(DIGEST_SHA384), 96);
+    assert_int_equal(digest_hex_len(DIGEST_SHA512), 128);
+    assert_int_equal(digest_hex_len((enum digest_algo)42), 0);
     assert_string_equal(digest_algo_name((enum digest_algo)42), "unknown");
 }
 
@@ -145,6 +166,11 @@ static void test_compute_vectors(void **state)
     assert_string_equal(d.hex, EMPTY_SHA512);
     assert_int_equal(digest_compute(DIGEST_SHA512, "abc", 3, &d), 0);
     assert_string_equal(d.hex, ABC_SHA512);
+    assert_int_equal(digest_compute(DIGEST_SHA384, "", 0, &d), 0);
+    assert_int_equal(d.algo, DIGEST_SHA384);
+    assert_string_equal(d.hex, EMPTY_SHA384);
+    assert_int_equal(digest_compute(DIGEST_SHA384, "abc", 3, &d), 0);
+    assert_string_equal(d.hex, ABC_SHA384);
 }
 
 static void test_streaming(void **state)

@@ -331,7 +331,7 @@ static void test_descriptor_errors(void **state)
                          "{\"mediaType\":\"" LAYER_GZ "\",\"size\":1,\"digest\":\"sha256:xyz\"}]}",
                  NULL, REG_ERR_MANIFEST_INVALID, "layers[2].digest: invalid digest \"sha256:xyz\"");
     expect_error(OCI_HEAD GOOD_CONFIG ",\"layers\":[{\"mediaType\":\"" LAYER_GZ
-                                      "\",\"size\":1,\"digest\":\"sha384:abc\"}]}",
+                                      "\",\"size\":1,\"digest\":\"sha224:abc\"}]}",
                  NULL, REG_ERR_MANIFEST_INVALID, "layers[0].digest: unsupported digest algorithm");
     expect_error(OCI_HEAD GOOD_CONFIG ",\"layers\":[{\"mediaType\":\"" LAYER_GZ
                                       "\",\"size\":1,\"digest\":\"sha256:\\\"\\n\\u00e9\"}]}",

@@ -351,6 +351,59 @@ static void test_parse_uint(void **state)
     assert_int_equal(v, 5);
 }
 
+static void test_query_lookup(void **state)
+{
+    char *v;
+    char longq[REFERENCE_QUERY_VALUE_MAX + 16] = "ns=";
+    memset(longq + 3, 'a', REFERENCE_QUERY_VALUE_MAX + 1);
+    longq[REFERENCE_QUERY_VALUE_MAX + 4] = '\0';
+
+    assert_int_equal(reference_query_lookup("a=1&ns=ghcr.io", "ns", &v), 1);
+    assert_string_equal(v, "ghcr.io");
+    free(v);
+    assert_int_equal(reference_query_lookup("ns", "ns", &v), 1);
+    assert_string_equal(v, "");
+    free(v);
+    assert_int_equal(reference_query_lookup("a=1", "ns", &v), 0);
+    assert_null(v);
+    assert_int_equal(reference_query_lookup(NULL, "ns", &v), 0);
+    assert_null(v);
+    /* Present but unusable: told apart from absent. */
+    assert_int_equal(reference_query_lookup("ns=%00", "ns", &v), -1);
+    assert_null(v);
+    assert_int_equal(reference_query_lookup("ns=%zz", "ns", &v), -1);
+    assert_int_equal(reference_query_lookup(longq, "ns", &v), -1);
+    assert_null(v);
+    /* The first occurrence decides. */
+    assert_int_equal(reference_query_lookup("ns=%00&ns=ghcr.io", "ns", &v), -1);
+}
+
+static void test_host(void **state)
+{
+    static const char *const good[] = {"ghcr.io",        "docker.io",   "localhost",
+                                       "localhost:5000", "127.0.0.1:1", "a",
+                                       "A-b.C9",         "x.y:65535",   "registry-1.docker.io"};
+    static const char *const bad[] = {"",         ".",     "a.",  ".a",  "a..b", "-a",    "a-",
+                                      "a-.b",     "a.-b",  "a:",  ":1",  "a:0",  "a:01",  "a:65536",
+                                      "a:123456", "a:1:2", "a_b", "a/b", "a b",  "[::1]", "a:x"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        assert_true(reference_host_valid(good[i], strlen(good[i])));
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (reference_host_valid(bad[i], strlen(bad[i])))
+            fail_msg("accepted %s", bad[i]);
+    }
+    assert_false(reference_host_valid("a\0b", 3));
+    char label[80];
+    memset(label, 'a', 64);
+    assert_false(reference_host_valid(label, 64));
+    assert_true(reference_host_valid(label, 63));
+    char longhost[REFERENCE_HOST_MAX + 2];
+    for (size_t i = 0; i < sizeof(longhost); i++)
+        longhost[i] = i % 2 ? '.' : 'a';
+    assert_true(reference_host_valid(longhost, REFERENCE_HOST_MAX));
+    assert_false(reference_host_valid(longhost, REFERENCE_HOST_MAX + 2));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -358,7 +411,8 @@ int main(void)
         cmocka_unit_test(test_range_ok),     cmocka_unit_test(test_range_unsatisfiable),
         cmocka_unit_test(test_range_ignore), cmocka_unit_test(test_content_range),
         cmocka_unit_test(test_query),        cmocka_unit_test(test_url_decode_encode),
-        cmocka_unit_test(test_parse_uint),
+        cmocka_unit_test(test_parse_uint),   cmocka_unit_test(test_query_lookup),
+        cmocka_unit_test(test_host),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

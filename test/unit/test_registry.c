@@ -103,6 +103,35 @@ static void test_upload_digest_mismatch(void **state)
     assert_int_equal(registry_upload_cancel(f->reg, "r", id), REG_ERR_BLOB_UPLOAD_UNKNOWN);
 }
 
+static void test_upload_rewind(void **state)
+{
+    struct fixture *f = *state;
+    char id[37];
+    struct registry_upload *up;
+    uint64_t size;
+    assert_int_equal(registry_upload_start(f->reg, "rw", id), REG_OK);
+    assert_int_equal(registry_upload_open(f->reg, "rw", id, &up), REG_OK);
+    assert_int_equal(registry_upload_write(up, "abc", 3), REG_OK);
+    assert_int_equal(registry_upload_close(up), REG_OK);
+    /* A request that wrote "defgh" and failed goes back to where it began. */
+    assert_int_equal(registry_upload_open(f->reg, "rw", id, &up), REG_OK);
+    assert_int_equal(registry_upload_write(up, "defgh", 5), REG_OK);
+    assert_int_equal(registry_upload_rewind(up, 3), REG_OK);
+    assert_int_equal(registry_upload_offset(up), 3);
+    assert_int_equal(registry_upload_rewind(up, 4), REG_ERR_INTERNAL);
+    assert_int_equal(registry_upload_close(up), REG_OK);
+    assert_int_equal(registry_upload_size(f->reg, "rw", id, &size), REG_OK);
+    assert_int_equal(size, 3);
+    /* Appends go on from there, and the digest is of what the session holds. */
+    assert_int_equal(registry_upload_open(f->reg, "rw", id, &up), REG_OK);
+    assert_int_equal(registry_upload_write(up, "x", 1), REG_OK);
+    struct digest d;
+    assert_int_equal(digest_compute(DIGEST_SHA256, "abcx", 4, &d), 0);
+    assert_int_equal(registry_upload_commit(up, &d), REG_OK);
+    assert_int_equal(registry_blob_stat(f->reg, "rw", &d, &size), REG_OK);
+    assert_int_equal(size, 4);
+}
+
 static void test_manifest_roundtrip(void **state)
 {
     struct fixture *f = *state;
@@ -176,6 +205,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_upload_and_blob, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upload_digest_mismatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upload_rewind, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manifest_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manifest_missing_blob, setup, teardown),
     };

@@ -484,6 +484,36 @@ static void test_credentials_at_token_endpoint(void **state)
     urec_clear(&c);
 }
 
+static void test_credentials_only_to_the_upstreams_realm(void **state)
+{
+    struct urec a = {0}, b = {0};
+    /* A realm on another address gets no account: asked anonymously, the fetch works. */
+    struct upstream *priv = new_upstream("alice", "s3cret");
+    fetch_on(priv, &a, "GET", "foreign/x", "manifests/1", NULL);
+    run();
+    assert_int_equal(a.o.result, UPSTREAM_OK);
+    assert_int_equal(stat_of("foreign_token"), 1);
+    assert_int_equal(stat_of("foreign_token_auth"), 0);
+    /* A realm that redirects: the account went to it (the upstream's own address), but the
+     * redirect to another host is not followed. */
+    struct upstream *priv2 = new_upstream("alice", "s3cret");
+    fetch_on(priv2, &b, "GET", "tokredir/x", "manifests/1", NULL);
+    run();
+    assert_int_equal(b.o.result, UPSTREAM_UNAVAILABLE);
+    assert_non_null(strstr(b.msg, "302"));
+    assert_int_equal(stat_of("token_redirect"), 1);
+    assert_int_equal(stat_of("token_redirect_auth"), 1);
+    assert_int_equal(stat_of("foreign_token"), 1);
+    assert_string_equal(upstream_credentials_rule(priv), "the realm named by the upstream's "
+                                                         "challenge, if on the address 127.0.0.1 "
+                                                         "itself (http or https)");
+    assert_string_equal(upstream_credentials_rule(up), "");
+    upstream_free(priv);
+    upstream_free(priv2);
+    urec_clear(&a);
+    urec_clear(&b);
+}
+
 static void test_basic_challenge(void **state)
 {
     struct urec a = {0}, b = {0}, c = {0};
@@ -777,6 +807,7 @@ int main(void)
         T(test_credentials_at_token_endpoint),
         T(test_basic_challenge),
         T(test_redirect_to_other_host_drops_authorization),
+        T(test_credentials_only_to_the_upstreams_realm),
         T(test_5xx_retried),
         T(test_429_surfaced_with_retry_after),
         T(test_not_found_and_head),
