@@ -780,6 +780,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self._headers_buffer.append(b"\r\n")
         head = b"".join(self._headers_buffer)
         self._headers_buffer = []
+        if cut:
+            # corked, the bytes and the FIN leave in one segment: the reader sees both at once
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         self.wfile.write(head + body)
         if cut:
             self._abort(rst=cut.params.get("rst", False))
