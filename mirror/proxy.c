@@ -62,10 +62,8 @@ struct proxy {
     struct storage *spool_st;
     struct registry *spool;
     int spool_lock; /* flock'd spool directory, or -1 */
-    /* Filesystem store: the record of this process's spools in the store (spools.h). */
-    struct spools *spools;
-    unsigned jobs; /* offload jobs that use px */
-    bool closing;  /* proxy_free ran: the last job's done frees px */
+    unsigned jobs;  /* offload jobs that use px */
+    bool closing;   /* proxy_free ran: the last job's done frees px */
     /* Bumped whenever a manifest / blob fetch leaves its table (see LOOKUP_TRIES). */
     unsigned mseq, bseq;
     struct remote *remotes;
@@ -81,6 +79,8 @@ struct proxy {
     } pulled[PULLED_SLOTS];
     struct tagmemo *tagmemo; /* TAGMEMO_SLOTS, allocated at the first fresh tag */
     unsigned tag_epoch;      /* bumped (atomically) by proxy_tags_changed */
+    /* Filesystem store: the record of this process's spools in the store (spools.h). */
+    struct spools *spools;
 };
 
 /*
@@ -807,9 +807,10 @@ struct bhead {
     struct remote *rm;
     struct digest d;
     struct upstream_req *ureq;
-    int64_t size; /* -1: the upstream's Content-Length is missing or unreadable */
-    bool job;     /* its link job runs (the job holds the request's abort callback) */
-    bool linked;  /* the job's result */
+    /* -1: the upstream's Content-Length is missing or unreadable */
+    int64_t size;
+    bool job;    /* its link job runs (the job holds the request's abort callback) */
+    bool linked; /* the job's result */
 };
 
 static void blob_fetch(struct proxy *px, const struct target *t, struct client *c,
@@ -972,11 +973,12 @@ struct bfetch {
     long retry_after;
     char why[256];
     struct breader *readers;
-    bool listed;     /* in px->bfetches: new requests join it */
-    bool pinned;     /* being walked: readers finishing must not free it under the walker */
-    bool importing;  /* the verified spool is being stored (remote store); readers go on */
-    bool bad_answer; /* the upstream's answer was refused (502), not lost */
+    bool listed;    /* in px->bfetches: new requests join it */
+    bool pinned;    /* being walked: readers finishing must not free it under the walker */
+    bool importing; /* the verified spool is being stored (remote store); readers go on */
     enum regerr imported;
+    /* The upstream's answer was refused (502), not lost. */
+    bool bad_answer;
 };
 
 static void bfetch_unlist(struct bfetch *f)
@@ -1624,8 +1626,10 @@ struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struc
     }
     if (!offload_inline(ol) && spool_open(px, cfg->proxy.spooldir) != 0)
         goto fail;
-    /* On the filesystem the store is the spool: remove what a killed instance left there. */
-    if (!px->spool && cfg->storage.driver == CONFIG_STORAGE_FILESYSTEM)
+    /* On the filesystem the store is the spool: remove what a killed instance left there
+     * (not in read-only mode, which writes nothing). */
+    if (!px->spool && cfg->storage.driver == CONFIG_STORAGE_FILESYSTEM &&
+        !cfg->storage.maintenance.readonly)
         px->spools = spools_open(cfg->storage.filesystem.rootdirectory, reg);
     log_info("proxy: pulling through from %s", cfg->proxy.remoteurl);
     return px;

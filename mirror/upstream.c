@@ -58,12 +58,10 @@ struct token_fetch {
 struct upstream {
     struct httpc *http;
     struct event_base *base;
-    char *remoteurl;     /* no trailing '/' */
-    char *origin;        /* scheme://host:port, lowercase, for the Authorization rule */
-    char *host;          /* for logs */
-    char *basic;         /* "Authorization: Basic ..." or NULL when anonymous */
-    char cred_rule[320]; /* which token realms get basic (realm_describe) */
-    char *refused_realm; /* the last realm host warned about */
+    char *remoteurl; /* no trailing '/' */
+    char *origin;    /* scheme://host:port, lowercase, for the Authorization rule */
+    char *host;      /* for logs */
+    char *basic;     /* "Authorization: Basic ..." or NULL when anonymous */
     bool hub;
     int attempts;
     long retry_delay_ms;
@@ -76,6 +74,10 @@ struct upstream {
     struct token_fetch *fetches;
     struct upstream_req *reqs;
     uint64_t rng;
+    /* Which token realms get basic (realm_describe), and the last realm host warned about
+     * for getting none. */
+    char cred_rule[320];
+    char *refused_realm;
 };
 
 enum challenge_kind { CH_NONE, CH_BEARER, CH_BASIC };
