@@ -1528,6 +1528,9 @@ static const struct field proxy_fields[] = {
     DUR("tagfreshness", C(proxy.tagfreshness_ms), .hint = "30s"),
     I64("maxsize", C(proxy.maxsize), 0, LLONG_MAX, .flags = F_BYTES, .hint = "10GB"),
     STR("spooldir", C(proxy.spooldir), .def = "/var/tmp/regmirror-spool", .flags = F_ZERODEF),
+    INT("maxfetches", C(proxy.maxfetches), 1, 100000, .def = "64"),
+    DUR("fetchqueuetimeout", C(proxy.fetchqueuetimeout_ms), .def = "60s", .flags = F_ZERODEF,
+        .hint = "60s"),
     SECTIONS("remotes", C(proxy.remotes), C(proxy.nremotes), remote_schema),
 };
 SCHEMA(proxy_schema, proxy_fields, 0, 0, on_proxy, NULL);

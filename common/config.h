@@ -341,6 +341,10 @@ struct config {
         /* regmirror key: a local directory for the blob spool when the store is remote (its
          * content belongs to the running daemon and is removed at start). */
         char *spooldir;
+        /* regmirror keys: upstream exchanges running at once (default 64); beyond it a
+         * request waits in a queue at most fetchqueuetimeout (default 60s), then gets 503. */
+        int maxfetches;
+        int64_t fetchqueuetimeout_ms;
         struct config_proxy_remote *remotes;
         size_t nremotes;
     } proxy;
