@@ -12,13 +12,12 @@
   than proxy.fetchqueuetimeout is answered 503 UNAVAILABLE with Retry-After.
 
 The release build is measured (REGMIRROR_RELEASE_BIN, as test_oss_stream.py): ASan's shadow
-memory and quarantine would make RSS say little about the daemon's buffers. The mirror pulls
-from docker-registry directly (direct_url) in the memory tests, so the Python counting proxy
-does not set the pace.
+memory and quarantine would make RSS say little about the daemon's buffers. The blob test
+pulls from docker-registry directly (direct_url), so the Python counting proxy does not set
+the pace; the manifest test from a small upstream of its own (ManifestUpstream).
 """
 
 import concurrent.futures
-import hashlib
 import json
 import multiprocessing
 import os
@@ -26,7 +25,6 @@ import re
 import resource
 import selectors
 import socket
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
