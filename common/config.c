@@ -1531,6 +1531,9 @@ static const struct field proxy_fields[] = {
     BOOL("push", C(proxy.push)),
     LIST("pushusers", C(proxy.pushusers), C(proxy.npushusers)),
     BOOL("shadow", C(proxy.shadow)),
+    INT("maxfetches", C(proxy.maxfetches), 1, 100000, .def = "64"),
+    DUR("fetchqueuetimeout", C(proxy.fetchqueuetimeout_ms), .def = "60s", .flags = F_ZERODEF,
+        .hint = "60s"),
     SECTIONS("remotes", C(proxy.remotes), C(proxy.nremotes), remote_schema),
 };
 SCHEMA(proxy_schema, proxy_fields, 0, 0, on_proxy, NULL);

@@ -347,6 +347,10 @@ struct config {
         char **pushusers;
         size_t npushusers;
         bool shadow;
+        /* regmirror keys: upstream exchanges running at once (default 64); beyond it a
+         * request waits in a queue at most fetchqueuetimeout (default 60s), then gets 503. */
+        int maxfetches;
+        int64_t fetchqueuetimeout_ms;
         struct config_proxy_remote *remotes;
         size_t nremotes;
     } proxy;

@@ -19,11 +19,20 @@
 #define POOL_SIZE 64L
 /*
  * curl's receive buffer for GETs whose body the caller takes (blobs): one recv() and one
- * poll() per buffer instead of per 16 KiB. curl 7.x accepts at most 512 KiB. curl still hands
- * the body over in 16 KiB pieces, so these requests gather them (up to the same size) and
- * pass them on once per loop event: the caller writes a blob spool in large pieces.
+ * poll() per buffer instead of per 16 KiB, and curl reads on while the socket has more. It is
+ * fixed for a transfer, so it stays modest: many slow transfers each hold one.
  */
-#define BODY_BUFFER_SIZE (512L * 1024)
+#define BODY_BUFFER_SIZE (64L * 1024)
+/*
+ * curl hands the body over in 16 KiB pieces, so these requests gather them and pass them on
+ * once per loop event: the caller writes a blob spool in large pieces. The gathering buffer
+ * starts at GATHER_MIN and doubles, up to GATHER_MAX, each time one loop event brought more
+ * than it holds (a fast transfer), as long as all requests' gathering buffers together stay
+ * within GATHER_BUDGET; a slow transfer keeps the small one.
+ */
+#define GATHER_MIN (16u * 1024)
+#define GATHER_MAX (512u * 1024)
+#define GATHER_BUDGET (16u * 1024 * 1024)
 
 /*
  * A request's life: PENDING (created, waiting for the loop to add it to curl), RUNNING (in the
@@ -56,7 +65,9 @@ struct httpc_req {
     bool paused;              /* the caller wants no on_data now */
     bool curl_paused;         /* curl holds bytes we declined; a resume must unpause curl */
     enum httpc_result forced; /* a reason decided in a callback, beats curl's result code */
-    /* Gathered body bytes not yet passed to on_data (acc_cap > 0: this request gathers). */
+    /* Gathered body bytes not yet passed to on_data (gather: this request gathers; acc is
+     * allocated with the first bytes). */
+    bool gather;
     char *acc;
     size_t acc_len, acc_cap;
     bool done_pending; /* curl finished while gathered bytes wait for a resume */
@@ -71,6 +82,7 @@ struct httpc {
     struct event *timer;
     struct event *work; /* deferred adds, resumes and frees, run from a clean stack */
     struct httpc_req *reqs;
+    size_t gathered; /* sum of the requests' acc_cap, within GATHER_BUDGET */
 };
 
 /* The per-socket event curl asked us to watch. */
@@ -226,6 +238,7 @@ static void req_free(struct httpc_req *r)
     curl_easy_cleanup(r->easy);
     curl_slist_free_all(r->hdrs);
     headers_clear(&r->headers);
+    c->gathered -= r->acc_cap;
     free(r->acc);
     free(r);
 }
@@ -408,6 +421,25 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *arg)
     return len;
 }
 
+/*
+ * The gathering buffer is full within one loop event: double it when the budget allows (the
+ * first call allocates GATHER_MIN). On failure it stays as it is; the bytes are then passed
+ * on in smaller pieces.
+ */
+static void acc_grow(struct httpc_req *r)
+{
+    struct httpc *c = r->c;
+    size_t ncap = r->acc_cap ? r->acc_cap * 2 : GATHER_MIN;
+    if (ncap > GATHER_MAX || c->gathered - r->acc_cap + ncap > GATHER_BUDGET)
+        return;
+    char *nb = realloc(r->acc, ncap);
+    if (!nb)
+        return;
+    c->gathered += ncap - r->acc_cap;
+    r->acc = nb;
+    r->acc_cap = ncap;
+}
+
 static size_t write_cb(char *data, size_t size, size_t n, void *arg)
 {
     struct httpc_req *r = arg;
@@ -421,7 +453,9 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
         r->curl_paused = true;
         return CURL_WRITEFUNC_PAUSE;
     }
-    if (r->acc_cap > 0) {
+    if (r->gather) {
+        if (r->acc_len + len > r->acc_cap)
+            acc_grow(r);
         if (r->acc_len + len > r->acc_cap) {
             acc_deliver(r);
             if (r->state == REQ_DEAD || r->forced == HTTPC_ABORTED)
@@ -717,10 +751,7 @@ static int setup_easy(struct httpc_req *r, const struct httpc_req_opts *o, bool 
         rc |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
         if (takes_body) {
             rc |= curl_easy_setopt(e, CURLOPT_BUFFERSIZE, BODY_BUFFER_SIZE);
-            r->acc = malloc(BODY_BUFFER_SIZE);
-            if (!r->acc)
-                goto out;
-            r->acc_cap = BODY_BUFFER_SIZE;
+            r->gather = true;
         }
     } else {
         if (o->body) {
@@ -751,7 +782,6 @@ struct httpc_req *httpc_start(struct httpc *c, const struct httpc_req_opts *opts
         if (r->easy)
             curl_easy_cleanup(r->easy);
         curl_slist_free_all(r->hdrs);
-        free(r->acc);
         free(r);
         return NULL;
     }

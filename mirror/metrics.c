@@ -417,6 +417,16 @@ static void render_cache(struct evbuffer *out)
            METRICS_UPSTREAM_REQUESTS);
     simple(out, "regmirror_upstream_requests_in_flight", "gauge",
            "Upstream registry requests running now.", METRICS_GAUGE_UPSTREAM_INFLIGHT);
+    simple(out, "regmirror_upstream_fetches_active", "gauge",
+           "Pull-through fetches holding one of the proxy.maxfetches slots.",
+           METRICS_GAUGE_FETCHES_ACTIVE);
+    simple(out, "regmirror_upstream_fetch_queue_depth", "gauge",
+           "Pull-through fetches waiting for a proxy.maxfetches slot.", METRICS_GAUGE_FETCH_QUEUE);
+    simple(out, "regmirror_upstream_fetches_queued_total", "counter",
+           "Pull-through fetches that waited for a proxy.maxfetches slot.", METRICS_FETCHES_QUEUED);
+    simple(out, "regmirror_upstream_fetch_queue_timeouts_total", "counter",
+           "Queued pull-through fetches answered 503 after proxy.fetchqueuetimeout.",
+           METRICS_FETCH_QUEUE_TIMEOUTS);
     simple(out, "regmirror_upstream_token_fetches_total", "counter",
            "Token requests sent to an upstream's token realm.", METRICS_TOKEN_FETCHES);
     simple(out, "regmirror_upstream_rate_limited_total", "counter",

@@ -24,7 +24,7 @@ struct evbuffer;
 struct http_req;
 struct storage;
 
-/* Monotonic counters (and two gauges kept with add/sub), one slot each. */
+/* Monotonic counters (and gauges kept with add/sub), one slot each. */
 enum metrics_counter {
     METRICS_BYTES_FROM_CACHE,        /* blob body bytes served from the local store */
     METRICS_BYTES_FROM_UPSTREAM,     /* blob body bytes fetched from an upstream */
@@ -37,6 +37,10 @@ enum metrics_counter {
     METRICS_UPSTREAM_429,            /* 429 answers from an upstream or its token realm */
     METRICS_UPSTREAM_REQUESTS,       /* upstream requests started */
     METRICS_GAUGE_UPSTREAM_INFLIGHT, /* gauge: upstream requests running now */
+    METRICS_GAUGE_FETCHES_ACTIVE,    /* gauge: proxy fetches holding a proxy.maxfetches slot */
+    METRICS_GAUGE_FETCH_QUEUE,       /* gauge: proxy fetches waiting for a slot */
+    METRICS_FETCHES_QUEUED,          /* proxy fetches that had to wait for a slot */
+    METRICS_FETCH_QUEUE_TIMEOUTS,    /* ... and gave up after proxy.fetchqueuetimeout */
     METRICS__COUNT
 };
 

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,18 @@ static const char *const manifest_accept[] = {
 /* Fresh proxied tags resolved within this many seconds are answered from memory (tagmemo). */
 #define TAGMEMO_S 5
 #define TAGMEMO_SLOTS 256
+/* Retry-After of a request that waited proxy.fetchqueuetimeout for a fetch slot. */
+#define QUEUE_RETRY_AFTER_S 5
+/*
+ * Manifest bodies up to MBODY_FREE are covered by the fetch slots alone; a larger one
+ * reserves its whole size (Content-Length, else the manifest limit) from MBODY_BUDGET before
+ * its body is read, so a burst of 4 MiB manifests takes at most the budget.
+ */
+#define MBODY_FREE (64u * 1024)
+#define MBODY_BUDGET (4u * REGISTRY_MANIFEST_MAX)
+/* After the last fetch of a burst ends, freed memory goes back to the system this much later
+ * (glibc keeps freed heap pages otherwise). */
+#define TRIM_AFTER_MS 1000
 
 struct remote {
     char *host; /* what ?ns= names; the main upstream is DEFAULT_HOST */
@@ -50,6 +63,19 @@ struct remote {
 struct mfetch;
 struct bfetch;
 struct bhead;
+
+/*
+ * One upstream exchange's place under proxy.maxfetches: it holds a slot while it runs, or
+ * waits for one in the proxy's FIFO (at most proxy.fetchqueuetimeout). Embedded in the
+ * exchange; go and expire get it back.
+ */
+struct slot {
+    struct slot *prev, *next; /* px->wait_head .. wait_tail while queued */
+    int64_t deadline_ms;      /* monotonic */
+    bool queued, held;
+    void (*go)(struct slot *s);     /* the slot is granted: start the exchange */
+    void (*expire)(struct slot *s); /* waited too long: answer 503 */
+};
 
 struct proxy {
     struct event_base *base;
@@ -81,6 +107,15 @@ struct proxy {
     unsigned tag_epoch;      /* bumped (atomically) by proxy_tags_changed */
     /* Filesystem store: the record of this process's spools in the store (spools.h). */
     struct spools *spools;
+    /* proxy.maxfetches: slots held, the FIFO of waiters, its timer */
+    unsigned active;
+    bool granting;
+    struct slot *wait_head, *wait_tail;
+    struct event *wait_timer;
+    struct event *trim_timer;
+    /* MBODY_BUDGET: bytes reserved by large manifest bodies, and the fetches waiting */
+    size_t mbody_used;
+    struct mfetch *mbody_head, *mbody_tail;
 };
 
 /*
@@ -134,7 +169,7 @@ static void client_error(struct client *c, enum regerr e, long retry_after, cons
 {
     char ra[32];
     const char *hdrs[3] = {NULL};
-    if (e == REG_ERR_TOOMANYREQUESTS && retry_after >= 0) {
+    if ((e == REG_ERR_TOOMANYREQUESTS || e == REG_ERR_UNAVAILABLE) && retry_after >= 0) {
         snprintf(ra, sizeof(ra), "%ld", retry_after);
         hdrs[0] = "Retry-After";
         hdrs[1] = ra;
@@ -282,6 +317,10 @@ static struct registry *spool_reg(const struct proxy *px)
 
 static void proxy_release(struct proxy *px)
 {
+    if (px->wait_timer)
+        event_free(px->wait_timer);
+    if (px->trim_timer)
+        event_free(px->trim_timer);
     registry_free(px->spool);
     storage_free(px->spool_st);
     free(px->tagmemo);
@@ -305,6 +344,129 @@ static void job_end(struct proxy *px)
     if (px->closing && px->jobs == 0)
         proxy_release(px);
 }
+
+/* ---- the fetch cap (proxy.maxfetches) ---- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void arm_ms(struct event *ev, int64_t ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(ev, &tv);
+}
+
+static void slot_unqueue(struct proxy *px, struct slot *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        px->wait_head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    else
+        px->wait_tail = s->prev;
+    s->prev = s->next = NULL;
+    s->queued = false;
+    metrics_dec(METRICS_GAUGE_FETCH_QUEUE);
+}
+
+/* Grants free slots to the queue in order. A go that ends its exchange at once releases
+ * its slot again; the loop here hands it on (no recursion). */
+static void slot_grant(struct proxy *px)
+{
+    if (px->granting || px->closing)
+        return;
+    px->granting = true;
+    while (px->wait_head && px->active < (unsigned)px->cfg->proxy.maxfetches) {
+        struct slot *s = px->wait_head;
+        slot_unqueue(px, s);
+        s->held = true;
+        px->active++;
+        metrics_inc(METRICS_GAUGE_FETCHES_ACTIVE);
+        s->go(s);
+    }
+    px->granting = false;
+    if (!px->wait_head)
+        evtimer_del(px->wait_timer);
+    else
+        arm_ms(px->wait_timer, px->wait_head->deadline_ms > now_ms()
+                                   ? px->wait_head->deadline_ms - now_ms() + 1
+                                   : 0);
+    if (px->active == 0 && !px->wait_head && !evtimer_pending(px->trim_timer, NULL))
+        arm_ms(px->trim_timer, TRIM_AFTER_MS);
+}
+
+/* Starts the exchange at once when a slot is free, else queues it; go or expire follows. */
+static void slot_acquire(struct proxy *px, struct slot *s, void (*go)(struct slot *),
+                         void (*expire)(struct slot *))
+{
+    s->go = go;
+    s->expire = expire;
+    if (!px->wait_head && px->active < (unsigned)px->cfg->proxy.maxfetches) {
+        s->held = true;
+        px->active++;
+        metrics_inc(METRICS_GAUGE_FETCHES_ACTIVE);
+        go(s);
+        return;
+    }
+    s->deadline_ms = now_ms() + px->cfg->proxy.fetchqueuetimeout_ms;
+    s->queued = true;
+    s->next = NULL;
+    s->prev = px->wait_tail;
+    if (px->wait_tail)
+        px->wait_tail->next = s;
+    else
+        px->wait_head = s;
+    px->wait_tail = s;
+    metrics_inc(METRICS_GAUGE_FETCH_QUEUE);
+    metrics_inc(METRICS_FETCHES_QUEUED);
+    if (px->wait_head == s)
+        arm_ms(px->wait_timer, px->cfg->proxy.fetchqueuetimeout_ms + 1);
+}
+
+/* Gives the slot back (running) or leaves the queue (waiting); a no-op otherwise. */
+static void slot_release(struct proxy *px, struct slot *s)
+{
+    if (s->queued) {
+        slot_unqueue(px, s);
+    } else if (s->held) {
+        s->held = false;
+        px->active--;
+        metrics_dec(METRICS_GAUGE_FETCHES_ACTIVE);
+    } else {
+        return;
+    }
+    slot_grant(px);
+}
+
+/* The head of the queue waited proxy.fetchqueuetimeout: expire every waiter that did. */
+static void wait_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct proxy *px = arg;
+    int64_t now = now_ms();
+    while (px->wait_head && px->wait_head->deadline_ms <= now) {
+        struct slot *s = px->wait_head;
+        slot_unqueue(px, s);
+        metrics_inc(METRICS_FETCH_QUEUE_TIMEOUTS);
+        s->expire(s);
+    }
+    slot_grant(px);
+}
+
+/* A burst is over: hand the pages freed by its buffers back to the system. */
+static void trim_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct proxy *px = arg;
+    if (px->active == 0 && !px->wait_head)
+        malloc_trim(0);
+}
+
+#define CONTAINER(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 /*
  * Picks the upstream from ?ns= and builds the local name: the main upstream's content keeps
@@ -390,8 +552,13 @@ struct mfetch {
     bool head;              /* the running exchange is the tag re-check */
     char want[API_REF_MAX]; /* reference of the running GET */
     struct upstream_req *ureq;
+    struct slot slot;
     char *body;
     size_t len, cap;
+    int64_t expect;  /* the GET's Content-Length, -1 when not given */
+    size_t reserved; /* of MBODY_BUDGET, for a body over MBODY_FREE */
+    bool mbody_queued;
+    struct mfetch *mbody_next;
     char hdr_digest[DIGEST_STR_MAX];
     char content_type[128];
     struct mwaiter *waiters;
@@ -401,17 +568,78 @@ struct mfetch {
 };
 
 static void mfetch_start(struct mfetch *f);
+static void mfetch_free(struct mfetch *f);
 
 static void mwaiter_abort(struct http_req *req, void *ctx)
 {
     struct mwaiter *w = ctx;
-    for (struct mwaiter **p = &w->f->waiters; *p; p = &(*p)->next) {
+    struct mfetch *f = w->f;
+    for (struct mwaiter **p = &f->waiters; *p; p = &(*p)->next) {
         if (*p == w) {
             *p = w->next;
             break;
         }
     }
     free(w);
+    /* A fetch still waiting for a slot is not worth starting for nobody. */
+    if (!f->waiters && f->slot.queued)
+        mfetch_free(f);
+}
+
+/* Reserves f's body from MBODY_BUDGET, in arrival order; false: queued, resumed later. */
+static bool mbody_reserve(struct mfetch *f, size_t need)
+{
+    struct proxy *px = f->px;
+    if (!f->mbody_queued && !px->mbody_head && px->mbody_used + need <= MBODY_BUDGET) {
+        px->mbody_used += need;
+        f->reserved = need;
+        return true;
+    }
+    if (!f->mbody_queued) {
+        f->mbody_queued = true;
+        f->mbody_next = NULL;
+        if (px->mbody_tail)
+            px->mbody_tail->mbody_next = f;
+        else
+            px->mbody_head = f;
+        px->mbody_tail = f;
+    }
+    return false;
+}
+
+static size_t mbody_need(const struct mfetch *f)
+{
+    return f->expect >= 0 ? (size_t)f->expect : REGISTRY_MANIFEST_MAX;
+}
+
+/* Gives f's reservation (or its place in the line) back and lets the next ones read. */
+static void mbody_release(struct mfetch *f)
+{
+    struct proxy *px = f->px;
+    if (f->mbody_queued) {
+        struct mfetch **p = &px->mbody_head, *prev = NULL;
+        while (*p != f) {
+            prev = *p;
+            p = &(*p)->mbody_next;
+        }
+        *p = f->mbody_next;
+        if (px->mbody_tail == f)
+            px->mbody_tail = prev;
+        f->mbody_queued = false;
+    }
+    px->mbody_used -= f->reserved;
+    f->reserved = 0;
+    while (px->mbody_head && px->mbody_used + mbody_need(px->mbody_head) <= MBODY_BUDGET) {
+        struct mfetch *g = px->mbody_head;
+        px->mbody_head = g->mbody_next;
+        if (!px->mbody_head)
+            px->mbody_tail = NULL;
+        g->mbody_queued = false;
+        g->reserved = mbody_need(g);
+        px->mbody_used += g->reserved;
+        if (g->ureq)
+            upstream_resume(g->ureq);
+    }
 }
 
 static void mfetch_unlink(struct mfetch *f)
@@ -430,7 +658,11 @@ static void mfetch_free(struct mfetch *f)
     mfetch_unlink(f);
     if (f->ureq)
         upstream_cancel(f->ureq);
+    f->ureq = NULL;
     free(f->body);
+    f->body = NULL;
+    mbody_release(f);
+    slot_release(f->px, &f->slot);
     free(f);
 }
 
@@ -469,8 +701,12 @@ static int m_on_response(struct upstream_req *r, void *ctx, long status,
     snprintf(f->hdr_digest, sizeof(f->hdr_digest), "%s", d ? d : "");
     snprintf(f->content_type, sizeof(f->content_type), "%s", ct ? ct : "");
     uint64_t n;
-    if (!f->head && cl && reference_parse_uint(cl, &n) == 0 && n > REGISTRY_MANIFEST_MAX)
-        return -1;
+    f->expect = -1;
+    if (!f->head && cl && reference_parse_uint(cl, &n) == 0) {
+        if (n > REGISTRY_MANIFEST_MAX)
+            return -1;
+        f->expect = (int64_t)n;
+    }
     return 0;
 }
 
@@ -479,10 +715,18 @@ static int m_on_data(struct upstream_req *r, void *ctx, const char *data, size_t
     struct mfetch *f = ctx;
     if (f->len + len > REGISTRY_MANIFEST_MAX)
         return -1;
+    size_t size = f->expect >= 0 ? (size_t)f->expect : f->len + len;
+    if (size > MBODY_FREE && !f->reserved && !mbody_reserve(f, mbody_need(f)))
+        return UPSTREAM_PAUSE;
     if (f->len + len > f->cap) {
-        size_t cap = f->cap ? f->cap : 16384;
+        /* The announced size at once; without one, doubling up to the limit. */
+        size_t cap = f->expect >= 0 && (size_t)f->expect >= f->len + len ? (size_t)f->expect
+                     : f->cap                                            ? f->cap
+                                                                         : 16384;
         while (cap < f->len + len)
             cap *= 2;
+        if (cap > REGISTRY_MANIFEST_MAX)
+            cap = REGISTRY_MANIFEST_MAX;
         char *nb = realloc(f->body, cap);
         if (!nb)
             return -1;
@@ -629,6 +873,17 @@ static void mfetch_start(struct mfetch *f)
         mfetch_fail(f, REG_ERR_INTERNAL, -1, "cannot start the upstream request");
 }
 
+static void mfetch_go(struct slot *s)
+{
+    mfetch_start(CONTAINER(s, struct mfetch, slot));
+}
+
+static void mfetch_expire(struct slot *s)
+{
+    mfetch_fail(CONTAINER(s, struct mfetch, slot), REG_ERR_UNAVAILABLE, QUEUE_RETRY_AFTER_S,
+                "too many upstream fetches at once (proxy.maxfetches)");
+}
+
 static void manifest_join(struct proxy *px, const struct target *t, struct client *c,
                           bool have_cached, const struct digest *cached)
 {
@@ -660,12 +915,13 @@ static void manifest_join(struct proxy *px, const struct target *t, struct clien
         if (have_cached)
             f->cached = *cached;
         f->head = have_cached;
+        f->expect = -1;
         f->next = px->mfetches;
         px->mfetches = f;
         w->f = f;
         f->waiters = w;
         http_req_on_abort(c->req, mwaiter_abort, w);
-        mfetch_start(f);
+        slot_acquire(px, &f->slot, mfetch_go, mfetch_expire);
         return;
     }
     metrics_inc(METRICS_JOINED_WAITERS);
@@ -807,6 +1063,7 @@ struct bhead {
     struct remote *rm;
     struct digest d;
     struct upstream_req *ureq;
+    struct slot slot;
     /* -1: the upstream's Content-Length is missing or unreadable */
     int64_t size;
     bool job;    /* its link job runs (the job holds the request's abort callback) */
@@ -828,6 +1085,7 @@ static void bhead_free(struct bhead *b)
     }
     if (b->ureq)
         upstream_cancel(b->ureq);
+    slot_release(b->px, &b->slot);
     free(b);
 }
 
@@ -852,6 +1110,7 @@ static void bh_on_done(struct upstream_req *r, void *ctx, const struct upstream_
     struct proxy *px = b->px;
     struct client c = b->c;
     b->ureq = NULL;
+    slot_release(px, &b->slot);
     if (o->result != UPSTREAM_OK) {
         bhead_free(b);
         client_error(&c, outcome_error(o, true), o->retry_after_s, o->message);
@@ -915,10 +1174,34 @@ static void bhead_done(void *arg, struct http_req *req)
     http_resp_no_body(c.req, size);
 }
 
+/* The slot is granted: send the HEAD. */
+static void bhead_go(struct slot *s)
+{
+    static const struct upstream_callbacks cb = {bh_on_response, NULL, bh_on_done};
+    struct bhead *b = CONTAINER(s, struct bhead, slot);
+    char suffix[API_REF_MAX + 8];
+    snprintf(suffix, sizeof(suffix), "blobs/%s", b->c.rt.ref);
+    const char *name = b->rm->main ? b->c.rt.name : strchr(b->c.rt.name, '/') + 1;
+    b->ureq = upstream_fetch(b->rm->up, "HEAD", name, suffix, NULL, &cb, b);
+    if (!b->ureq) {
+        struct client c = b->c;
+        bhead_free(b);
+        client_error(&c, REG_ERR_INTERNAL, -1, NULL);
+    }
+}
+
+static void bhead_expire(struct slot *s)
+{
+    struct bhead *b = CONTAINER(s, struct bhead, slot);
+    struct client c = b->c;
+    bhead_free(b);
+    client_error(&c, REG_ERR_UNAVAILABLE, QUEUE_RETRY_AFTER_S,
+                 "too many upstream fetches at once (proxy.maxfetches)");
+}
+
 static void blob_head(struct proxy *px, const struct target *t, struct client *c,
                       const struct digest *d)
 {
-    static const struct upstream_callbacks cb = {bh_on_response, NULL, bh_on_done};
     struct bhead *b = calloc(1, sizeof(*b));
     if (!b) {
         client_error(c, REG_ERR_INTERNAL, -1, NULL);
@@ -929,23 +1212,15 @@ static void blob_head(struct proxy *px, const struct target *t, struct client *c
     b->rm = t->rm;
     b->d = *d;
     b->size = -1;
-    char suffix[API_REF_MAX + 8];
-    snprintf(suffix, sizeof(suffix), "blobs/%s", t->rt.ref);
-    const char *name = t->rm->main ? t->rt.name : strchr(t->rt.name, '/') + 1;
-    b->ureq = upstream_fetch(t->rm->up, "HEAD", name, suffix, NULL, &cb, b);
-    if (!b->ureq) {
-        free(b);
-        client_error(c, REG_ERR_INTERNAL, -1, NULL);
-        return;
-    }
     b->next = px->bheads;
     px->bheads = b;
     http_req_on_abort(c->req, bhead_abort, b);
+    slot_acquire(px, &b->slot, bhead_go, bhead_expire);
 }
 
 /* ---- blobs: one fetch per digest, every client reading the spool ---- */
 
-enum bstate { B_HEADERS, B_STREAMING, B_DONE, B_FAILED };
+enum bstate { B_QUEUED, B_HEADERS, B_STREAMING, B_DONE, B_FAILED };
 
 struct breader {
     struct breader *next;
@@ -966,6 +1241,7 @@ struct bfetch {
     struct registry_upload *up;
     int fd; /* the spool, for readers */
     struct upstream_req *ureq;
+    struct slot slot;
     enum bstate state;
     uint64_t written;
     int64_t total;
@@ -1001,6 +1277,7 @@ static void bfetch_maybe_free(struct bfetch *f)
     if (f->pinned || f->readers || f->importing || f->state == B_HEADERS || f->state == B_STREAMING)
         return;
     bfetch_unlist(f);
+    slot_release(f->px, &f->slot); /* still queued: nobody wants it any more */
     if (f->fd >= 0)
         close(f->fd);
     free(f);
@@ -1102,7 +1379,7 @@ static void reader_pump(struct breader *rd)
             reader_done(rd);
             return;
         }
-        if (f->state == B_HEADERS || !reader_begin(rd))
+        if (f->state == B_QUEUED || f->state == B_HEADERS || !reader_begin(rd))
             return;
     }
     rd->pumping = true;
@@ -1257,6 +1534,7 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
     char ds[DIGEST_STR_MAX];
     digest_str(&f->d, ds);
     f->ureq = NULL;
+    slot_release(px, &f->slot);
     if (!px->spool)
         bfetch_unlist(f);
     enum regerr result = outcome_error(o, true);
@@ -1318,10 +1596,63 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
     bfetch_maybe_free(f);
 }
 
+/* A fetch that could not start (or waited too long): its readers get the error. */
+static void bfetch_fail_early(struct bfetch *f, enum regerr e, long retry_after, const char *why)
+{
+    struct registry *sreg = spool_reg(f->px);
+    if (f->up)
+        registry_upload_close(f->up);
+    f->up = NULL;
+    if (f->id[0]) {
+        registry_upload_cancel(sreg, f->name, f->id);
+        spools_drop(f->px->spools, f->id);
+    }
+    bfetch_unlist(f);
+    slot_release(f->px, &f->slot);
+    f->state = B_FAILED;
+    f->err = e;
+    f->retry_after = retry_after;
+    snprintf(f->why, sizeof(f->why), "%s", why);
+    bfetch_pump_all(f);
+    bfetch_maybe_free(f);
+}
+
+/* The slot is granted: open the spool and start the upstream GET. */
+static void bfetch_go(struct slot *s)
+{
+    static const struct upstream_callbacks cb = {b_on_response, b_on_data, b_on_done};
+    struct bfetch *f = CONTAINER(s, struct bfetch, slot);
+    /* The spool is local (see spool_reg): these are a few syscalls on the loop. */
+    struct registry *sreg = spool_reg(f->px);
+    enum regerr result = registry_upload_start(sreg, f->name, f->id);
+    if (result == REG_OK)
+        spools_add(f->px->spools, f->name, f->id);
+    if (result == REG_OK)
+        result = registry_upload_open(sreg, f->name, f->id, &f->up);
+    if (result == REG_OK)
+        result = registry_upload_reader(sreg, f->name, f->id, &f->fd);
+    if (result == REG_OK) {
+        char suffix[API_REF_MAX + 8], ds[DIGEST_STR_MAX];
+        snprintf(suffix, sizeof(suffix), "blobs/%s", digest_str(&f->d, ds));
+        const char *name = f->rm->main ? f->name : strchr(f->name, '/') + 1;
+        f->state = B_HEADERS;
+        f->ureq = upstream_fetch(f->rm->up, "GET", name, suffix, NULL, &cb, f);
+        if (f->ureq)
+            return;
+        result = REG_ERR_INTERNAL;
+    }
+    bfetch_fail_early(f, result, -1, "cannot start the upstream fetch");
+}
+
+static void bfetch_expire(struct slot *s)
+{
+    bfetch_fail_early(CONTAINER(s, struct bfetch, slot), REG_ERR_UNAVAILABLE, QUEUE_RETRY_AFTER_S,
+                      "too many upstream fetches at once (proxy.maxfetches)");
+}
+
 static void blob_fetch(struct proxy *px, const struct target *t, struct client *c,
                        const struct digest *d)
 {
-    static const struct upstream_callbacks cb = {b_on_response, b_on_data, b_on_done};
     struct bfetch *f;
     for (f = px->bfetches; f; f = f->next) {
         if (f->rm == t->rm && digest_equal(&f->d, d))
@@ -1333,64 +1664,37 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
         return;
     }
     rd->c = *c;
-    if (f)
+    if (f) {
+        /* Joining a fetch, running or queued, takes no slot of its own. */
         metrics_inc(METRICS_JOINED_WAITERS);
-    if (!f) {
-        enum regerr result = REG_ERR_INTERNAL;
-        f = calloc(1, sizeof(*f));
-        if (!f)
-            goto fail;
-        f->px = px;
-        f->rm = t->rm;
-        f->d = *d;
-        f->fd = -1;
-        f->total = -1;
-        snprintf(f->name, sizeof(f->name), "%s", t->rt.name);
-        /* The spool is local (see spool_reg): these are a few syscalls on the loop. */
-        struct registry *sreg = spool_reg(px);
-        result = registry_upload_start(sreg, f->name, f->id);
-        if (result == REG_OK)
-            spools_add(px->spools, f->name, f->id);
-        if (result == REG_OK)
-            result = registry_upload_open(sreg, f->name, f->id, &f->up);
-        if (result == REG_OK)
-            result = registry_upload_reader(sreg, f->name, f->id, &f->fd);
-        if (result != REG_OK)
-            goto fail;
-        char suffix[API_REF_MAX + 8];
-        snprintf(suffix, sizeof(suffix), "blobs/%s", t->rt.ref);
-        const char *name = t->rm->main ? t->rt.name : strchr(t->rt.name, '/') + 1;
-        f->ureq = upstream_fetch(t->rm->up, "GET", name, suffix, NULL, &cb, f);
-        if (!f->ureq) {
-            result = REG_ERR_INTERNAL;
-            goto fail;
-        }
-        f->listed = true;
-        f->next = px->bfetches;
-        px->bfetches = f;
-        goto join;
-    fail:
-        if (f) {
-            if (f->up)
-                registry_upload_close(f->up);
-            if (f->id[0]) {
-                registry_upload_cancel(spool_reg(px), f->name, f->id);
-                spools_drop(px->spools, f->id);
-            }
-            if (f->fd >= 0)
-                close(f->fd);
-            free(f);
-        }
-        free(rd);
-        client_error(c, result, -1, "cannot start the upstream fetch");
+        rd->f = f;
+        rd->next = f->readers;
+        f->readers = rd;
+        http_req_on_abort(c->req, reader_abort, rd);
+        reader_pump(rd);
         return;
     }
-join:
+    f = calloc(1, sizeof(*f));
+    if (!f) {
+        free(rd);
+        client_error(c, REG_ERR_INTERNAL, -1, "cannot start the upstream fetch");
+        return;
+    }
+    f->px = px;
+    f->rm = t->rm;
+    f->d = *d;
+    f->fd = -1;
+    f->total = -1;
+    f->state = B_QUEUED;
+    snprintf(f->name, sizeof(f->name), "%s", t->rt.name);
+    f->listed = true;
+    f->next = px->bfetches;
+    px->bfetches = f;
     rd->f = f;
-    rd->next = f->readers;
     f->readers = rd;
     http_req_on_abort(c->req, reader_abort, rd);
-    reader_pump(rd);
+    /* Last: go may fail at once, answer the reader and free f. */
+    slot_acquire(px, &f->slot, bfetch_go, bfetch_expire);
 }
 
 /* What the store says about a pulled blob. */
@@ -1624,6 +1928,14 @@ struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struc
         if (add_remote(px, r->host, r->remoteurl, r->username, r->password, false) != 0)
             goto fail;
     }
+    /* Buffers of 128 KiB and more (manifest bodies, gathered blob pieces) are mapped on
+     * their own and unmapped when freed: glibc would otherwise raise the threshold after the
+     * first free and keep a burst's buffers in the heap. */
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+    px->wait_timer = evtimer_new(base, wait_timer_cb, px);
+    px->trim_timer = evtimer_new(base, trim_timer_cb, px);
+    if (!px->wait_timer || !px->trim_timer)
+        goto fail;
     if (!offload_inline(ol) && spool_open(px, cfg->proxy.spooldir) != 0)
         goto fail;
     /* On the filesystem the store is the spool: remove what a killed instance left there
@@ -1670,8 +1982,10 @@ void proxy_free(struct proxy *px)
         if (f->up)
             registry_upload_close(f->up);
         f->up = NULL;
-        registry_upload_cancel(spool_reg(px), f->name, f->id);
-        spools_drop(px->spools, f->id);
+        if (f->id[0]) {
+            registry_upload_cancel(spool_reg(px), f->name, f->id);
+            spools_drop(px->spools, f->id);
+        }
         f->state = B_FAILED;
         snprintf(f->why, sizeof(f->why), "shutting down");
         bfetch_pump_all(f);
