@@ -173,7 +173,7 @@ def _wait(pred, timeout=20.0):
 def test_killed_pull_through_leaves_no_spool(make_registry, upstream, seeded):
     """kill -9 during a slow pull-through: the restart removes the spool nobody can resume
     (and only that: a client's upload session stays resumable), and the re-pull works."""
-    mirror = make_registry(name="killed", extra_yaml=upstream.proxy_yaml())
+    mirror = make_registry(name="killed", extra_yaml=upstream.proxy_yaml(extra="  push: true\n"))
     img = seeded.alpine
     d, data = max(img.blobs.items(), key=lambda kv: len(kv[1]))
     r = mirror.post("/v2/%s/blobs/uploads/" % img.repo, data=b"")
