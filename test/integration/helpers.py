@@ -104,6 +104,20 @@ def regmirror_bin():
     return os.environ.get("REGMIRROR_BIN", "").strip()
 
 
+def release_bin():
+    """The release build next to REGMIRROR_BIN (the Makefile's B/asan -> B/release)."""
+    explicit = os.environ.get("REGMIRROR_RELEASE_BIN", "").strip()
+    if explicit:
+        return explicit
+    b = regmirror_bin()
+    parent, leaf = os.path.split(os.path.dirname(b))
+    if leaf == "asan":
+        cand = os.path.join(parent, "release", os.path.basename(b))
+        if os.access(cand, os.X_OK):
+            return cand
+    return b
+
+
 def binary_for(kind):
     if kind == "docker-registry":
         return os.environ.get("DOCKER_REGISTRY_BIN", REFERENCE_BIN)

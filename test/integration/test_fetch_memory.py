@@ -33,13 +33,13 @@ import requests
 
 import helpers
 from helpers import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, sha256
-from test_oss_stream import release_bin
 
 pytestmark = pytest.mark.regmirror_only("proxy.maxfetches and the daemon's memory are "
                                         "regmirror's")
 
 MIB = 1 << 20
-BLOBS = 2000
+# one warms the mirror up (token, connection), the other 2000 are fetched at once
+BLOBS = 2001
 BLOB_SIZE = 128 * 1024
 HWM_BOUND = 128 * MIB
 # "Back near idle": RSS after the burst within this much of the RSS before it.
@@ -286,7 +286,7 @@ def test_2000_cold_blob_fetches_bounded_memory(make_registry, upstream, many_blo
     raise_nofile()
     repo, blobs = many_blobs
     digests = list(blobs)
-    reg = make_registry(name="mem2000", binary=release_bin(),
+    reg = make_registry(name="mem2000", binary=helpers.release_bin(),
                         extra_yaml="proxy:\n  remoteurl: %s\n" % upstream.direct_url)
     warm_up(reg, repo, digests[0])
     pid = reg.proc.pid
@@ -317,7 +317,7 @@ def test_100_big_manifest_fetches_bounded_memory(make_registry, summary_line):
     mans = list(big_manifests(MANIFESTS + 1).items())
     up = ManifestUpstream(dict(mans))
     try:
-        reg = make_registry(name="memman", binary=release_bin(),
+        reg = make_registry(name="memman", binary=helpers.release_bin(),
                             extra_yaml="proxy:\n  remoteurl: %s\n" % up.url)
         d0, b0 = mans[0]
         st, _, body = parallel_get(reg.port, ["/v2/%s/manifests/%s" % (repo, d0)])[0]

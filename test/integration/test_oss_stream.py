@@ -41,20 +41,6 @@ def stream_size():
     return int(os.environ.get("REGMIRROR_STREAM_BYTES", str(1 << 30)))
 
 
-def release_bin():
-    """The release build next to REGMIRROR_BIN (the Makefile's B/asan -> B/release)."""
-    explicit = os.environ.get("REGMIRROR_RELEASE_BIN", "").strip()
-    if explicit:
-        return explicit
-    b = helpers.regmirror_bin()
-    parent, leaf = os.path.split(os.path.dirname(b))
-    if leaf == "asan":
-        cand = os.path.join(parent, "release", os.path.basename(b))
-        if os.access(cand, os.X_OK):
-            return cand
-    return b
-
-
 class Payload:
     """size pseudo-random bytes in CHUNK pieces, never all in memory: a 4 MiB random pool,
     rotated by a different offset for every chunk."""
@@ -169,7 +155,7 @@ def test_big_blob_streams_through_with_bounded_memory(make_registry, oss_store, 
                                                       tmp_path):
     size = stream_size()
     bound = int(os.environ.get("REGMIRROR_STREAM_RSS_MIB", "128")) * MIB
-    binary = release_bin()
+    binary = helpers.release_bin()
     reg = make_registry(name="stream", binary=binary)
     repo = helpers.unique_repo("stream")
     # Warm up (threads, connection pools, TLS-free curl handles) before the baseline.
