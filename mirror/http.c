@@ -159,7 +159,6 @@ struct conn {
     enum parse_event event;
     const char *ev_data;
     size_t ev_len;
-    bool plain; /* a socket bufferevent: shutdown() and sendfile apply */
     /* Plain connections read with rd (recv() straight into the input buffer; libevent's own
      * reads ask FIONREAD first, one syscall more per request) while the bufferevent's EV_READ
      * stays off. rd_want: reading is wanted; rd_added: rd is pending; rd_timeout: the body
@@ -179,9 +178,10 @@ struct conn {
      * transport took is out_added minus what the output still holds (conn_written). And the
      * access log lines waiting for their answers to leave (see struct logrec). */
     uint64_t out_added;
-    bool retracting;
     struct logrec *logs;
     int nlogs;
+    bool retracting;
+    bool plain; /* a socket bufferevent: shutdown() and sendfile apply */
     bool processing, eof, closing, lingering, closed;
 };
 

@@ -1958,22 +1958,23 @@ void proxy_free(struct proxy *px)
     /* What an offload job holds leaves the tables here and is freed by the job's done. */
     while (px->mfetches) {
         struct mfetch *f = px->mfetches;
+        px->mfetches = f->next; /* the head: no search (mfetch_free's finds nothing) */
+        px->mseq++;
         mfetch_answer(f, REG_ERR_UNAVAILABLE, -1, "shutting down");
-        if (f->job)
-            mfetch_unlink(f);
-        else
+        if (!f->job)
             mfetch_free(f);
     }
     while (px->bheads) {
         struct bhead *b = px->bheads;
-        if (b->job)
-            px->bheads = b->next;
-        else
+        px->bheads = b->next;
+        if (!b->job)
             bhead_free(b);
     }
     while (px->bfetches) {
         struct bfetch *f = px->bfetches;
-        bfetch_unlist(f);
+        px->bfetches = f->next; /* the head: as bfetch_unlist, without its search */
+        f->listed = false;
+        px->bseq++;
         if (f->importing)
             continue;
         if (f->ureq)
