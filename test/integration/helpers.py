@@ -118,6 +118,18 @@ def release_bin():
     return b
 
 
+def wait_until(fn, timeout=15.0, every=0.05):
+    """Polls fn until it returns something true (returned) or timeout passes (fn's last
+    answer is returned)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(every)
+    return fn()
+
+
 def binary_for(kind):
     if kind == "docker-registry":
         return os.environ.get("DOCKER_REGISTRY_BIN", REFERENCE_BIN)

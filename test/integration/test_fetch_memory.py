@@ -32,7 +32,7 @@ import pytest
 import requests
 
 import helpers
-from helpers import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, sha256
+from helpers import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, sha256, wait_until
 
 pytestmark = pytest.mark.regmirror_only("proxy.maxfetches and the daemon's memory are "
                                         "regmirror's")
@@ -83,16 +83,6 @@ def scrape(debug):
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
-
-
-def wait_until(fn, timeout=15.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(every)
-    return fn()
 
 
 def store_many(upstream, repo, blobs):

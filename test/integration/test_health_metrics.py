@@ -16,7 +16,7 @@ import pytest
 import requests
 
 import helpers
-from helpers import make_image, push_image
+from helpers import make_image, push_image, wait_until
 
 pytestmark = pytest.mark.regmirror_only("debug listener, /healthz and metrics names are "
                                         "regmirror's")
@@ -35,16 +35,6 @@ def start(make_registry, health="", prometheus=True, extra="", name=None):
     reg = make_registry(name=name, extra_yaml=debug_yaml(port, prometheus) + health + extra)
     reg.debug = "http://127.0.0.1:%d" % port
     return reg
-
-
-def wait_until(fn, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    return fn()
 
 
 def scrape(reg):

@@ -5,7 +5,6 @@ import http.client
 import os
 import subprocess
 import threading
-import time
 
 import pytest
 import requests
@@ -159,15 +158,6 @@ def _uploads(root):
     return out
 
 
-def _wait(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.skipif(helpers.storage_kind() == "oss", reason="the OSS spool is proxy.spooldir, "
                     "cleared at every start")
 def test_killed_pull_through_leaves_no_spool(make_registry, upstream, seeded):
@@ -196,7 +186,7 @@ def test_killed_pull_through_leaves_no_spool(make_registry, upstream, seeded):
                 os.path.exists(os.path.join(p, "data")) and
                 os.path.getsize(os.path.join(p, "data")) > 0]
 
-    assert _wait(spooling), "no spool appeared"
+    assert helpers.wait_until(spooling, 20), "no spool appeared"
     spool = spooling()[0]
     mirror.proc.kill()
     mirror.proc.wait(10)
@@ -280,7 +270,7 @@ def test_full_disk_upload_frees_what_it_wrote(make_registry, small_root):
         assert status in (503, 0), (mode, status, body[:300])  # 0: the answer was lost
         if status:
             assert b'"UNAVAILABLE"' in body, body
-        assert _wait(lambda: _upload_bytes(reg.rootdir) == 0, 10), \
+        assert helpers.wait_until(lambda: _upload_bytes(reg.rootdir) == 0, 10), \
             (mode, _upload_bytes(reg.rootdir))
         if mode == "PATCH":
             # The same session goes on from where it was.
