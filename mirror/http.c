@@ -658,9 +658,26 @@ static enum frame_state frame_after_size(struct frame *fr)
     return FR_FIELD_START;
 }
 
+/* The head and trailer states, where the header and URL limits apply (see frame_budget). */
+static bool frame_in_head(enum frame_state s)
+{
+    switch (s) {
+    case FR_LINE_START:
+    case FR_REQ_LINE:
+    case FR_FIELD_START:
+    case FR_NAME:
+    case FR_VALUE:
+    case FR_CR:
+        return true;
+    default:
+        return false;
+    }
+}
+
 /*
  * Advances fr over up to n bytes of p. Returns how many it took: all n, fewer when the head or
- * a chunked message ends there (the caller decides what follows), or the offset of a byte that
+ * a chunked message ends there or a chunk line ends (the caller decides what follows, and
+ * sets the budget of a trailer section before it is scanned), or the offset of a byte that
  * breaks the framing rules, with *bad set. Rejected (RFC 9112): whitespace or any other
  * non-token byte in a field name, before the colon too (§5.1); obs-fold continuation lines
  * (§5.2); a bare CR (§2.2); chunk lines without CRLF, chunk data not followed by CRLF, and
@@ -673,6 +690,7 @@ static size_t frame_scan(struct frame *fr, const char *p, size_t n, bool *bad)
     size_t i = 0;
     while (i < n) {
         unsigned char c = (unsigned char)p[i];
+        bool in_head = frame_in_head(fr->state);
         switch (fr->state) {
         case FR_LINE_START:
             if (c == '\r' || c == '\n')
@@ -751,7 +769,8 @@ static size_t frame_scan(struct frame *fr, const char *p, size_t n, bool *bad)
             return i;
         }
         i++;
-        if (fr->state == FR_HEAD_DONE || fr->state == FR_DONE)
+        if (fr->state == FR_HEAD_DONE || fr->state == FR_DONE ||
+            (!in_head && frame_in_head(fr->state)))
             return i;
     }
     return i;
@@ -767,17 +786,8 @@ bad:
  */
 static size_t frame_budget(const struct conn *conn, size_t avail)
 {
-    switch (conn->frame.state) {
-    case FR_LINE_START:
-    case FR_REQ_LINE:
-    case FR_FIELD_START:
-    case FR_NAME:
-    case FR_VALUE:
-    case FR_CR:
-        break;
-    default:
+    if (!frame_in_head(conn->frame.state))
         return avail;
-    }
     const struct http_limits *lim = &conn->srv->limits;
     size_t head =
         conn->head_bytes < lim->max_header_bytes ? conn->head_bytes : lim->max_header_bytes;
