@@ -679,7 +679,8 @@ static bool frame_in_head(enum frame_state s)
  * a chunked message ends there or a chunk line ends (the caller decides what follows, and
  * sets the budget of a trailer section before it is scanned), or the offset of a byte that
  * breaks the framing rules, with *bad set. Rejected (RFC 9112): whitespace or any other
- * non-token byte in a field name, before the colon too (§5.1); obs-fold continuation lines
+ * non-token byte in a field name, before the colon too (§5.1); NUL in the request line or a
+ * field value (RFC 9110 §5.5); obs-fold continuation lines
  * (§5.2); a bare CR (§2.2); chunk lines without CRLF, chunk data not followed by CRLF, and
  * chunk sizes above 2^64 (§7.1). The state depends only on the bytes, never on how they were
  * split.
@@ -702,6 +703,8 @@ static size_t frame_scan(struct frame *fr, const char *p, size_t n, bool *bad)
         case FR_VALUE:
             if (c == '\r' || c == '\n')
                 frame_eol(fr, c, FR_FIELD_START);
+            else if (c == '\0')
+                goto bad; /* RFC 9110 §5.5; the parser's own check depends on the split */
             break;
         case FR_FIELD_START:
             if (c == '\r' || c == '\n')
