@@ -81,7 +81,15 @@ struct storage_writer {
 
 struct storage {
     const struct storage_ops *ops;
+    /* The bytes sit on this host's filesystem: calls are local syscalls, fast enough to run
+       on the event loop, and a blob can be sent with sendfile. Wrappers copy their inner's. */
+    bool local;
 };
+
+static inline bool storage_is_local(const struct storage *s)
+{
+    return s->local;
+}
 
 /* The filesystem driver rooted at root (created when missing). NULL on error (logged). */
 struct storage *storage_fs_new(const char *root);

@@ -243,6 +243,7 @@ struct storage *maintenance_storage_wrap(struct storage *inner)
         .free = w_free,
     };
     w->base.ops = &w->ops;
+    w->base.local = inner->local;
     return &w->base;
 }
 

@@ -266,6 +266,7 @@ struct storage *metrics_storage_wrap(struct storage *inner)
         .free = w_free,
     };
     m->base.ops = &m->ops;
+    m->base.local = inner->local;
     return &m->base;
 }
 

@@ -459,6 +459,7 @@ struct storage *storage_fs_new(const char *root)
     if (!fs)
         return NULL;
     fs->base.ops = &fs_ops;
+    fs->base.local = true;
     /* Strip trailing slashes so that root + "/docker/..." has no "//". */
     fs->root = strdup(root);
     if (!fs->root) {

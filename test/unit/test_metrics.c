@@ -162,7 +162,7 @@ static const struct storage_ops fake_ops = {.name = "fake", .stat = fake_stat, .
 static void test_storage_wrapper_counts_errors(void **state)
 {
     metrics_reset();
-    struct storage inner = {&fake_ops};
+    struct storage inner = {&fake_ops, false};
     struct storage *st = metrics_storage_wrap(&inner);
     assert_non_null(st);
     assert_ptr_not_equal(st, &inner);
