@@ -13,28 +13,27 @@
 #include <string.h>
 #include <strings.h>
 
+#include "buf.h"
 #include "config_int.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Diagnostics                                                                                 */
 
-static void add_message(char ***list, size_t *n, const char *text)
+/* *cap is the allocated size of *list. */
+static void add_message(char ***list, size_t *n, size_t *cap, const char *text)
 {
     char *s;
-    char **grown;
 
     if (*n > MAX_MESSAGES)
         return;
     s = strdup(*n == MAX_MESSAGES ? "further messages left out" : text);
     if (!s)
         return;
-    grown = realloc(*list, (*n + 1) * sizeof(*grown));
-    if (!grown) {
+    if (buf_grow_items(list, cap, *n + 1, sizeof(**list), MAX_MESSAGES + 1) != BUF_OK) {
         free(s);
         return;
     }
-    grown[(*n)++] = s;
-    *list = grown;
+    (*list)[(*n)++] = s;
 }
 
 void config_report(struct ctx *c, bool error, const struct node *n, const char *fmt, ...)
@@ -54,9 +53,9 @@ void config_report(struct ctx *c, bool error, const struct node *n, const char *
         snprintf(line, sizeof(line), "%s", what);
     if (error) {
         c->failed = true;
-        add_message(&c->diag->errors, &c->diag->nerrors, line);
+        add_message(&c->diag->errors, &c->diag->nerrors, &c->errors_cap, line);
     } else {
-        add_message(&c->diag->warnings, &c->diag->nwarnings, line);
+        add_message(&c->diag->warnings, &c->diag->nwarnings, &c->warnings_cap, line);
     }
 }
 
@@ -297,9 +296,10 @@ static void finish_storage(struct ctx *c, struct node *root, struct config *cfg)
     }
     if (cfg->storage.driver == CONFIG_STORAGE_OTHER) {
         char path[PATH_LEN], got[128];
+        size_t cap = 0; /* storage.params is filled here only */
         config_join(path, "storage", found[0]);
         if (params->kind == NODE_MAP)
-            config_flatten(c, params, "", path, &cfg->storage.params, &cfg->storage.nparams);
+            config_flatten(c, params, "", path, &cfg->storage.params, &cfg->storage.nparams, &cap);
         else if (params->kind != NODE_NULL)
             ERR(c, params, "%s: expected a mapping of driver parameters, got %s", path,
                 config_describe(params, got, sizeof(got)));
@@ -662,7 +662,7 @@ int config_load_file(const char *path, char *const *envp, struct config *out,
 {
     FILE *f = fopen(path, "rb");
     char *buf = NULL;
-    size_t len = 0;
+    size_t len = 0, cap = 0; /* diag's lists start empty */
     int result = -1;
 
     memset(diag, 0, sizeof(*diag));
@@ -670,7 +670,7 @@ int config_load_file(const char *path, char *const *envp, struct config *out,
     if (!f) {
         char msg[PATH_LEN + 128];
         snprintf(msg, sizeof(msg), "%s: %s", path, strerror(errno));
-        add_message(&diag->errors, &diag->nerrors, msg);
+        add_message(&diag->errors, &diag->nerrors, &cap, msg);
         return -1;
     }
     buf = malloc(CONFIG_MAX_FILE + 1);
@@ -682,7 +682,7 @@ int config_load_file(const char *path, char *const *envp, struct config *out,
                  !buf        ? "out of memory"
                  : ferror(f) ? "read error"
                              : "larger than 1 MiB");
-        add_message(&diag->errors, &diag->nerrors, msg);
+        add_message(&diag->errors, &diag->nerrors, &cap, msg);
         goto out;
     }
     result = config_load_string(buf, len, path, envp, out, diag);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "buf.h"
 #include "config_int.h"
 
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enums are decoded through int");
@@ -425,7 +426,7 @@ static void decode_headers(struct ctx *c, const struct field *f, const struct no
 }
 
 void config_flatten(struct ctx *c, const struct node *n, const char *prefix, const char *path,
-                    struct config_kv **kv, size_t *nkv)
+                    struct config_kv **kv, size_t *nkv, size_t *cap)
 {
     char key[PATH_LEN];
     struct config_kv *grown;
@@ -444,21 +445,21 @@ void config_flatten(struct ctx *c, const struct node *n, const char *prefix, con
                 ERR(c, n->items[i], "%s: nested keys longer than %d bytes", path, MAX_KEY);
                 return;
             }
-            config_flatten(c, n->items[i], key, path, kv, nkv);
+            config_flatten(c, n->items[i], key, path, kv, nkv, cap);
         }
         return;
     }
-    if (*nkv >= MAX_ITEMS) {
-        if (*nkv == MAX_ITEMS)
-            ERR(c, n, "%s: more than %d values", path, MAX_ITEMS);
+    switch (buf_grow_items(kv, cap, *nkv + 1, sizeof(**kv), MAX_ITEMS)) {
+    case BUF_OK:
+        break;
+    case BUF_TOO_BIG:
+        ERR(c, n, "%s: more than %d values", path, MAX_ITEMS);
         return;
-    }
-    grown = realloc(*kv, (*nkv + 1) * sizeof(*grown));
-    if (!grown) {
+    default:
         config_oom(c);
         return;
     }
-    *kv = grown;
+    grown = *kv;
     grown[*nkv].key = strdup(prefix);
     grown[*nkv].value = strdup(n->text ? n->text : "");
     if (!grown[*nkv].key || !grown[*nkv].value) {
@@ -474,13 +475,13 @@ static void decode_kv(struct ctx *c, const struct field *f, const struct node *n
                       void *base)
 {
     struct config_kv *kv = NULL;
-    size_t nkv = 0;
+    size_t nkv = 0, cap = 0;
 
     if (n->kind != NODE_MAP) {
         type_error(c, f, n, path);
         return;
     }
-    config_flatten(c, n, "", path, &kv, &nkv);
+    config_flatten(c, n, "", path, &kv, &nkv, &cap);
     config_free_kv(*AT(base, f->off, struct config_kv *), *AT(base, f->noff, size_t));
     *AT(base, f->off, struct config_kv *) = kv;
     *AT(base, f->noff, size_t) = nkv;

@@ -54,7 +54,8 @@ struct envvar {
 
 struct ctx {
     struct config_diag *diag;
-    const char *name; /* file name for messages */
+    size_t errors_cap, warnings_cap; /* allocated slots of diag's two lists */
+    const char *name;                /* file name for messages */
     size_t nodes;
     bool failed;
     struct envvar *envs; /* kept until the end of the load: nodes point at the names */
@@ -179,9 +180,9 @@ void config_free_strlist(char **list, size_t n);
 void config_free_kv(struct config_kv *kv, size_t n);
 void config_free_struct(const struct schema *s, void *base);
 void config_set_string(struct ctx *c, char **slot, const char *value);
-/* Flattens a free-form value into "a.b" / "list.0" keys. */
+/* Flattens a free-form value into "a.b" / "list.0" keys; *cap is the allocated size of *kv. */
 void config_flatten(struct ctx *c, const struct node *n, const char *prefix, const char *path,
-                    struct config_kv **kv, size_t *nkv);
+                    struct config_kv **kv, size_t *nkv, size_t *cap);
 /* Sets every field to its default; strings to "" when they have none. */
 void config_apply_defaults(struct ctx *c, const struct schema *s, void *base);
 void config_decode_struct(struct ctx *c, const struct schema *s, const struct node *n,

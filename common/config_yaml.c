@@ -8,6 +8,7 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "buf.h"
 #include "config_int.h"
 
 /* ------------------------------------------------------------------------------------------ */
@@ -46,23 +47,16 @@ void config_node_free(struct node *n)
 
 int config_node_push(struct node *n, char *key, struct node *v)
 {
-    if (n->n >= MAX_ITEMS)
+    bool map = n->kind == NODE_MAP;
+    size_t cap = n->cap, kcap = n->cap;
+
+    /* keys grows from the same cap as items, so both end at the same size */
+    if (buf_grow_items(&n->items, &cap, n->n + 1, sizeof(*n->items), MAX_ITEMS) != BUF_OK)
         return -1;
-    if (n->n == n->cap) {
-        size_t cap = n->cap ? n->cap * 2 : 8;
-        struct node **items = realloc(n->items, cap * sizeof(*items));
-        if (!items)
-            return -1;
-        n->items = items;
-        if (n->kind == NODE_MAP) {
-            char **keys = realloc(n->keys, cap * sizeof(*keys));
-            if (!keys)
-                return -1;
-            n->keys = keys;
-        }
-        n->cap = cap;
-    }
-    if (n->kind == NODE_MAP)
+    if (map && buf_grow_items(&n->keys, &kcap, n->n + 1, sizeof(*n->keys), MAX_ITEMS) != BUF_OK)
+        return -1;
+    n->cap = cap;
+    if (map)
         n->keys[n->n] = key;
     n->items[n->n++] = v;
     return 0;
