@@ -29,6 +29,7 @@
 
 #include <openssl/evp.h>
 
+#include "buf.h"
 #include "log.h"
 #include "osssign.h"
 #include "ossxml.h"
@@ -93,8 +94,7 @@ struct oss_call {
 
 struct oss_resp {
     long status;
-    char *body;
-    size_t len, cap;
+    struct buf body; /* capped at the status line: see on_header */
     bool too_large;
     bool sink_stopped;
     uint64_t delivered; /* bytes passed to the sink */
@@ -111,7 +111,7 @@ struct oss_resp {
 
 static void resp_reset(struct oss_resp *r)
 {
-    free(r->body);
+    buf_free(&r->body);
     const struct oss_call *c = r->call;
     memset(r, 0, sizeof(*r));
     r->call = c;
@@ -212,6 +212,9 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
         const char *sp = memchr(p, ' ', len);
         if (sp)
             r->status = strtol(sp + 1, NULL, 10);
+        const struct oss_call *c = r->call;
+        bool ok = r->status >= 200 && r->status < 300;
+        buf_init(&r->body, ok ? (c->max_body_set ? c->max_body : OSS_XML_MAX) : OSS_ERR_BODY_MAX);
         return n;
     }
     const char *colon = memchr(p, ':', len);
@@ -292,30 +295,14 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
         }
         return n;
     }
-    size_t max = ok ? (c->max_body_set ? c->max_body : OSS_XML_MAX) : OSS_ERR_BODY_MAX;
-    if (r->len + n > max) {
-        if (ok) {
-            r->too_large = true;
-            return 0;
-        }
-        n = max - r->len; /* keep the start of an error body */
-        if (n == 0)
-            return size * nmemb;
+    enum buf_rc rc = buf_append(&r->body, p, n);
+    if (rc == BUF_TOO_BIG && ok) {
+        r->too_large = true;
+        return 0;
     }
-    if (r->len + n + 1 > r->cap) {
-        size_t cap = r->cap ? r->cap : 4096;
-        while (cap < r->len + n + 1)
-            cap *= 2;
-        char *b = realloc(r->body, cap);
-        if (!b)
-            return 0;
-        r->body = b;
-        r->cap = cap;
-    }
-    memcpy(r->body + r->len, p, n);
-    r->len += n;
-    r->body[r->len] = '\0';
-    return size * nmemb;
+    if (rc == BUF_TOO_BIG) /* keep the start of an error body */
+        rc = buf_append(&r->body, p, r->body.max - r->body.len);
+    return rc == BUF_OK ? n : 0;
 }
 
 static bool retryable_curl(CURLcode rc)
@@ -353,26 +340,13 @@ static void backoff(const struct oss_storage *o, int attempt)
 }
 
 /* Appends "name=value" (URI-encoded, "name" alone for an empty value) to the URL. */
-static bool url_add_query(char **url, size_t *len, size_t *cap, const struct osssign_kv *q,
-                          size_t nq)
+static bool url_add_query(struct buf *url, const struct osssign_kv *q, size_t nq)
 {
     for (size_t i = 0; i < nq; i++) {
         char *k = osssign_uri_encode(q[i].name, 0);
         char *v = osssign_uri_encode(q[i].value, 0);
-        bool ok = k && v;
-        size_t need = *len + (k ? strlen(k) : 0) + (v ? strlen(v) : 0) + 3;
-        if (ok && need > *cap) {
-            char *n = realloc(*url, need * 2);
-            if (n) {
-                *url = n;
-                *cap = need * 2;
-            } else {
-                ok = false;
-            }
-        }
-        if (ok)
-            *len += (size_t)snprintf(*url + *len, *cap - *len, "%c%s%s%s", i ? '&' : '?', k,
-                                     *v ? "=" : "", v);
+        bool ok =
+            k && v && buf_printf(url, "%c%s%s%s", i ? '&' : '?', k, *v ? "=" : "", v) == BUF_OK;
         free(k);
         free(v);
         if (!ok)
@@ -385,20 +359,17 @@ static bool url_add_query(char **url, size_t *len, size_t *cap, const struct oss
 static char *build_url(const struct oss_storage *o, const char *key, const struct osssign_kv *q,
                        size_t nq)
 {
+    /* bounded by construction: a key of at most OSS_KEY_MAX and OSS_QUERY_MAX parameters */
+    struct buf url = BUF_INIT(BUF_UNCAPPED);
     char *ek = osssign_uri_encode(key, 1);
-    if (!ek)
-        return NULL;
-    size_t cap = strlen(o->scheme) + strlen(o->host) + strlen(ek) + 16;
-    char *url = malloc(cap);
-    size_t len = 0;
-    if (url)
-        len = (size_t)snprintf(url, cap, "%s://%s/%s", o->scheme, o->host, ek);
+    bool ok = ek && buf_printf(&url, "%s://%s/%s", o->scheme, o->host, ek) == BUF_OK &&
+              url_add_query(&url, q, nq);
     free(ek);
-    if (url && !url_add_query(&url, &len, &cap, q, nq)) {
-        free(url);
-        url = NULL;
+    if (!ok) {
+        buf_free(&url);
+        return NULL;
     }
-    return url;
+    return buf_take(&url);
 }
 
 /*
@@ -563,8 +534,8 @@ static enum regerr fail(const struct oss_call *c, const struct oss_resp *r)
 {
     struct ossxml_error e;
     memset(&e, 0, sizeof(e));
-    if (r->len > 0) {
-        ossxml_parse_error(r->body, r->len, &e);
+    if (r->body.len > 0) {
+        ossxml_parse_error(r->body.p, r->body.len, &e);
     } else if (r->oss_err[0]) {
         /* HEAD answers carry the error XML base64-encoded in x-oss-err. */
         unsigned char xml[sizeof(r->oss_err)];
@@ -647,13 +618,12 @@ static enum regerr oss_get_content(struct storage *s, const char *path, size_t m
     struct oss_resp r = {0};
     enum regerr result = call(o, &c, &r);
     if (result == REG_OK) {
-        if (!r.body && !(r.body = calloc(1, 1)))
+        *len = r.body.len;
+        *out = buf_take(&r.body);
+        if (!*out)
             result = REG_ERR_INTERNAL;
-        *out = r.body;
-        *len = r.len;
-        r.body = NULL;
     }
-    free(r.body);
+    buf_free(&r.body);
     return result;
 }
 
@@ -675,7 +645,7 @@ static enum regerr oss_put_content(struct storage *s, const char *path, const vo
     add_sse(o, &c);
     struct oss_resp r = {0};
     enum regerr result = call(o, &c, &r);
-    free(r.body);
+    buf_free(&r.body);
     return result;
 }
 
@@ -693,7 +663,7 @@ static enum regerr head_object(struct oss_storage *o, const char *key, uint64_t 
         if (etag)
             snprintf(etag, etag_cap, "%s", r.etag);
     }
-    free(r.body);
+    buf_free(&r.body);
     return result;
 }
 
@@ -718,12 +688,12 @@ static enum regerr list_page(struct oss_storage *o, const char *prefix, bool del
         add_query(&c, "continuation-token", token);
     struct oss_resp r = {0};
     enum regerr result = call(o, &c, &r);
-    if (result == REG_OK && ossxml_parse_list(r.body ? r.body : "", r.len, page) != 0) {
+    if (result == REG_OK && ossxml_parse_list(buf_cstr(&r.body), r.body.len, page) != 0) {
         log_error("oss: ListObjectsV2 %s: malformed answer (request id %s)", prefix,
                   r.request_id[0] ? r.request_id : "-");
         result = REG_ERR_INTERNAL;
     }
-    free(r.body);
+    buf_free(&r.body);
     return result;
 }
 
@@ -771,14 +741,10 @@ static int cmp_str(const void *a, const void *b)
 /* Appends a copy of name[0..n) to l (growing *cap). */
 static bool list_add(struct storage_list *l, size_t *cap, const char *name, size_t n)
 {
-    if (l->n == *cap) {
-        size_t nc = *cap ? *cap * 2 : 32;
-        char **nn = realloc(l->names, nc * sizeof(*nn));
-        if (!nn)
-            return false;
-        l->names = nn;
-        *cap = nc;
-    }
+    /* bounded by the bucket's keys under one prefix */
+    if (buf_grow_items(&l->names, cap, l->n + 1, sizeof(*l->names),
+                       BUF_UNCAPPED / sizeof(*l->names)) != BUF_OK)
+        return false;
     l->names[l->n] = strndup(name, n);
     if (!l->names[l->n])
         return false;
@@ -889,26 +855,21 @@ static enum regerr mp_initiate(struct oss_storage *o, const char *key, struct mu
     struct oss_resp r = {0};
     enum regerr result = call(o, &c, &r);
     if (result == REG_OK &&
-        (ossxml_find(r.body ? r.body : "", r.len, "InitiateMultipartUploadResult/UploadId",
+        (ossxml_find(buf_cstr(&r.body), r.body.len, "InitiateMultipartUploadResult/UploadId",
                      mp->upload_id, sizeof(mp->upload_id)) != 0 ||
          !mp->upload_id[0])) {
         log_error("oss: InitiateMultipartUpload %s: no UploadId in the answer", key);
         result = REG_ERR_INTERNAL;
     }
-    free(r.body);
+    buf_free(&r.body);
     return result;
 }
 
 static bool mp_add(struct multipart *mp, const char *etag)
 {
-    if (mp->nparts == mp->cap) {
-        size_t cap = mp->cap ? mp->cap * 2 : 16;
-        char(*e)[80] = realloc(mp->etags, cap * sizeof(*e));
-        if (!e)
-            return false;
-        mp->etags = e;
-        mp->cap = cap;
-    }
+    if (buf_grow_items(&mp->etags, &mp->cap, mp->nparts + 1, sizeof(*mp->etags), OSS_MAX_PARTS) !=
+        BUF_OK)
+        return false;
     snprintf(mp->etags[mp->nparts++], 80, "%s", etag);
     return true;
 }
@@ -950,39 +911,21 @@ static enum regerr mp_part(struct oss_storage *o, const char *key, struct multip
     enum regerr result = call(o, &c, &r);
     char etag[80];
     snprintf(etag, sizeof(etag), "%s", r.etag);
-    if (result == REG_OK && !etag[0] && r.body)
-        ossxml_find(r.body, r.len, "CopyPartResult/ETag", etag, sizeof(etag));
+    if (result == REG_OK && !etag[0] && r.body.p)
+        ossxml_find(r.body.p, r.body.len, "CopyPartResult/ETag", etag, sizeof(etag));
     if (result == REG_OK && !etag[0]) {
         log_error("oss: %s %s: no ETag in the answer", c.what, key);
         result = REG_ERR_INTERNAL;
     }
     if (result == REG_OK && !mp_add(mp, etag))
         result = REG_ERR_INTERNAL;
-    free(r.body);
+    buf_free(&r.body);
     free(src);
     return result;
 }
 
-static bool raw_append(char **buf, size_t *len, size_t *cap, const char *s)
-{
-    size_t n = strlen(s);
-    if (*len + n + 1 > *cap) {
-        size_t nc = *cap ? *cap * 2 : 4096;
-        while (nc < *len + n + 1)
-            nc *= 2;
-        char *b = realloc(*buf, nc);
-        if (!b)
-            return false;
-        *buf = b;
-        *cap = nc;
-    }
-    memcpy(*buf + *len, s, n + 1);
-    *len += n;
-    return true;
-}
-
 /* Appends s to the buffer with XML escaping. */
-static bool xml_append(char **buf, size_t *len, size_t *cap, const char *s)
+static bool xml_append(struct buf *b, const char *s)
 {
     for (; *s; s++) {
         const char *rep;
@@ -1003,7 +946,7 @@ static bool xml_append(char **buf, size_t *len, size_t *cap, const char *s)
         default:
             rep = one;
         }
-        if (!raw_append(buf, len, cap, rep))
+        if (buf_append_str(b, rep) != BUF_OK)
             return false;
     }
     return true;
@@ -1011,35 +954,32 @@ static bool xml_append(char **buf, size_t *len, size_t *cap, const char *s)
 
 static enum regerr mp_complete(struct oss_storage *o, const char *key, struct multipart *mp)
 {
-    char *xml = NULL;
-    size_t len = 0, cap = 0;
-    bool ok = raw_append(&xml, &len, &cap, "<CompleteMultipartUpload>");
-    for (size_t i = 0; ok && i < mp->nparts; i++) {
-        char num[80];
-        snprintf(num, sizeof(num), "<Part><PartNumber>%zu</PartNumber><ETag>", i + 1);
-        ok = raw_append(&xml, &len, &cap, num) && xml_append(&xml, &len, &cap, mp->etags[i]) &&
-             raw_append(&xml, &len, &cap, "</ETag></Part>");
-    }
-    ok = ok && raw_append(&xml, &len, &cap, "</CompleteMultipartUpload>");
+    /* bounded by construction: at most OSS_MAX_PARTS parts of one ETag each */
+    struct buf xml = BUF_INIT(BUF_UNCAPPED);
+    bool ok = buf_append_str(&xml, "<CompleteMultipartUpload>") == BUF_OK;
+    for (size_t i = 0; ok && i < mp->nparts; i++)
+        ok = buf_printf(&xml, "<Part><PartNumber>%zu</PartNumber><ETag>", i + 1) == BUF_OK &&
+             xml_append(&xml, mp->etags[i]) && buf_append_str(&xml, "</ETag></Part>") == BUF_OK;
+    ok = ok && buf_append_str(&xml, "</CompleteMultipartUpload>") == BUF_OK;
     if (!ok) {
-        free(xml);
+        buf_free(&xml);
         return REG_ERR_INTERNAL;
     }
     char md5[25];
-    md5_base64(xml, len, md5);
+    md5_base64(xml.p, xml.len, md5);
     struct oss_call c = {.what = "CompleteMultipartUpload",
                          .method = "POST",
                          .key = key,
-                         .body = xml,
-                         .body_len = len,
+                         .body = xml.p,
+                         .body_len = xml.len,
                          .has_body = true};
     add_query(&c, "uploadId", mp->upload_id);
     add_header(&c, "Content-Type", "application/xml");
     add_header(&c, "Content-MD5", md5);
     struct oss_resp r = {0};
     enum regerr result = call(o, &c, &r);
-    free(r.body);
-    free(xml);
+    buf_free(&r.body);
+    buf_free(&xml);
     return result;
 }
 
@@ -1052,7 +992,7 @@ static void mp_abort(struct oss_storage *o, const char *key, struct multipart *m
     add_query(&c, "uploadId", mp->upload_id);
     struct oss_resp r = {0};
     call(o, &c, &r);
-    free(r.body);
+    buf_free(&r.body);
     mp->upload_id[0] = '\0';
 }
 
@@ -1113,7 +1053,7 @@ static enum regerr oss_move(struct storage *s, const char *src, const char *dst)
         add_sse(o, &c);
         struct oss_resp r = {0};
         result = call(o, &c, &r);
-        free(r.body);
+        buf_free(&r.body);
         free(source);
     } else {
         struct multipart mp = {0};
@@ -1131,36 +1071,35 @@ static enum regerr oss_move(struct storage *s, const char *src, const char *dst)
     struct oss_call d = {.what = "DeleteObject", .method = "DELETE", .key = skey};
     struct oss_resp r = {0};
     result = call(o, &d, &r);
-    free(r.body);
+    buf_free(&r.body);
     return result;
 }
 
 /* DeleteMultipleObjects of keys[0..n) (n <= delete_max), quiet mode. */
 static enum regerr delete_batch(struct oss_storage *o, char *const *keys, size_t n)
 {
-    char *xml = NULL;
-    size_t len = 0, cap = 0;
-    bool ok = raw_append(&xml, &len, &cap,
-                         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete><Quiet>true</Quiet>");
+    /* bounded by construction: at most delete_max keys of at most OSS_KEY_MAX bytes */
+    struct buf xml = BUF_INIT(BUF_UNCAPPED);
+    bool ok = buf_append_str(&xml, "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete>"
+                                   "<Quiet>true</Quiet>") == BUF_OK;
     for (size_t i = 0; ok && i < n; i++) {
         /* encoding-type=url: keys travel URL-encoded, whatever bytes they hold */
         char *ek = osssign_uri_encode(keys[i], 1);
-        ok = ek && raw_append(&xml, &len, &cap, "<Object><Key>") &&
-             raw_append(&xml, &len, &cap, ek) && raw_append(&xml, &len, &cap, "</Key></Object>");
+        ok = ek && buf_printf(&xml, "<Object><Key>%s</Key></Object>", ek) == BUF_OK;
         free(ek);
     }
-    ok = ok && raw_append(&xml, &len, &cap, "</Delete>");
+    ok = ok && buf_append_str(&xml, "</Delete>") == BUF_OK;
     if (!ok) {
-        free(xml);
+        buf_free(&xml);
         return REG_ERR_INTERNAL;
     }
     char md5[25];
-    md5_base64(xml, len, md5);
+    md5_base64(xml.p, xml.len, md5);
     struct oss_call c = {.what = "DeleteMultipleObjects",
                          .method = "POST",
                          .key = "",
-                         .body = xml,
-                         .body_len = len,
+                         .body = xml.p,
+                         .body_len = xml.len,
                          .has_body = true};
     add_query(&c, "delete", "");
     add_query(&c, "encoding-type", "url");
@@ -1168,8 +1107,8 @@ static enum regerr delete_batch(struct oss_storage *o, char *const *keys, size_t
     add_header(&c, "Content-MD5", md5);
     struct oss_resp r = {0};
     enum regerr result = call(o, &c, &r);
-    free(r.body);
-    free(xml);
+    buf_free(&r.body);
+    buf_free(&xml);
     return result;
 }
 
@@ -1187,7 +1126,7 @@ static enum regerr oss_remove(struct storage *s, const char *path)
             struct oss_call c = {.what = "DeleteObject", .method = "DELETE", .key = key};
             struct oss_resp r = {0};
             result = call(o, &c, &r);
-            free(r.body);
+            buf_free(&r.body);
             any = true;
         }
         if (result != REG_OK && result != REG_ERR_NOT_FOUND)
@@ -1312,7 +1251,7 @@ static enum regerr oss_read_range(struct storage *s, const char *path, uint64_t 
         } else if (result == REG_OK && r.status != 200 && r.status != 206) {
             result = fail(&c, &r);
         }
-        free(r.body);
+        buf_free(&r.body);
         if (result == REG_ERR_UNAVAILABLE && r.delivered > 0 && attempt < o->retries) {
             log_warn("oss: GetObject %s: cut after %" PRIu64 " bytes, resuming", key, done);
             continue;
@@ -1334,8 +1273,7 @@ struct oss_writer {
     struct storage_writer base;
     struct oss_storage *o;
     char *key;
-    char *buf;
-    size_t buflen, bufcap;
+    struct buf buf;    /* the part being filled, capped at chunksize */
     uint64_t size;     /* bytes the object holds at close */
     bool dirty;        /* close must write (else an append writer that wrote nothing) */
     uint64_t carry;    /* append: the object's bytes, carried over at the first write */
@@ -1349,9 +1287,9 @@ static enum regerr writer_flush_part(struct oss_writer *w)
     if (!w->mp.upload_id[0])
         result = mp_initiate(w->o, w->key, &w->mp);
     if (result == REG_OK)
-        result = mp_part(w->o, w->key, &w->mp, w->buf, w->buflen, NULL, 0, 0);
+        result = mp_part(w->o, w->key, &w->mp, w->buf.p, w->buf.len, NULL, 0, 0);
     if (result == REG_OK)
-        w->buflen = 0;
+        buf_clear(&w->buf);
     return result;
 }
 
@@ -1375,15 +1313,14 @@ static enum regerr writer_carry(struct oss_writer *w)
         struct oss_resp r = {0};
         result = call(o, &c, &r);
         if (result == REG_OK) {
+            /* the answer becomes the part buffer (capped at chunksize as well: max_body) */
             w->buf = r.body;
-            w->buflen = r.len;
-            w->bufcap = r.cap;
-            w->size = r.len;
-            r.body = NULL;
-            if (r.len != size)
+            w->size = w->buf.len;
+            r.body = BUF_INIT(0);
+            if (w->buf.len != size)
                 result = REG_ERR_INTERNAL; /* changed under us: the upload would be wrong */
         }
-        free(r.body);
+        buf_free(&r.body);
         return result;
     }
     result = mp_initiate(o, w->key, &w->mp);
@@ -1412,31 +1349,19 @@ static enum regerr oss_writer_write(struct storage_writer *base, const void *dat
         w->dirty = true;
     while (len > 0) {
         size_t chunk = (size_t)w->o->chunksize;
-        if (w->buflen == chunk) {
+        if (w->buf.len == chunk) {
             enum regerr result = writer_flush_part(w);
             if (result != REG_OK) {
                 w->error = result;
                 return result;
             }
         }
-        size_t n = chunk - w->buflen < len ? chunk - w->buflen : len;
-        if (w->buflen + n > w->bufcap) {
-            /* grow by doubling up to chunksize: small writers stay small */
-            size_t cap = w->bufcap ? w->bufcap : 64 * 1024;
-            while (cap < w->buflen + n)
-                cap *= 2;
-            if (cap > chunk)
-                cap = chunk;
-            char *b = realloc(w->buf, cap);
-            if (!b) {
-                w->error = REG_ERR_INTERNAL;
-                return w->error;
-            }
-            w->buf = b;
-            w->bufcap = cap;
+        size_t n = chunk - w->buf.len < len ? chunk - w->buf.len : len;
+        /* grows by doubling up to chunksize: small writers stay small */
+        if (buf_append(&w->buf, p, n) != BUF_OK) {
+            w->error = REG_ERR_INTERNAL;
+            return w->error;
         }
-        memcpy(w->buf + w->buflen, p, n);
-        w->buflen += n;
         w->size += n;
         p += n;
         len -= n;
@@ -1452,7 +1377,7 @@ static uint64_t oss_writer_size(const struct storage_writer *base)
 static void oss_writer_free(struct oss_writer *w)
 {
     mp_free(&w->mp);
-    free(w->buf);
+    buf_free(&w->buf);
     free(w->key);
     free(w);
 }
@@ -1466,21 +1391,21 @@ static enum regerr oss_writer_close(struct storage_writer *base)
         if (!w->mp.upload_id[0]) {
             /* everything fits one request */
             char md5[25];
-            md5_base64(w->buf ? w->buf : "", w->buflen, md5);
+            md5_base64(buf_cstr(&w->buf), w->buf.len, md5);
             struct oss_call c = {.what = "PutObject",
                                  .method = "PUT",
                                  .key = w->key,
-                                 .body = w->buf,
-                                 .body_len = w->buflen,
+                                 .body = w->buf.p,
+                                 .body_len = w->buf.len,
                                  .has_body = true};
             add_header(&c, "Content-Type", "application/octet-stream");
             add_header(&c, "Content-MD5", md5);
             add_sse(o, &c);
             struct oss_resp r = {0};
             result = call(o, &c, &r);
-            free(r.body);
+            buf_free(&r.body);
         } else {
-            if (w->buflen > 0)
+            if (w->buf.len > 0)
                 result = writer_flush_part(w);
             if (result == REG_OK)
                 result = mp_complete(o, w->key, &w->mp);
@@ -1512,6 +1437,7 @@ static enum regerr oss_open_writer(struct storage *s, const char *path, bool app
     }
     w->base.ops = &oss_writer_ops;
     w->o = o;
+    w->buf = BUF_INIT((size_t)o->chunksize);
     w->dirty = !append; /* truncate: close writes even when nothing was written */
     enum regerr result = REG_OK;
     if (append) {
