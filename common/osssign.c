@@ -13,60 +13,52 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-/* ---- a small growable string; any failure sticks and the result is NULL ---- */
+#include "buf.h"
 
-struct sbuf {
-    char *s;
-    size_t n, cap;
-    bool oom;
-};
+/* ---- strings in a struct buf; any failure sticks and the result is NULL ---- */
 
-static void sb_addn(struct sbuf *b, const char *s, size_t n)
+/* The parts of one request: bounded by construction. */
+#define SB_INIT BUF_INIT(BUF_UNCAPPED)
+
+/* A failed builder holds nothing and, with max 0, takes nothing more. */
+static void sb_fail(struct buf *b)
 {
-    if (b->oom)
-        return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *ns = realloc(b->s, cap);
-        if (!ns) {
-            b->oom = true;
-            return;
-        }
-        b->s = ns;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = '\0';
+    buf_free(b);
+    b->max = 0;
 }
 
-static void sb_add(struct sbuf *b, const char *s)
+static bool sb_failed(const struct buf *b)
+{
+    return b->max == 0;
+}
+
+static void sb_addn(struct buf *b, const char *s, size_t n)
+{
+    if (!sb_failed(b) && buf_append(b, s, n) != BUF_OK)
+        sb_fail(b);
+}
+
+static void sb_add(struct buf *b, const char *s)
 {
     sb_addn(b, s ? s : "", s ? strlen(s) : 0);
 }
 
-static void sb_addc(struct sbuf *b, char c)
+static void sb_addc(struct buf *b, char c)
 {
     sb_addn(b, &c, 1);
 }
 
-/* The string, or NULL (freed) after an allocation failure. "" for an empty builder. */
-static char *sb_take(struct sbuf *b)
+/* The string, or NULL after an allocation failure. "" for an empty builder. */
+static char *sb_take(struct buf *b)
 {
-    if (!b->oom && !b->s)
-        sb_addn(b, "", 0);
-    if (b->oom) {
-        free(b->s);
-        b->s = NULL;
+    if (sb_failed(b)) {
+        *b = SB_INIT;
+        return NULL;
     }
-    char *s = b->s;
-    *b = (struct sbuf){0};
-    return s;
+    return buf_take(b);
 }
 
-static void sb_uri_encode(struct sbuf *b, const char *s, bool keep_slash)
+static void sb_uri_encode(struct buf *b, const char *s, bool keep_slash)
 {
     static const char hex[] = "0123456789ABCDEF";
     for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
@@ -82,7 +74,7 @@ static void sb_uri_encode(struct sbuf *b, const char *s, bool keep_slash)
 
 char *osssign_uri_encode(const char *s, int keep_slash)
 {
-    struct sbuf b = {0};
+    struct buf b = SB_INIT;
     sb_uri_encode(&b, s, keep_slash != 0);
     return sb_take(&b);
 }
@@ -115,7 +107,7 @@ static const char *header_get(const struct osssign_req *r, const char *name)
 }
 
 /* Appends s without leading and trailing white space (Python's str.strip). */
-static void sb_add_trimmed(struct sbuf *b, const char *s)
+static void sb_add_trimmed(struct buf *b, const char *s)
 {
     if (!s)
         return;
@@ -263,7 +255,7 @@ static int cmp_name(const void *a, const void *b)
     return strcmp(((const struct pair *)a)->name, ((const struct pair *)b)->name);
 }
 
-static void v1_canonical_resource(struct sbuf *b, const struct osssign_req *r)
+static void v1_canonical_resource(struct buf *b, const struct osssign_req *r)
 {
     sb_addc(b, '/');
     if (r->bucket && *r->bucket) {
@@ -275,10 +267,10 @@ static void v1_canonical_resource(struct sbuf *b, const struct osssign_req *r)
     struct pair *p = calloc(r->nquery ? r->nquery : 1, sizeof(*p));
     size_t n = 0;
     if (!p) {
-        b->oom = true;
+        sb_fail(b);
         return;
     }
-    for (size_t i = 0; i < r->nquery && !b->oom; i++) {
+    for (size_t i = 0; i < r->nquery && !sb_failed(b); i++) {
         if (!v1_signed_param(r->query[i].name))
             continue;
         size_t j = 0;
@@ -292,9 +284,9 @@ static void v1_canonical_resource(struct sbuf *b, const struct osssign_req *r)
             p[j].name = strdup(r->query[i].name);
         p[j].value = strdup(r->query[i].value ? r->query[i].value : "");
         if (!p[j].name || !p[j].value)
-            b->oom = true;
+            sb_fail(b);
     }
-    if (!b->oom && n) {
+    if (!sb_failed(b) && n) {
         qsort(p, n, sizeof(*p), cmp_name);
         for (size_t i = 0; i < n; i++) {
             sb_addc(b, i ? '&' : '?');
@@ -310,7 +302,7 @@ static void v1_canonical_resource(struct sbuf *b, const struct osssign_req *r)
 
 char *osssign_v1_string_to_sign(const struct osssign_req *r, const char *date)
 {
-    struct sbuf b = {0};
+    struct buf b = SB_INIT;
     const char *md5 = header_get(r, "content-md5");
     const char *ctype = header_get(r, "content-type");
     sb_add(&b, r->method);
@@ -324,19 +316,19 @@ char *osssign_v1_string_to_sign(const struct osssign_req *r, const char *date)
     struct pair *h = calloc(r->nheaders ? r->nheaders : 1, sizeof(*h));
     size_t n = 0;
     if (!h)
-        b.oom = true;
+        sb_fail(&b);
     for (size_t i = 0; h && i < r->nheaders; i++) {
         if (strncasecmp(r->headers[i].name, "x-oss-", 6) != 0)
             continue;
-        struct sbuf v = {0};
+        struct buf v = SB_INIT;
         sb_add_trimmed(&v, r->headers[i].value);
         h[n].name = lower_dup(r->headers[i].name);
         h[n].value = sb_take(&v);
         if (!h[n].name || !h[n].value)
-            b.oom = true;
+            sb_fail(&b);
         n++;
     }
-    if (!b.oom) {
+    if (!sb_failed(&b)) {
         qsort(h, n, sizeof(*h), cmp_pair);
         for (size_t i = 0; i < n; i++) {
             sb_add(&b, h[i].name);
@@ -372,7 +364,7 @@ char *osssign_v1_authorization(const struct osssign_req *r, const char *ak, cons
     free(sts);
     if (rc != 0)
         return NULL;
-    struct sbuf b = {0};
+    struct buf b = SB_INIT;
     sb_add(&b, "OSS ");
     sb_add(&b, ak);
     sb_addc(&b, ':');
@@ -380,9 +372,9 @@ char *osssign_v1_authorization(const struct osssign_req *r, const char *ak, cons
     return sb_take(&b);
 }
 
-static void sb_add_param(struct sbuf *b, const char *name, const char *value)
+static void sb_add_param(struct buf *b, const char *name, const char *value)
 {
-    if (b->n)
+    if (b->len)
         sb_addc(b, '&');
     sb_uri_encode(b, name, false);
     if (value && *value) {
@@ -403,7 +395,7 @@ char *osssign_v1_presign_query(const struct osssign_req *r, const char *ak, cons
     free(sts);
     if (rc != 0)
         return NULL;
-    struct sbuf b = {0};
+    struct buf b = SB_INIT;
     for (size_t i = 0; i < r->nquery; i++)
         sb_add_param(&b, r->query[i].name, r->query[i].value);
     sb_add_param(&b, "OSSAccessKeyId", ak);
@@ -415,13 +407,13 @@ char *osssign_v1_presign_query(const struct osssign_req *r, const char *ak, cons
 /* ---- V4 ---- */
 
 /* The canonical query: encoded (name, value) pairs sorted, '&'-joined, "k" alone if empty. */
-static void v4_canonical_query(struct sbuf *b, const struct osssign_kv *q, size_t nq,
+static void v4_canonical_query(struct buf *b, const struct osssign_kv *q, size_t nq,
                                const char *exclude)
 {
     struct pair *p = calloc(nq ? nq : 1, sizeof(*p));
     size_t n = 0;
     if (!p) {
-        b->oom = true;
+        sb_fail(b);
         return;
     }
     for (size_t i = 0; i < nq; i++) {
@@ -431,9 +423,9 @@ static void v4_canonical_query(struct sbuf *b, const struct osssign_kv *q, size_
         p[n].value = osssign_uri_encode(q[i].value, 0);
         n++;
         if (!p[n - 1].name || !p[n - 1].value)
-            b->oom = true;
+            sb_fail(b);
     }
-    if (!b->oom) {
+    if (!sb_failed(b)) {
         qsort(p, n, sizeof(*p), cmp_pair);
         for (size_t i = 0; i < n; i++) {
             if (i)
@@ -456,19 +448,19 @@ static bool v4_is_additional(const char *lname, const char *const *additional, s
     return false;
 }
 
-static void v4_canonical_headers(struct sbuf *b, const struct osssign_req *r,
+static void v4_canonical_headers(struct buf *b, const struct osssign_req *r,
                                  const char *const *additional, size_t nadd)
 {
     struct pair *p = calloc(r->nheaders + nadd + 1, sizeof(*p));
     size_t n = 0;
     if (!p) {
-        b->oom = true;
+        sb_fail(b);
         return;
     }
     for (size_t i = 0; i < r->nheaders; i++) {
         char *l = lower_dup(r->headers[i].name);
         if (!l) {
-            b->oom = true;
+            sb_fail(b);
             break;
         }
         if (strcmp(l, "content-type") != 0 && strcmp(l, "content-md5") != 0 &&
@@ -476,15 +468,15 @@ static void v4_canonical_headers(struct sbuf *b, const struct osssign_req *r,
             free(l);
             continue;
         }
-        struct sbuf v = {0};
+        struct buf v = SB_INIT;
         sb_add_trimmed(&v, r->headers[i].value);
         p[n].name = l;
         p[n].value = sb_take(&v);
         if (!p[n++].value)
-            b->oom = true;
+            sb_fail(b);
     }
     /* An additional header that is not in the request is signed with an empty value. */
-    for (size_t i = 0; !b->oom && i < nadd; i++) {
+    for (size_t i = 0; !sb_failed(b) && i < nadd; i++) {
         bool found = false;
         for (size_t j = 0; j < n && !found; j++)
             found = strcmp(p[j].name, additional[i]) == 0;
@@ -493,9 +485,9 @@ static void v4_canonical_headers(struct sbuf *b, const struct osssign_req *r,
         p[n].name = strdup(additional[i]);
         p[n].value = strdup("");
         if (!p[n++].value || !p[n - 1].name)
-            b->oom = true;
+            sb_fail(b);
     }
-    if (!b->oom) {
+    if (!sb_failed(b)) {
         qsort(p, n, sizeof(*p), cmp_pair);
         for (size_t i = 0; i < n; i++) {
             sb_add(b, p[i].name);
@@ -507,7 +499,7 @@ static void v4_canonical_headers(struct sbuf *b, const struct osssign_req *r,
     pairs_free(p, n);
 }
 
-static void sb_add_additional(struct sbuf *b, const char *const *additional, size_t nadd)
+static void sb_add_additional(struct buf *b, const char *const *additional, size_t nadd)
 {
     for (size_t i = 0; i < nadd; i++) {
         if (i)
@@ -519,8 +511,8 @@ static void sb_add_additional(struct sbuf *b, const char *const *additional, siz
 char *osssign_v4_canonical_request(const struct osssign_req *r, const char *const *additional,
                                    size_t nadd, const char *exclude_query)
 {
-    struct sbuf b = {0};
-    struct sbuf uri = {0};
+    struct buf b = SB_INIT;
+    struct buf uri = SB_INIT;
     sb_add(&b, r->method);
     sb_addc(&b, '\n');
     sb_addc(&uri, '/');
@@ -531,7 +523,7 @@ char *osssign_v4_canonical_request(const struct osssign_req *r, const char *cons
     sb_add(&uri, r->key);
     char *u = sb_take(&uri);
     if (!u)
-        b.oom = true;
+        sb_fail(&b);
     sb_uri_encode(&b, u, true);
     free(u);
     sb_addc(&b, '\n');
@@ -553,7 +545,7 @@ char *osssign_v4_string_to_sign(const char *datetime, const char *scope, const c
     if (!EVP_Digest(creq, strlen(creq), md, NULL, EVP_sha256(), NULL))
         return NULL;
     hex_encode(md, 32, hex);
-    struct sbuf b = {0};
+    struct buf b = SB_INIT;
     sb_add(&b, "OSS4-HMAC-SHA256\n");
     sb_add(&b, datetime);
     sb_addc(&b, '\n');
@@ -629,7 +621,7 @@ char *osssign_v4_authorization(const struct osssign_req *r, const char *ak, cons
         return NULL;
     if (v4_sign(r, sk, region, dt, scope, additional, nadd, NULL, sig) != 0)
         return NULL;
-    struct sbuf b = {0};
+    struct buf b = SB_INIT;
     sb_add(&b, "OSS4-HMAC-SHA256 Credential=");
     sb_add(&b, ak);
     sb_addc(&b, '/');
@@ -655,7 +647,7 @@ char *osssign_v4_presign_query(const struct osssign_req *r, const char *ak, cons
     if (n < 0 || (size_t)n >= sizeof(cred))
         return NULL;
     snprintf(exp, sizeof(exp), "%" PRId64, expires);
-    struct sbuf add = {0};
+    struct buf add = SB_INIT;
     sb_add_additional(&add, additional, nadd);
     char *addl = sb_take(&add);
     struct osssign_kv *q = calloc(r->nquery + 6, sizeof(*q));
@@ -677,7 +669,7 @@ char *osssign_v4_presign_query(const struct osssign_req *r, const char *ak, cons
                 sig) != 0)
         goto out;
     q[nq++] = (struct osssign_kv){"x-oss-signature", sig};
-    struct sbuf b = {0};
+    struct buf b = SB_INIT;
     v4_canonical_query(&b, q, nq, NULL);
     result = sb_take(&b);
 out:

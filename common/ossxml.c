@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
+
 static bool is_ws(char c)
 {
     return c == ' ' || c == '\t' || c == '\r' || c == '\n';
@@ -509,7 +511,7 @@ enum regerr ossxml_regerr(long status, const char *code)
 
 struct list_ctx {
     struct ossxml_list *l;
-    size_t kcap, pcap;
+    size_t kcap, scap, pcap; /* allocated keys, sizes, prefixes */
     bool url;
     bool root_ok;
     int err;
@@ -540,32 +542,20 @@ static int list_cb(void *ctx, enum ossxml_event ev, const char *path, const char
         if (strcmp(path, "ListBucketResult/Contents") == 0) {
             if (l->nkeys + l->nprefixes >= OSSXML_MAX_LIST)
                 return 4;
-            if (l->nkeys == c->kcap) {
-                size_t cap = c->kcap ? c->kcap * 2 : 64;
-                char **k = realloc(l->keys, cap * sizeof(*k));
-                if (!k)
-                    return 4;
-                l->keys = k;
-                uint64_t *s = realloc(l->sizes, cap * sizeof(*s));
-                if (!s)
-                    return 4;
-                l->sizes = s;
-                c->kcap = cap;
-            }
+            if (buf_grow_items(&l->keys, &c->kcap, l->nkeys + 1, sizeof(*l->keys),
+                               OSSXML_MAX_LIST) != BUF_OK ||
+                buf_grow_items(&l->sizes, &c->scap, l->nkeys + 1, sizeof(*l->sizes),
+                               OSSXML_MAX_LIST) != BUF_OK)
+                return 4;
             l->keys[l->nkeys] = NULL;
             l->sizes[l->nkeys] = 0;
             l->nkeys++;
         } else if (strcmp(path, "ListBucketResult/CommonPrefixes") == 0) {
             if (l->nkeys + l->nprefixes >= OSSXML_MAX_LIST)
                 return 4;
-            if (l->nprefixes == c->pcap) {
-                size_t cap = c->pcap ? c->pcap * 2 : 16;
-                char **p = realloc(l->prefixes, cap * sizeof(*p));
-                if (!p)
-                    return 4;
-                l->prefixes = p;
-                c->pcap = cap;
-            }
+            if (buf_grow_items(&l->prefixes, &c->pcap, l->nprefixes + 1, sizeof(*l->prefixes),
+                               OSSXML_MAX_LIST) != BUF_OK)
+                return 4;
             l->prefixes[l->nprefixes++] = NULL;
         }
         return 0;

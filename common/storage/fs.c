@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "log.h"
 
 struct fs_storage {
@@ -101,35 +102,32 @@ static enum regerr fs_get_content(struct storage *s, const char *path, size_t ma
     struct fs_storage *fs = (struct fs_storage *)s;
     FS_PATH(fs, path, p);
     enum regerr result = REG_OK;
-    size_t cap = FS_CONTENT_FIRST, got = 0;
     /* the byte that tells "too big"; no buffer size near SIZE_MAX (cap + 1 must not wrap) */
     size_t limit = max < SIZE_MAX / 8 ? max + 1 : SIZE_MAX / 8;
-    char *buf = malloc(cap + 1);
-    if (!buf)
+    struct buf b = BUF_INIT(limit);
+    if (buf_reserve(&b, FS_CONTENT_FIRST < limit ? FS_CONTENT_FIRST : limit) != BUF_OK)
         return REG_ERR_INTERNAL;
     int fd = open(p, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        free(buf);
+        buf_free(&b);
         return errno_to_regerr(errno);
     }
     /* Read to the end without an fstat first: one syscall less on the hot path, and the
      * file's size may change under us anyway. One byte past max tells that it is too big:
      * the buffer grows to max + 1, so a file of max bytes still ends with a short read. */
     for (;;) {
-        if (got == cap) {
-            if (cap > max) {
+        if (b.len == b.cap) {
+            if (b.cap > max) {
                 result = REG_ERR_TOO_LARGE;
                 goto out;
             }
-            cap = cap > limit / 4 ? limit : cap * 4;
-            char *nb = realloc(buf, cap + 1);
-            if (!nb) {
+            /* four times the room, up to max + 1 */
+            if (buf_reserve(&b, b.cap > limit / 4 ? limit - b.len : b.cap * 3) != BUF_OK) {
                 result = REG_ERR_INTERNAL;
                 goto out;
             }
-            buf = nb;
         }
-        ssize_t r = read(fd, buf + got, cap - got);
+        ssize_t r = read(fd, b.p + b.len, b.cap - b.len);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
@@ -143,21 +141,19 @@ static enum regerr fs_get_content(struct storage *s, const char *path, size_t ma
         }
         if (r == 0)
             break;
-        got += (size_t)r;
+        buf_commit(&b, (size_t)r);
         /* a regular file reads short only at its end: no second read to see the 0 */
-        if (got < cap)
+        if (b.len < b.cap)
             break;
     }
-    if (got > max) {
+    if (b.len > max) {
         result = REG_ERR_TOO_LARGE;
         goto out;
     }
-    buf[got] = '\0';
-    *out = buf;
-    *len = got;
-    buf = NULL;
+    *len = b.len;
+    *out = buf_take(&b);
 out:
-    free(buf);
+    buf_free(&b);
     close(fd);
     return result;
 }
@@ -236,14 +232,11 @@ static enum regerr fs_list(struct storage *s, const char *path, struct storage_l
         /* Temporary files of an interrupted put_content are not entries. */
         if (strstr(e->d_name, ".tmp."))
             continue;
-        if (l.n == cap) {
-            cap = cap ? cap * 2 : 16;
-            char **nn = realloc(l.names, cap * sizeof(*nn));
-            if (!nn) {
-                result = REG_ERR_INTERNAL;
-                goto out;
-            }
-            l.names = nn;
+        /* bounded by the directory */
+        if (buf_grow_items(&l.names, &cap, l.n + 1, sizeof(*l.names),
+                           BUF_UNCAPPED / sizeof(*l.names)) != BUF_OK) {
+            result = REG_ERR_INTERNAL;
+            goto out;
         }
         l.names[l.n] = strdup(e->d_name);
         if (!l.names[l.n]) {

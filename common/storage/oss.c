@@ -14,11 +14,13 @@
  * 5xx, 429 and connection failures are retried with exponential backoff. Errors are logged
  * once with OSS's Code, Message, RequestId and EC; the secret never reaches a log line (it is
  * only an HMAC key), and neither do Authorization headers or signed URLs.
+ *
+ * The pieces: this file (the storage_ops and the construction), oss_http.c (the request
+ * layer), oss_multipart.c (multipart uploads and the writer); oss_int.h is what they share.
  */
-#include "storage.h"
+#include "oss_int.h"
 
 #include <curl/curl.h>
-#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -27,95 +29,11 @@
 #include <strings.h>
 #include <time.h>
 
-#include <openssl/evp.h>
+#include <openssl/crypto.h>
 
 #include "log.h"
 #include "osssign.h"
 #include "ossxml.h"
-
-#define KIB 1024ull
-#define MIB (1024ull * KIB)
-#define GIB (1024ull * MIB)
-
-#define OSS_KEY_MAX 1023            /* OSS's limit on a key's bytes */
-#define OSS_MAX_PARTS 10000         /* parts per multipart upload */
-#define OSS_MIN_PART (100 * KIB)    /* every part but the last */
-#define OSS_MAX_PART (5 * GIB)      /* one part, and one PutObject */
-#define OSS_XML_MAX (8 * MIB)       /* XML answers kept in memory (a listing page is ~1 MB) */
-#define OSS_ERR_BODY_MAX (64 * KIB) /* error bodies kept (the rest is dropped) */
-#define OSS_POOL_MAX 16             /* idle easy handles kept */
-#define OSS_QUERY_MAX 8
-#define OSS_HEADERS_MAX 12
-
-struct oss_storage {
-    struct storage base;
-    char *ak, *sk;
-    char *bucket;
-    char *region; /* signing region, without "oss-" */
-    char *scheme; /* "http" or "https" */
-    char *host;   /* host[:port] requests go to: "<bucket>.<endpoint>" or the custom domain */
-    char *root;   /* key prefix, no leading or trailing '/' ("" for none) */
-    char *kms_key;
-    bool encrypt;
-    int sigversion;
-    uint64_t chunksize, copy_limit;
-    unsigned list_max, delete_max;
-    int retries;
-    long retry_base_ms, connect_timeout_ms, low_speed_time_s;
-
-    CURLSH *share;
-    pthread_mutex_t share_locks[CURL_LOCK_DATA_LAST];
-    pthread_mutex_t pool_lock;
-    CURL *pool[OSS_POOL_MAX];
-    size_t npool;
-};
-
-/* One request: what to send and where the answer goes. */
-struct oss_call {
-    const char *what; /* operation name for logs */
-    const char *method;
-    const char *key; /* full key; "" for the bucket */
-    struct osssign_kv query[OSS_QUERY_MAX];
-    size_t nquery;
-    struct osssign_kv headers[OSS_HEADERS_MAX];
-    size_t nheaders;
-    const void *body;
-    size_t body_len;
-    bool has_body;     /* PUT/POST: send body (possibly empty) with Content-Length */
-    size_t max_body;   /* 2xx bodies kept up to this (with max_body_set, else OSS_XML_MAX) */
-    bool max_body_set; /* max_body applies, even 0; more is too_large */
-    /* Streaming 2xx bodies: skip the first `skip` bytes, pass at most `limit` (0: all). */
-    storage_read_cb sink;
-    void *sink_ctx;
-    uint64_t skip, limit;
-    bool quiet; /* NOT_FOUND and RANGE_INVALID are expected answers: do not log them */
-};
-
-struct oss_resp {
-    long status;
-    char *body;
-    size_t len, cap;
-    bool too_large;
-    bool sink_stopped;
-    uint64_t delivered; /* bytes passed to the sink */
-    uint64_t seen;      /* 2xx body bytes received (skip accounting) */
-    char etag[80];
-    uint64_t content_length;
-    bool has_length;
-    time_t mtime;
-    char request_id[64];
-    char oss_err[1024]; /* x-oss-err (base64 error XML) of a HEAD answer */
-    char content_range[96];
-    const struct oss_call *call;
-};
-
-static void resp_reset(struct oss_resp *r)
-{
-    free(r->body);
-    const struct oss_call *c = r->call;
-    memset(r, 0, sizeof(*r));
-    r->call = c;
-}
 
 /* ---- construction helpers ---- */
 
@@ -138,37 +56,10 @@ static void share_unlock(CURL *h, curl_lock_data data, void *ud)
         pthread_mutex_unlock(&o->share_locks[data]);
 }
 
-static CURL *handle_get(struct oss_storage *o)
-{
-    CURL *h = NULL;
-    pthread_mutex_lock(&o->pool_lock);
-    if (o->npool > 0)
-        h = o->pool[--o->npool];
-    pthread_mutex_unlock(&o->pool_lock);
-    if (!h)
-        h = curl_easy_init();
-    return h;
-}
-
-static void handle_put(struct oss_storage *o, CURL *h)
-{
-    if (!h)
-        return;
-    curl_easy_reset(h);
-    pthread_mutex_lock(&o->pool_lock);
-    if (o->npool < OSS_POOL_MAX) {
-        o->pool[o->npool++] = h;
-        h = NULL;
-    }
-    pthread_mutex_unlock(&o->pool_lock);
-    if (h)
-        curl_easy_cleanup(h);
-}
-
 /* ---- keys ---- */
 
 /* The key of driver path (root + path), into buf. -1 when it is over OSS's limit. */
-static int oss_key(const struct oss_storage *o, const char *path, char *buf, size_t cap)
+int oss_key(const struct oss_storage *o, const char *path, char *buf, size_t cap)
 {
     while (*path == '/')
         path++;
@@ -192,443 +83,6 @@ static void dir_prefix(const char *key, char *buf, size_t cap)
     snprintf(buf, cap, "%s%s", key, *key ? "/" : "");
 }
 
-#define OSS_KEY(o, path, buf)                                                                      \
-    char buf[OSS_KEY_MAX + 2];                                                                     \
-    if (oss_key(o, path, buf, sizeof(buf)) != 0)                                                   \
-        return REG_ERR_INTERNAL;
-
-/* ---- the HTTP exchange ---- */
-
-static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
-{
-    struct oss_resp *r = ud;
-    size_t n = size * nmemb;
-    size_t len = n;
-    while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n'))
-        len--;
-    if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
-        /* A new response (after a 100 Continue, say): forget the previous one's fields. */
-        resp_reset(r);
-        const char *sp = memchr(p, ' ', len);
-        if (sp)
-            r->status = strtol(sp + 1, NULL, 10);
-        return n;
-    }
-    const char *colon = memchr(p, ':', len);
-    if (!colon)
-        return n;
-    size_t nlen = (size_t)(colon - p);
-    const char *v = colon + 1;
-    size_t vlen = len - nlen - 1;
-    while (vlen > 0 && (*v == ' ' || *v == '\t')) {
-        v++;
-        vlen--;
-    }
-    char *dst = NULL;
-    size_t cap = 0;
-    char tmp[128] = "";
-    if (nlen == 4 && strncasecmp(p, "ETag", 4) == 0) {
-        dst = r->etag;
-        cap = sizeof(r->etag);
-    } else if (nlen == 16 && strncasecmp(p, "x-oss-request-id", 16) == 0) {
-        dst = r->request_id;
-        cap = sizeof(r->request_id);
-    } else if (nlen == 9 && strncasecmp(p, "x-oss-err", 9) == 0) {
-        dst = r->oss_err;
-        cap = sizeof(r->oss_err);
-    } else if (nlen == 13 && strncasecmp(p, "Content-Range", 13) == 0) {
-        dst = r->content_range;
-        cap = sizeof(r->content_range);
-    } else if ((nlen == 14 && strncasecmp(p, "Content-Length", 14) == 0) ||
-               (nlen == 13 && strncasecmp(p, "Last-Modified", 13) == 0)) {
-        dst = tmp;
-        cap = sizeof(tmp);
-    }
-    if (!dst || vlen >= cap)
-        return n;
-    memcpy(dst, v, vlen);
-    dst[vlen] = '\0';
-    if (dst == tmp && nlen == 14) {
-        char *end;
-        errno = 0;
-        unsigned long long cl = strtoull(tmp, &end, 10);
-        if (!errno && end != tmp && *end == '\0' && tmp[0] != '-') {
-            r->content_length = cl;
-            r->has_length = true;
-        }
-    } else if (dst == tmp) {
-        time_t t = curl_getdate(tmp, NULL);
-        r->mtime = t > 0 ? t : 0;
-    }
-    return n;
-}
-
-static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
-{
-    struct oss_resp *r = ud;
-    const struct oss_call *c = r->call;
-    size_t n = size * nmemb;
-    bool ok = r->status >= 200 && r->status < 300;
-    if (ok && c->sink) {
-        const char *d = p;
-        size_t k = n;
-        /* skip applies to a 200 (the whole object) only: a 206 starts where asked */
-        uint64_t skip = r->status == 200 ? c->skip : 0;
-        if (r->seen < skip) {
-            uint64_t drop = skip - r->seen;
-            size_t cut = drop < k ? (size_t)drop : k;
-            d += cut;
-            k -= cut;
-        }
-        r->seen += n;
-        if (c->limit && r->delivered + k > c->limit)
-            k = (size_t)(c->limit - r->delivered);
-        if (k > 0) {
-            if (c->sink(c->sink_ctx, d, k) != 0) {
-                r->sink_stopped = true;
-                return 0;
-            }
-            r->delivered += k;
-        }
-        return n;
-    }
-    size_t max = ok ? (c->max_body_set ? c->max_body : OSS_XML_MAX) : OSS_ERR_BODY_MAX;
-    if (r->len + n > max) {
-        if (ok) {
-            r->too_large = true;
-            return 0;
-        }
-        n = max - r->len; /* keep the start of an error body */
-        if (n == 0)
-            return size * nmemb;
-    }
-    if (r->len + n + 1 > r->cap) {
-        size_t cap = r->cap ? r->cap : 4096;
-        while (cap < r->len + n + 1)
-            cap *= 2;
-        char *b = realloc(r->body, cap);
-        if (!b)
-            return 0;
-        r->body = b;
-        r->cap = cap;
-    }
-    memcpy(r->body + r->len, p, n);
-    r->len += n;
-    r->body[r->len] = '\0';
-    return size * nmemb;
-}
-
-static bool retryable_curl(CURLcode rc)
-{
-    switch (rc) {
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_CONNECT:
-    case CURLE_OPERATION_TIMEDOUT:
-    case CURLE_SEND_ERROR:
-    case CURLE_RECV_ERROR:
-    case CURLE_GOT_NOTHING:
-    case CURLE_PARTIAL_FILE:
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-        return true;
-    default:
-        return false;
-    }
-}
-
-static void backoff(const struct oss_storage *o, int attempt)
-{
-    long ms = o->retry_base_ms;
-    for (int i = 0; i < attempt && ms < 5000; i++)
-        ms *= 2;
-    if (ms > 5000)
-        ms = 5000;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    ms += ms > 1 ? (long)(now.tv_nsec % (ms / 2 + 1)) : 0; /* jitter */
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-/* Appends "name=value" (URI-encoded, "name" alone for an empty value) to the URL. */
-static bool url_add_query(char **url, size_t *len, size_t *cap, const struct osssign_kv *q,
-                          size_t nq)
-{
-    for (size_t i = 0; i < nq; i++) {
-        char *k = osssign_uri_encode(q[i].name, 0);
-        char *v = osssign_uri_encode(q[i].value, 0);
-        bool ok = k && v;
-        size_t need = *len + (k ? strlen(k) : 0) + (v ? strlen(v) : 0) + 3;
-        if (ok && need > *cap) {
-            char *n = realloc(*url, need * 2);
-            if (n) {
-                *url = n;
-                *cap = need * 2;
-            } else {
-                ok = false;
-            }
-        }
-        if (ok)
-            *len += (size_t)snprintf(*url + *len, *cap - *len, "%c%s%s%s", i ? '&' : '?', k,
-                                     *v ? "=" : "", v);
-        free(k);
-        free(v);
-        if (!ok)
-            return false;
-    }
-    return true;
-}
-
-/* "scheme://host/<encoded key>" plus the query; NULL when out of memory. */
-static char *build_url(const struct oss_storage *o, const char *key, const struct osssign_kv *q,
-                       size_t nq)
-{
-    char *ek = osssign_uri_encode(key, 1);
-    if (!ek)
-        return NULL;
-    size_t cap = strlen(o->scheme) + strlen(o->host) + strlen(ek) + 16;
-    char *url = malloc(cap);
-    size_t len = 0;
-    if (url)
-        len = (size_t)snprintf(url, cap, "%s://%s/%s", o->scheme, o->host, ek);
-    free(ek);
-    if (url && !url_add_query(&url, &len, &cap, q, nq)) {
-        free(url);
-        url = NULL;
-    }
-    return url;
-}
-
-/*
- * Signs the call's headers (a fresh date each attempt) into a curl header list. The
- * Authorization value is only ever in this list.
- */
-static struct curl_slist *signed_headers(const struct oss_storage *o, const struct oss_call *c)
-{
-    struct osssign_kv h[OSS_HEADERS_MAX + 3];
-    size_t nh = 0;
-    char date[30], iso[17];
-    time_t now = time(NULL);
-    for (size_t i = 0; i < c->nheaders; i++)
-        h[nh++] = c->headers[i];
-    if (o->sigversion == 1) {
-        osssign_http_date(now, date);
-        h[nh++] = (struct osssign_kv){"Date", date};
-    } else {
-        osssign_iso8601(now, iso);
-        h[nh++] = (struct osssign_kv){"x-oss-date", iso};
-        h[nh++] = (struct osssign_kv){"x-oss-content-sha256", "UNSIGNED-PAYLOAD"};
-    }
-    struct osssign_req req = {.method = c->method,
-                              .bucket = o->bucket,
-                              .key = c->key,
-                              .query = c->query,
-                              .nquery = c->nquery,
-                              .headers = h,
-                              .nheaders = nh};
-    char *auth = o->sigversion == 1
-                     ? osssign_v1_authorization(&req, o->ak, o->sk, date)
-                     : osssign_v4_authorization(&req, o->ak, o->sk, o->region, NULL, 0);
-    if (!auth)
-        return NULL;
-    struct curl_slist *list = NULL;
-    bool ok = true;
-    for (size_t i = 0; i < nh && ok; i++) {
-        const char *v = h[i].value ? h[i].value : "";
-        size_t n = strlen(h[i].name) + strlen(v) + 3;
-        char *line = malloc(n);
-        struct curl_slist *nl = NULL;
-        if (line) {
-            snprintf(line, n, "%s: %s", h[i].name, v);
-            nl = curl_slist_append(list, line);
-        }
-        free(line);
-        ok = nl != NULL;
-        list = nl ? nl : list;
-    }
-    /* Authorization, and no "Expect: 100-continue" round trip. */
-    size_t alen = strlen(auth) + 32;
-    char *aline = malloc(alen);
-    if (aline)
-        snprintf(aline, alen, "Authorization: %s", auth);
-    const char *extra[] = {aline, "Expect:"};
-    for (size_t i = 0; i < 2 && ok; i++) {
-        struct curl_slist *n = extra[i] ? curl_slist_append(list, extra[i]) : NULL;
-        ok = n != NULL;
-        list = n ? n : list;
-    }
-    if (aline)
-        OPENSSL_cleanse(aline, alen);
-    free(aline);
-    OPENSSL_cleanse(auth, strlen(auth));
-    free(auth);
-    if (!ok) {
-        curl_slist_free_all(list);
-        return NULL;
-    }
-    return list;
-}
-
-/*
- * Sends the call once. Returns CURLE_OK with r filled (any status), or curl's error; an
- * out-of-memory while building the request is CURLE_OUT_OF_MEMORY.
- */
-static CURLcode perform_once(struct oss_storage *o, const struct oss_call *c, struct oss_resp *r)
-{
-    CURLcode rc = CURLE_OUT_OF_MEMORY;
-    CURL *h = handle_get(o);
-    char *url = build_url(o, c->key, c->query, c->nquery);
-    struct curl_slist *hdrs = signed_headers(o, c);
-    if (!h || !url || !hdrs)
-        goto out;
-    curl_easy_setopt(h, CURLOPT_SHARE, o->share);
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, o->low_speed_time_s);
-    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-    if (strcmp(c->method, "HEAD") == 0) {
-        curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
-    } else {
-        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, c->method);
-        if (c->has_body) {
-            curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->body ? c->body : "");
-            curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->body_len);
-        }
-    }
-    rc = curl_easy_perform(h);
-    if (r->sink_stopped)
-        rc = CURLE_WRITE_ERROR;
-out:
-    curl_slist_free_all(hdrs);
-    free(url);
-    handle_put(o, h);
-    return rc;
-}
-
-/*
- * Sends the call, retrying 5xx, 429 and connection failures (a streamed call only while
- * nothing was passed to its sink). REG_OK with r holding the final answer (any status), or
- * REG_ERR_UNAVAILABLE / REG_ERR_INTERNAL / REG_ERR_TOO_LARGE (logged; r->delivered tells a
- * streaming caller how far it got).
- */
-static enum regerr perform(struct oss_storage *o, const struct oss_call *c, struct oss_resp *r)
-{
-    for (int attempt = 0;; attempt++) {
-        resp_reset(r);
-        r->call = c;
-        CURLcode rc = perform_once(o, c, r);
-        bool last = attempt >= o->retries || r->delivered > 0;
-        if (rc == CURLE_OK) {
-            log_debug("oss: %s %s %s: %ld", c->what, c->method, c->key, r->status);
-            if ((r->status >= 500 || r->status == 429) && !last) {
-                log_warn("oss: %s %s: status %ld, retrying (%d)", c->what, c->key, r->status,
-                         attempt + 1);
-                backoff(o, attempt);
-                continue;
-            }
-            return REG_OK;
-        }
-        if (r->too_large)
-            return REG_ERR_TOO_LARGE;
-        if (r->sink_stopped)
-            return REG_ERR_INTERNAL;
-        if (rc == CURLE_OUT_OF_MEMORY) {
-            log_error("oss: %s %s: out of memory", c->what, c->key);
-            return REG_ERR_INTERNAL;
-        }
-        if (retryable_curl(rc) && !last) {
-            log_warn("oss: %s %s: %s, retrying (%d)", c->what, c->key, curl_easy_strerror(rc),
-                     attempt + 1);
-            backoff(o, attempt);
-            continue;
-        }
-        log_error("oss: %s %s: %s", c->what, c->key, curl_easy_strerror(rc));
-        return retryable_curl(rc) ? REG_ERR_UNAVAILABLE : REG_ERR_INTERNAL;
-    }
-}
-
-/* The error of a non-2xx answer, logged once (expected 404s are not). */
-static enum regerr fail(const struct oss_call *c, const struct oss_resp *r)
-{
-    struct ossxml_error e;
-    memset(&e, 0, sizeof(e));
-    if (r->len > 0) {
-        ossxml_parse_error(r->body, r->len, &e);
-    } else if (r->oss_err[0]) {
-        /* HEAD answers carry the error XML base64-encoded in x-oss-err. */
-        unsigned char xml[sizeof(r->oss_err)];
-        int n = EVP_DecodeBlock(xml, (const unsigned char *)r->oss_err, (int)strlen(r->oss_err));
-        size_t len = n > 0 ? (size_t)n : 0;
-        while (len > 0 && xml[len - 1] == '\0')
-            len--; /* EVP_DecodeBlock pads */
-        if (len)
-            ossxml_parse_error((const char *)xml, len, &e);
-    }
-    enum regerr err = ossxml_regerr(r->status, e.code);
-    if ((err == REG_ERR_NOT_FOUND || err == REG_ERR_RANGE_INVALID) && c->quiet)
-        return err;
-    log_error("oss: %s %s: %ld %s: %s (request id %s, ec %s)", c->what, c->key, r->status,
-              e.code[0] ? e.code : "-", e.message[0] ? e.message : "-",
-              e.request_id[0] ? e.request_id : (r->request_id[0] ? r->request_id : "-"),
-              e.ec[0] ? e.ec : "-");
-    return err;
-}
-
-/* perform() and then 2xx -> REG_OK, else fail(). */
-static enum regerr call(struct oss_storage *o, const struct oss_call *c, struct oss_resp *r)
-{
-    enum regerr result = perform(o, c, r);
-    if (result != REG_OK)
-        return result;
-    if (r->status < 200 || r->status >= 300)
-        return fail(c, r);
-    return REG_OK;
-}
-
-static void add_header(struct oss_call *c, const char *name, const char *value)
-{
-    if (c->nheaders < OSS_HEADERS_MAX)
-        c->headers[c->nheaders++] = (struct osssign_kv){name, value};
-}
-
-static void add_query(struct oss_call *c, const char *name, const char *value)
-{
-    if (c->nquery < OSS_QUERY_MAX)
-        c->query[c->nquery++] = (struct osssign_kv){name, value};
-}
-
-/* Server-side encryption headers for objects this driver creates. */
-static void add_sse(const struct oss_storage *o, struct oss_call *c)
-{
-    if (!o->encrypt)
-        return;
-    if (*o->kms_key) {
-        add_header(c, "x-oss-server-side-encryption", "KMS");
-        add_header(c, "x-oss-server-side-encryption-key-id", o->kms_key);
-    } else {
-        add_header(c, "x-oss-server-side-encryption", "AES256");
-    }
-}
-
-static void md5_base64(const void *data, size_t len, char out[25])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned n = 0;
-    EVP_Digest(data, len, md, &n, EVP_md5(), NULL);
-    EVP_EncodeBlock((unsigned char *)out, md, (int)n);
-}
-
 /* ---- operations ---- */
 
 static enum regerr oss_get_content(struct storage *s, const char *path, size_t max, char **out,
@@ -645,15 +99,14 @@ static enum regerr oss_get_content(struct storage *s, const char *path, size_t m
                          .max_body_set = true,
                          .quiet = true};
     struct oss_resp r = {0};
-    enum regerr result = call(o, &c, &r);
+    enum regerr result = oss_call(o, &c, &r);
     if (result == REG_OK) {
-        if (!r.body && !(r.body = calloc(1, 1)))
+        *len = r.body.len;
+        *out = buf_take(&r.body);
+        if (!*out)
             result = REG_ERR_INTERNAL;
-        *out = r.body;
-        *len = r.len;
-        r.body = NULL;
     }
-    free(r.body);
+    buf_free(&r.body);
     return result;
 }
 
@@ -663,29 +116,29 @@ static enum regerr oss_put_content(struct storage *s, const char *path, const vo
     struct oss_storage *o = (struct oss_storage *)s;
     OSS_KEY(o, path, key);
     char md5[25];
-    md5_base64(data, len, md5);
+    oss_md5_base64(data, len, md5);
     struct oss_call c = {.what = "PutObject",
                          .method = "PUT",
                          .key = key,
                          .body = data,
                          .body_len = len,
                          .has_body = true};
-    add_header(&c, "Content-Type", "application/octet-stream");
-    add_header(&c, "Content-MD5", md5);
-    add_sse(o, &c);
+    oss_add_header(&c, "Content-Type", "application/octet-stream");
+    oss_add_header(&c, "Content-MD5", md5);
+    oss_add_sse(o, &c);
     struct oss_resp r = {0};
-    enum regerr result = call(o, &c, &r);
-    free(r.body);
+    enum regerr result = oss_call(o, &c, &r);
+    buf_free(&r.body);
     return result;
 }
 
 /* HEAD of key: its size, mtime and ETag. REG_ERR_NOT_FOUND quietly. */
-static enum regerr head_object(struct oss_storage *o, const char *key, uint64_t *size,
-                               time_t *mtime, char *etag, size_t etag_cap)
+enum regerr oss_head_object(struct oss_storage *o, const char *key, uint64_t *size, time_t *mtime,
+                            char *etag, size_t etag_cap)
 {
     struct oss_call c = {.what = "HeadObject", .method = "HEAD", .key = key, .quiet = true};
     struct oss_resp r = {0};
-    enum regerr result = call(o, &c, &r);
+    enum regerr result = oss_call(o, &c, &r);
     if (result == REG_OK) {
         *size = r.content_length;
         if (mtime)
@@ -693,7 +146,7 @@ static enum regerr head_object(struct oss_storage *o, const char *key, uint64_t 
         if (etag)
             snprintf(etag, etag_cap, "%s", r.etag);
     }
-    free(r.body);
+    buf_free(&r.body);
     return result;
 }
 
@@ -707,23 +160,23 @@ static enum regerr list_page(struct oss_storage *o, const char *prefix, bool del
     char mk[16];
     snprintf(mk, sizeof(mk), "%u", max_keys);
     struct oss_call c = {.what = "ListObjectsV2", .method = "GET", .key = ""};
-    add_query(&c, "list-type", "2");
-    add_query(&c, "encoding-type", "url");
-    add_query(&c, "max-keys", mk);
+    oss_add_query(&c, "list-type", "2");
+    oss_add_query(&c, "encoding-type", "url");
+    oss_add_query(&c, "max-keys", mk);
     if (*prefix)
-        add_query(&c, "prefix", prefix);
+        oss_add_query(&c, "prefix", prefix);
     if (delim)
-        add_query(&c, "delimiter", "/");
+        oss_add_query(&c, "delimiter", "/");
     if (token)
-        add_query(&c, "continuation-token", token);
+        oss_add_query(&c, "continuation-token", token);
     struct oss_resp r = {0};
-    enum regerr result = call(o, &c, &r);
-    if (result == REG_OK && ossxml_parse_list(r.body ? r.body : "", r.len, page) != 0) {
+    enum regerr result = oss_call(o, &c, &r);
+    if (result == REG_OK && ossxml_parse_list(buf_cstr(&r.body), r.body.len, page) != 0) {
         log_error("oss: ListObjectsV2 %s: malformed answer (request id %s)", prefix,
                   r.request_id[0] ? r.request_id : "-");
         result = REG_ERR_INTERNAL;
     }
-    free(r.body);
+    buf_free(&r.body);
     return result;
 }
 
@@ -747,7 +200,7 @@ static enum regerr oss_stat(struct storage *s, const char *path, struct storage_
     enum regerr result;
     memset(out, 0, sizeof(*out));
     if (*key) {
-        result = head_object(o, key, &out->size, &out->mtime, NULL, 0);
+        result = oss_head_object(o, key, &out->size, &out->mtime, NULL, 0);
         if (result != REG_ERR_NOT_FOUND)
             return result;
     }
@@ -771,14 +224,10 @@ static int cmp_str(const void *a, const void *b)
 /* Appends a copy of name[0..n) to l (growing *cap). */
 static bool list_add(struct storage_list *l, size_t *cap, const char *name, size_t n)
 {
-    if (l->n == *cap) {
-        size_t nc = *cap ? *cap * 2 : 32;
-        char **nn = realloc(l->names, nc * sizeof(*nn));
-        if (!nn)
-            return false;
-        l->names = nn;
-        *cap = nc;
-    }
+    /* bounded by the bucket's keys under one prefix */
+    if (buf_grow_items(&l->names, cap, l->n + 1, sizeof(*l->names),
+                       BUF_UNCAPPED / sizeof(*l->names)) != BUF_OK)
+        return false;
     l->names[l->n] = strndup(name, n);
     if (!l->names[l->n])
         return false;
@@ -858,7 +307,7 @@ static enum regerr oss_list(struct storage *s, const char *path, struct storage_
 }
 
 /* "/bucket/<encoded key>" for x-oss-copy-source. */
-static char *copy_source(const struct oss_storage *o, const char *key)
+char *oss_copy_source(const struct oss_storage *o, const char *key)
 {
     char *ek = osssign_uri_encode(key, 1);
     if (!ek)
@@ -871,227 +320,6 @@ static char *copy_source(const struct oss_storage *o, const char *key)
     return s;
 }
 
-/* ---- multipart ---- */
-
-struct multipart {
-    char upload_id[256];
-    char (*etags)[80];
-    size_t nparts, cap;
-};
-
-static enum regerr mp_initiate(struct oss_storage *o, const char *key, struct multipart *mp)
-{
-    struct oss_call c = {
-        .what = "InitiateMultipartUpload", .method = "POST", .key = key, .has_body = true};
-    add_query(&c, "uploads", "");
-    add_header(&c, "Content-Type", "application/octet-stream");
-    add_sse(o, &c);
-    struct oss_resp r = {0};
-    enum regerr result = call(o, &c, &r);
-    if (result == REG_OK &&
-        (ossxml_find(r.body ? r.body : "", r.len, "InitiateMultipartUploadResult/UploadId",
-                     mp->upload_id, sizeof(mp->upload_id)) != 0 ||
-         !mp->upload_id[0])) {
-        log_error("oss: InitiateMultipartUpload %s: no UploadId in the answer", key);
-        result = REG_ERR_INTERNAL;
-    }
-    free(r.body);
-    return result;
-}
-
-static bool mp_add(struct multipart *mp, const char *etag)
-{
-    if (mp->nparts == mp->cap) {
-        size_t cap = mp->cap ? mp->cap * 2 : 16;
-        char(*e)[80] = realloc(mp->etags, cap * sizeof(*e));
-        if (!e)
-            return false;
-        mp->etags = e;
-        mp->cap = cap;
-    }
-    snprintf(mp->etags[mp->nparts++], 80, "%s", etag);
-    return true;
-}
-
-/* Uploads part nparts+1: data, or (src_key != NULL) bytes [off, off+len) of src_key. */
-static enum regerr mp_part(struct oss_storage *o, const char *key, struct multipart *mp,
-                           const void *data, size_t len, const char *src_key, uint64_t off,
-                           uint64_t clen)
-{
-    if (mp->nparts >= OSS_MAX_PARTS) {
-        log_error("oss: %s: over %d parts (raise chunksize)", key, OSS_MAX_PARTS);
-        return REG_ERR_TOO_LARGE;
-    }
-    char num[16], md5[25], range[64];
-    char *src = NULL;
-    snprintf(num, sizeof(num), "%zu", mp->nparts + 1);
-    struct oss_call c = {.what = src_key ? "UploadPartCopy" : "UploadPart",
-                         .method = "PUT",
-                         .key = key,
-                         .body = data,
-                         .body_len = len,
-                         .has_body = true};
-    add_query(&c, "partNumber", num);
-    add_query(&c, "uploadId", mp->upload_id);
-    if (src_key) {
-        src = copy_source(o, src_key);
-        if (!src)
-            return REG_ERR_INTERNAL;
-        snprintf(range, sizeof(range), "bytes=%" PRIu64 "-%" PRIu64, off, off + clen - 1);
-        add_header(&c, "Content-Type", "application/octet-stream");
-        add_header(&c, "x-oss-copy-source", src);
-        add_header(&c, "x-oss-copy-source-range", range);
-    } else {
-        md5_base64(data, len, md5);
-        add_header(&c, "Content-Type", "application/octet-stream");
-        add_header(&c, "Content-MD5", md5);
-    }
-    struct oss_resp r = {0};
-    enum regerr result = call(o, &c, &r);
-    char etag[80];
-    snprintf(etag, sizeof(etag), "%s", r.etag);
-    if (result == REG_OK && !etag[0] && r.body)
-        ossxml_find(r.body, r.len, "CopyPartResult/ETag", etag, sizeof(etag));
-    if (result == REG_OK && !etag[0]) {
-        log_error("oss: %s %s: no ETag in the answer", c.what, key);
-        result = REG_ERR_INTERNAL;
-    }
-    if (result == REG_OK && !mp_add(mp, etag))
-        result = REG_ERR_INTERNAL;
-    free(r.body);
-    free(src);
-    return result;
-}
-
-static bool raw_append(char **buf, size_t *len, size_t *cap, const char *s)
-{
-    size_t n = strlen(s);
-    if (*len + n + 1 > *cap) {
-        size_t nc = *cap ? *cap * 2 : 4096;
-        while (nc < *len + n + 1)
-            nc *= 2;
-        char *b = realloc(*buf, nc);
-        if (!b)
-            return false;
-        *buf = b;
-        *cap = nc;
-    }
-    memcpy(*buf + *len, s, n + 1);
-    *len += n;
-    return true;
-}
-
-/* Appends s to the buffer with XML escaping. */
-static bool xml_append(char **buf, size_t *len, size_t *cap, const char *s)
-{
-    for (; *s; s++) {
-        const char *rep;
-        char one[2] = {*s, '\0'};
-        switch (*s) {
-        case '&':
-            rep = "&amp;";
-            break;
-        case '<':
-            rep = "&lt;";
-            break;
-        case '>':
-            rep = "&gt;";
-            break;
-        case '"':
-            rep = "&quot;";
-            break;
-        default:
-            rep = one;
-        }
-        if (!raw_append(buf, len, cap, rep))
-            return false;
-    }
-    return true;
-}
-
-static enum regerr mp_complete(struct oss_storage *o, const char *key, struct multipart *mp)
-{
-    char *xml = NULL;
-    size_t len = 0, cap = 0;
-    bool ok = raw_append(&xml, &len, &cap, "<CompleteMultipartUpload>");
-    for (size_t i = 0; ok && i < mp->nparts; i++) {
-        char num[80];
-        snprintf(num, sizeof(num), "<Part><PartNumber>%zu</PartNumber><ETag>", i + 1);
-        ok = raw_append(&xml, &len, &cap, num) && xml_append(&xml, &len, &cap, mp->etags[i]) &&
-             raw_append(&xml, &len, &cap, "</ETag></Part>");
-    }
-    ok = ok && raw_append(&xml, &len, &cap, "</CompleteMultipartUpload>");
-    if (!ok) {
-        free(xml);
-        return REG_ERR_INTERNAL;
-    }
-    char md5[25];
-    md5_base64(xml, len, md5);
-    struct oss_call c = {.what = "CompleteMultipartUpload",
-                         .method = "POST",
-                         .key = key,
-                         .body = xml,
-                         .body_len = len,
-                         .has_body = true};
-    add_query(&c, "uploadId", mp->upload_id);
-    add_header(&c, "Content-Type", "application/xml");
-    add_header(&c, "Content-MD5", md5);
-    struct oss_resp r = {0};
-    enum regerr result = call(o, &c, &r);
-    free(r.body);
-    free(xml);
-    return result;
-}
-
-static void mp_abort(struct oss_storage *o, const char *key, struct multipart *mp)
-{
-    if (!mp->upload_id[0])
-        return;
-    struct oss_call c = {
-        .what = "AbortMultipartUpload", .method = "DELETE", .key = key, .quiet = true};
-    add_query(&c, "uploadId", mp->upload_id);
-    struct oss_resp r = {0};
-    call(o, &c, &r);
-    free(r.body);
-    mp->upload_id[0] = '\0';
-}
-
-static void mp_free(struct multipart *mp)
-{
-    free(mp->etags);
-    memset(mp, 0, sizeof(*mp));
-}
-
-/*
- * Copies [0, size) of src_key into the upload as parts of about part_max bytes: every part
- * at least part_max / 2 (so none is under OSS's minimum when part_max >= 200 KiB).
- */
-static enum regerr mp_copy_parts(struct oss_storage *o, const char *key, struct multipart *mp,
-                                 const char *src_key, uint64_t size, uint64_t part_max)
-{
-    uint64_t n = (size + part_max - 1) / part_max;
-    uint64_t each = (size + n - 1) / n;
-    enum regerr result = REG_OK;
-    for (uint64_t off = 0; off < size && result == REG_OK; off += each) {
-        uint64_t len = size - off < each ? size - off : each;
-        result = mp_part(o, key, mp, NULL, 0, src_key, off, len);
-    }
-    return result;
-}
-
-/* The UploadPartCopy part size for a source: at least 2 chunks, at most OSS_MAX_PART. */
-static uint64_t copy_part_size(const struct oss_storage *o, uint64_t size)
-{
-    uint64_t part = o->copy_limit;
-    if (part < 2 * o->chunksize)
-        part = 2 * o->chunksize;
-    if (part < 2 * OSS_MIN_PART)
-        part = 2 * OSS_MIN_PART;
-    if (size / OSS_MAX_PARTS + 1 > part)
-        part = size / OSS_MAX_PARTS + 1;
-    return part > OSS_MAX_PART ? OSS_MAX_PART : part;
-}
-
 static enum regerr oss_move(struct storage *s, const char *src, const char *dst)
 {
     struct oss_storage *o = (struct oss_storage *)s;
@@ -1100,76 +328,75 @@ static enum regerr oss_move(struct storage *s, const char *src, const char *dst)
     uint64_t size = 0;
     if (!*skey || !*dkey)
         return REG_ERR_NOT_FOUND;
-    enum regerr result = head_object(o, skey, &size, NULL, NULL, 0);
+    enum regerr result = oss_head_object(o, skey, &size, NULL, NULL, 0);
     if (result != REG_OK || strcmp(skey, dkey) == 0)
         return result;
     if (size <= o->copy_limit) {
-        char *source = copy_source(o, skey);
+        char *source = oss_copy_source(o, skey);
         if (!source)
             return REG_ERR_INTERNAL;
         struct oss_call c = {.what = "CopyObject", .method = "PUT", .key = dkey, .has_body = true};
-        add_header(&c, "Content-Type", "application/octet-stream");
-        add_header(&c, "x-oss-copy-source", source);
-        add_sse(o, &c);
+        oss_add_header(&c, "Content-Type", "application/octet-stream");
+        oss_add_header(&c, "x-oss-copy-source", source);
+        oss_add_sse(o, &c);
         struct oss_resp r = {0};
-        result = call(o, &c, &r);
-        free(r.body);
+        result = oss_call(o, &c, &r);
+        buf_free(&r.body);
         free(source);
     } else {
-        struct multipart mp = {0};
-        result = mp_initiate(o, dkey, &mp);
+        struct oss_multipart mp = {0};
+        result = oss_mp_initiate(o, dkey, &mp);
         if (result == REG_OK)
-            result = mp_copy_parts(o, dkey, &mp, skey, size, copy_part_size(o, size));
+            result = oss_mp_copy_parts(o, dkey, &mp, skey, size, oss_copy_part_size(o, size));
         if (result == REG_OK)
-            result = mp_complete(o, dkey, &mp);
+            result = oss_mp_complete(o, dkey, &mp);
         if (result != REG_OK)
-            mp_abort(o, dkey, &mp);
-        mp_free(&mp);
+            oss_mp_abort(o, dkey, &mp);
+        oss_mp_free(&mp);
     }
     if (result != REG_OK)
         return result;
     struct oss_call d = {.what = "DeleteObject", .method = "DELETE", .key = skey};
     struct oss_resp r = {0};
-    result = call(o, &d, &r);
-    free(r.body);
+    result = oss_call(o, &d, &r);
+    buf_free(&r.body);
     return result;
 }
 
 /* DeleteMultipleObjects of keys[0..n) (n <= delete_max), quiet mode. */
 static enum regerr delete_batch(struct oss_storage *o, char *const *keys, size_t n)
 {
-    char *xml = NULL;
-    size_t len = 0, cap = 0;
-    bool ok = raw_append(&xml, &len, &cap,
-                         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete><Quiet>true</Quiet>");
+    /* bounded by construction: at most delete_max keys of at most OSS_KEY_MAX bytes */
+    struct buf xml = BUF_INIT(BUF_UNCAPPED);
+    bool ok = buf_append_str(&xml, "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete>"
+                                   "<Quiet>true</Quiet>") == BUF_OK;
     for (size_t i = 0; ok && i < n; i++) {
         /* encoding-type=url: keys travel URL-encoded, whatever bytes they hold */
         char *ek = osssign_uri_encode(keys[i], 1);
-        ok = ek && raw_append(&xml, &len, &cap, "<Object><Key>") &&
-             raw_append(&xml, &len, &cap, ek) && raw_append(&xml, &len, &cap, "</Key></Object>");
+        ok = ek && buf_printf(&xml, "<Object><Key>%s</Key></Object>", ek) == BUF_OK;
         free(ek);
     }
-    ok = ok && raw_append(&xml, &len, &cap, "</Delete>");
+    ok = ok && buf_append_str(&xml, "</Delete>") == BUF_OK;
     if (!ok) {
-        free(xml);
+        buf_free(&xml);
         return REG_ERR_INTERNAL;
     }
     char md5[25];
-    md5_base64(xml, len, md5);
+    oss_md5_base64(xml.p, xml.len, md5);
     struct oss_call c = {.what = "DeleteMultipleObjects",
                          .method = "POST",
                          .key = "",
-                         .body = xml,
-                         .body_len = len,
+                         .body = xml.p,
+                         .body_len = xml.len,
                          .has_body = true};
-    add_query(&c, "delete", "");
-    add_query(&c, "encoding-type", "url");
-    add_header(&c, "Content-Type", "application/xml");
-    add_header(&c, "Content-MD5", md5);
+    oss_add_query(&c, "delete", "");
+    oss_add_query(&c, "encoding-type", "url");
+    oss_add_header(&c, "Content-Type", "application/xml");
+    oss_add_header(&c, "Content-MD5", md5);
     struct oss_resp r = {0};
-    enum regerr result = call(o, &c, &r);
-    free(r.body);
-    free(xml);
+    enum regerr result = oss_call(o, &c, &r);
+    buf_free(&r.body);
+    buf_free(&xml);
     return result;
 }
 
@@ -1182,12 +409,12 @@ static enum regerr oss_remove(struct storage *s, const char *path)
     enum regerr result = REG_OK;
     if (*key) {
         uint64_t size;
-        result = head_object(o, key, &size, NULL, NULL, 0);
+        result = oss_head_object(o, key, &size, NULL, NULL, 0);
         if (result == REG_OK) {
             struct oss_call c = {.what = "DeleteObject", .method = "DELETE", .key = key};
             struct oss_resp r = {0};
-            result = call(o, &c, &r);
-            free(r.body);
+            result = oss_call(o, &c, &r);
+            buf_free(&r.body);
             any = true;
         }
         if (result != REG_OK && result != REG_ERR_NOT_FOUND)
@@ -1244,7 +471,7 @@ static enum regerr oss_presign_get(struct storage *s, const char *path, long exp
         osssign_iso8601(now, iso);
         q = osssign_v4_presign_query(&req, o->ak, o->sk, o->region, iso, expires_s, NULL, 0);
     }
-    char *base = q ? build_url(o, key, NULL, 0) : NULL;
+    char *base = q ? oss_build_url(o, key, NULL, 0) : NULL;
     char *u = NULL;
     if (base) {
         size_t n = strlen(base) + strlen(q) + 2;
@@ -1292,16 +519,16 @@ static enum regerr oss_read_range(struct storage *s, const char *path, uint64_t 
                 snprintf(range, sizeof(range), "bytes=%" PRIu64 "-%" PRIu64, from, off + len - 1);
             else
                 snprintf(range, sizeof(range), "bytes=%" PRIu64 "-", from);
-            add_header(&c, "Range", range);
+            oss_add_header(&c, "Range", range);
             /* OSS ignores a bad range (200, whole object) unless asked to be standard */
-            add_header(&c, "x-oss-range-behavior", "standard");
+            oss_add_header(&c, "x-oss-range-behavior", "standard");
         }
         if (etag[0])
-            add_header(&c, "If-Match", etag); /* a resumed read must see the same object */
+            oss_add_header(&c, "If-Match", etag); /* a resumed read must see the same object */
         struct oss_resp r = {0};
         /* a 200 to a ranged request (whole object): skip to the offset ourselves */
         c.skip = from;
-        result = perform(o, &c, &r);
+        result = oss_perform(o, &c, &r);
         done += r.delivered;
         if (!etag[0] && r.etag[0])
             snprintf(etag, sizeof(etag), "%s", r.etag);
@@ -1310,9 +537,9 @@ static enum regerr oss_read_range(struct storage *s, const char *path, uint64_t 
                       r.content_range, from);
             result = REG_ERR_INTERNAL;
         } else if (result == REG_OK && r.status != 200 && r.status != 206) {
-            result = fail(&c, &r);
+            result = oss_fail(&c, &r);
         }
-        free(r.body);
+        buf_free(&r.body);
         if (result == REG_ERR_UNAVAILABLE && r.delivered > 0 && attempt < o->retries) {
             log_warn("oss: GetObject %s: cut after %" PRIu64 " bytes, resuming", key, done);
             continue;
@@ -1322,215 +549,10 @@ static enum regerr oss_read_range(struct storage *s, const char *path, uint64_t 
     if (result == REG_ERR_RANGE_INVALID && len == 0) {
         /* reading from exactly the end is an empty read */
         uint64_t size = 0;
-        if (head_object(o, key, &size, NULL, NULL, 0) == REG_OK && size == off)
+        if (oss_head_object(o, key, &size, NULL, NULL, 0) == REG_OK && size == off)
             result = REG_OK;
     }
     return result;
-}
-
-/* ---- the writer ---- */
-
-struct oss_writer {
-    struct storage_writer base;
-    struct oss_storage *o;
-    char *key;
-    char *buf;
-    size_t buflen, bufcap;
-    uint64_t size;     /* bytes the object holds at close */
-    bool dirty;        /* close must write (else an append writer that wrote nothing) */
-    uint64_t carry;    /* append: the object's bytes, carried over at the first write */
-    enum regerr error; /* first failure; close then aborts */
-    struct multipart mp;
-};
-
-static enum regerr writer_flush_part(struct oss_writer *w)
-{
-    enum regerr result = REG_OK;
-    if (!w->mp.upload_id[0])
-        result = mp_initiate(w->o, w->key, &w->mp);
-    if (result == REG_OK)
-        result = mp_part(w->o, w->key, &w->mp, w->buf, w->buflen, NULL, 0, 0);
-    if (result == REG_OK)
-        w->buflen = 0;
-    return result;
-}
-
-/*
- * Append, at the first write: the object's current bytes (w->carry of them) come first. A
- * small object (up to chunksize) is read into the buffer; a larger one becomes the upload's
- * first parts by UploadPartCopy, so no byte of it travels through here. The object itself
- * changes only at close, and an append writer that writes nothing starts no upload at all.
- */
-static enum regerr writer_carry(struct oss_writer *w)
-{
-    struct oss_storage *o = w->o;
-    uint64_t size = w->carry;
-    enum regerr result;
-    if (size <= o->chunksize) {
-        struct oss_call c = {.what = "GetObject",
-                             .method = "GET",
-                             .key = w->key,
-                             .max_body = (size_t)o->chunksize,
-                             .max_body_set = true};
-        struct oss_resp r = {0};
-        result = call(o, &c, &r);
-        if (result == REG_OK) {
-            w->buf = r.body;
-            w->buflen = r.len;
-            w->bufcap = r.cap;
-            w->size = r.len;
-            r.body = NULL;
-            if (r.len != size)
-                result = REG_ERR_INTERNAL; /* changed under us: the upload would be wrong */
-        }
-        free(r.body);
-        return result;
-    }
-    result = mp_initiate(o, w->key, &w->mp);
-    if (result == REG_OK)
-        result = mp_copy_parts(o, w->key, &w->mp, w->key, size, copy_part_size(o, size));
-    if (result != REG_OK)
-        mp_abort(o, w->key, &w->mp);
-    return result;
-}
-
-static enum regerr oss_writer_write(struct storage_writer *base, const void *data, size_t len)
-{
-    struct oss_writer *w = (struct oss_writer *)base;
-    const char *p = data;
-    if (w->error)
-        return w->error;
-    if (len && w->carry) {
-        enum regerr result = writer_carry(w);
-        w->carry = 0;
-        if (result != REG_OK) {
-            w->error = result;
-            return result;
-        }
-    }
-    if (len)
-        w->dirty = true;
-    while (len > 0) {
-        size_t chunk = (size_t)w->o->chunksize;
-        if (w->buflen == chunk) {
-            enum regerr result = writer_flush_part(w);
-            if (result != REG_OK) {
-                w->error = result;
-                return result;
-            }
-        }
-        size_t n = chunk - w->buflen < len ? chunk - w->buflen : len;
-        if (w->buflen + n > w->bufcap) {
-            /* grow by doubling up to chunksize: small writers stay small */
-            size_t cap = w->bufcap ? w->bufcap : 64 * 1024;
-            while (cap < w->buflen + n)
-                cap *= 2;
-            if (cap > chunk)
-                cap = chunk;
-            char *b = realloc(w->buf, cap);
-            if (!b) {
-                w->error = REG_ERR_INTERNAL;
-                return w->error;
-            }
-            w->buf = b;
-            w->bufcap = cap;
-        }
-        memcpy(w->buf + w->buflen, p, n);
-        w->buflen += n;
-        w->size += n;
-        p += n;
-        len -= n;
-    }
-    return REG_OK;
-}
-
-static uint64_t oss_writer_size(const struct storage_writer *base)
-{
-    return ((const struct oss_writer *)base)->size;
-}
-
-static void oss_writer_free(struct oss_writer *w)
-{
-    mp_free(&w->mp);
-    free(w->buf);
-    free(w->key);
-    free(w);
-}
-
-static enum regerr oss_writer_close(struct storage_writer *base)
-{
-    struct oss_writer *w = (struct oss_writer *)base;
-    struct oss_storage *o = w->o;
-    enum regerr result = w->error;
-    if (result == REG_OK && w->dirty) {
-        if (!w->mp.upload_id[0]) {
-            /* everything fits one request */
-            char md5[25];
-            md5_base64(w->buf ? w->buf : "", w->buflen, md5);
-            struct oss_call c = {.what = "PutObject",
-                                 .method = "PUT",
-                                 .key = w->key,
-                                 .body = w->buf,
-                                 .body_len = w->buflen,
-                                 .has_body = true};
-            add_header(&c, "Content-Type", "application/octet-stream");
-            add_header(&c, "Content-MD5", md5);
-            add_sse(o, &c);
-            struct oss_resp r = {0};
-            result = call(o, &c, &r);
-            free(r.body);
-        } else {
-            if (w->buflen > 0)
-                result = writer_flush_part(w);
-            if (result == REG_OK)
-                result = mp_complete(o, w->key, &w->mp);
-        }
-    }
-    if (result != REG_OK)
-        mp_abort(o, w->key, &w->mp);
-    oss_writer_free(w);
-    return result;
-}
-
-static const struct storage_writer_ops oss_writer_ops = {
-    .write = oss_writer_write,
-    .size = oss_writer_size,
-    .close = oss_writer_close,
-};
-
-static enum regerr oss_open_writer(struct storage *s, const char *path, bool append,
-                                   struct storage_writer **out)
-{
-    struct oss_storage *o = (struct oss_storage *)s;
-    OSS_KEY(o, path, key);
-    if (!*key)
-        return REG_ERR_INTERNAL;
-    struct oss_writer *w = calloc(1, sizeof(*w));
-    if (!w || !(w->key = strdup(key))) {
-        free(w);
-        return REG_ERR_INTERNAL;
-    }
-    w->base.ops = &oss_writer_ops;
-    w->o = o;
-    w->dirty = !append; /* truncate: close writes even when nothing was written */
-    enum regerr result = REG_OK;
-    if (append) {
-        uint64_t size = 0;
-        result = head_object(o, w->key, &size, NULL, NULL, 0);
-        if (result == REG_ERR_NOT_FOUND) {
-            w->dirty = true; /* as O_CREAT: close creates it, empty if nothing was written */
-            result = REG_OK;
-        } else if (result == REG_OK) {
-            w->carry = size;
-            w->size = size;
-        }
-    }
-    if (result != REG_OK) {
-        oss_writer_free(w);
-        return result;
-    }
-    *out = &w->base;
-    return REG_OK;
 }
 
 /* ---- construction ---- */
@@ -1654,7 +676,7 @@ struct storage *storage_oss_new(const struct storage_oss_config *cfg)
         log_error("storage.oss: signature version %d (1 or 4)", cfg->sigversion);
         return NULL;
     }
-    uint64_t chunk = cfg->chunksize ? cfg->chunksize : 10 * MIB;
+    uint64_t chunk = cfg->chunksize ? cfg->chunksize : 10 * OSS_MIB;
     if (chunk < OSS_MIN_PART || chunk > OSS_MAX_PART) {
         log_error("storage.oss.chunksize: %" PRIu64 " is outside 100 KiB .. 5 GiB", chunk);
         return NULL;
@@ -1679,7 +701,7 @@ struct storage *storage_oss_new(const struct storage_oss_config *cfg)
     o->encrypt = cfg->encrypt;
     o->sigversion = cfg->sigversion == 1 ? 1 : 4;
     o->chunksize = chunk;
-    o->copy_limit = cfg->copy_limit ? cfg->copy_limit : 1 * GIB;
+    o->copy_limit = cfg->copy_limit ? cfg->copy_limit : 1 * OSS_GIB;
     o->list_max = cfg->list_max && cfg->list_max <= 1000 ? cfg->list_max : 1000;
     o->delete_max = cfg->delete_max && cfg->delete_max <= 1000 ? cfg->delete_max : 1000;
     o->retries = cfg->retries < 0 ? 0 : (cfg->retries ? cfg->retries : 4);
