@@ -14,8 +14,10 @@ Storage (see helpers.storage_kind):
 On OSS the tests that need the filesystem root itself are skipped (OSS_SKIP below).
 """
 
+import json
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -226,6 +228,31 @@ def skopeo():
     if not path:
         pytest.skip("skopeo is not installed")
     return path
+
+
+@pytest.fixture
+def sk(skopeo, tmp_path):
+    """Runs skopeo with a private policy and auth file; returns stdout."""
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+    regconf = tmp_path / "registries.conf"
+    regconf.write_text("")
+    env = dict(os.environ)
+    env["REGISTRY_AUTH_FILE"] = str(tmp_path / "auth.json")
+    env["HOME"] = str(tmp_path)
+    env["TMPDIR"] = str(tmp_path)
+
+    def run(*args, check=True):
+        cmd = [skopeo, "--policy", str(policy), "--registries-conf", str(regconf)]
+        cmd += list(args)
+        p = subprocess.run(cmd, capture_output=True, env=env, timeout=120)
+        if check and p.returncode != 0:
+            pytest.fail("%s\nexit %d\nstdout: %s\nstderr: %s" % (
+                " ".join(cmd), p.returncode, p.stdout.decode(errors="replace")[-2000:],
+                p.stderr.decode(errors="replace")[-4000:]))
+        return p.stdout
+
+    return run
 
 
 @pytest.hookimpl(hookwrapper=True)

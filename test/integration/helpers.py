@@ -1,7 +1,9 @@
 """Helpers for the regmirror integration suite: starting registries, talking the
 distribution API, building images and OCI layouts, snapshotting storage."""
 
+import concurrent.futures
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -13,6 +15,7 @@ import time
 import uuid
 from urllib.parse import urljoin
 
+import pytest
 import requests
 
 # ---------------------------------------------------------------------------
@@ -29,6 +32,7 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 ALL_MANIFEST_TYPES = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST]
+ACCEPT_ALL = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
 API_VERSION_HEADER = "Docker-Distribution-API-Version"
 
 REFERENCE_BIN = "/usr/bin/docker-registry"
@@ -764,6 +768,33 @@ def push_image(reg, repo, image, ref=None):
     return put_manifest_ok(reg, repo, ref or image.digest, image.manifest, image.media_type)
 
 
+def image_of(layers, docker=False, subject=None, artifact_type=None):
+    """An image with the given layer bytes (so images can share layers)."""
+    cfg = image_config(diff_ids=[sha256(l) for l in layers])
+    mt, ct, lt = ((DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER) if docker
+                  else (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER))
+    m = {"schemaVersion": 2, "mediaType": mt, "config": descriptor(ct, cfg),
+         "layers": [descriptor(lt, l) for l in layers]}
+    if subject:
+        m["subject"] = subject
+    if artifact_type:
+        m["artifactType"] = artifact_type
+    blobs = {sha256(cfg): cfg}
+    for l in layers:
+        blobs[sha256(l)] = l
+    return Image(pretty_json(m), mt, blobs, cfg)
+
+
+def local_image_sharing(layer):
+    """A local image whose first layer is a (proxied) layer's bytes."""
+    own = random_bytes(20 * 1024)
+    cfg = image_config(diff_ids=[sha256(layer), sha256(own)])
+    m = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, cfg),
+         "layers": [descriptor(OCI_LAYER, layer), descriptor(OCI_LAYER, own)]}
+    return Image(pretty_json(m), OCI_MANIFEST, {sha256(cfg): cfg, sha256(layer): layer,
+                                                sha256(own): own}, cfg)
+
+
 # ---------------------------------------------------------------------------
 # OCI image layout on disk
 
@@ -835,6 +866,187 @@ def snapshot_diff(before, after):
     removed = sorted(set(before) - set(after))
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
     return {"added": added, "removed": removed, "changed": changed}
+
+
+def blob_set(root):
+    """digest -> size of every blob with data under root."""
+    out = {}
+    for algo in ("sha256", "sha384", "sha512"):
+        base = os.path.join(root, "docker/registry/v2/blobs", algo)
+        for dirpath, _, files in os.walk(base):
+            if "data" in files:
+                out["%s:%s" % (algo, os.path.basename(dirpath))] = os.path.getsize(
+                    os.path.join(dirpath, "data"))
+    return out
+
+
+def blob_files(root):
+    """digest -> size of every blob committed under a registry root."""
+    out = {}
+    base = os.path.join(root, "docker/registry/v2/blobs/sha256")
+    for dirpath, _, files in os.walk(base):
+        if "data" in files:
+            out["sha256:" + os.path.basename(dirpath)] = os.path.getsize(
+                os.path.join(dirpath, "data"))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# pulling, as clients of a mirror do
+
+def pull_manifest(reg, repo, ref, method="GET", accept=ACCEPT_ALL):
+    return reg.session.request(method, reg.url("/v2/%s/manifests/%s" % (repo, ref)),
+                               headers={"Accept": accept}, timeout=60)
+
+
+def raw_get(reg, path, headers=None, timeout=60):
+    """GET with http.client, which (unlike requests) tells a cut body from a complete one.
+    Returns (status, headers, body, complete)."""
+    conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        try:
+            resp = conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            return 0, {}, b"", False
+        try:
+            body = resp.read()
+            complete = True
+        except http.client.IncompleteRead as e:
+            body = e.partial
+            complete = False
+        return resp.status, dict(resp.getheaders()), body, complete
+    finally:
+        conn.close()
+
+
+def http_request(reg, path, method="GET", headers=None):
+    """(status, body, complete) with http.client, which tells a cut body from a whole one;
+    status 0 when the connection failed."""
+    conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=60)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        try:
+            return resp.status, resp.read(), True
+        except http.client.IncompleteRead as e:
+            return resp.status, e.partial, False
+    except (ConnectionError, http.client.HTTPException) as e:
+        return 0, str(e).encode(), False
+    finally:
+        conn.close()
+
+
+def pull_image(reg, img, name=None):
+    """Pulls a seeded image through reg the way dockerd does: HEAD by tag, GET by digest,
+    every blob; checks every byte."""
+    repo = name or img.repo
+    r = pull_manifest(reg, repo, img.tag, method="HEAD")
+    assert r.status_code == 200, r.text
+    assert r.headers["Docker-Content-Digest"] == img.digest
+    r = pull_manifest(reg, repo, img.digest)
+    assert r.status_code == 200, r.text
+    assert r.content == img.manifest
+    for d, data in img.blobs.items():
+        status, _, body, complete = raw_get(reg, "/v2/%s/blobs/%s" % (repo, d))
+        assert status == 200 and complete and sha256(body) == d
+
+
+def pull_problems(reg, img, repo):
+    """Pulls a seeded image (or index and its first child) as dockerd does; returns a list of
+    problems (empty when every byte arrived right), for pulls that run beside eviction."""
+    problems = []
+    accept = {"Accept": ACCEPT_ALL}
+    st, body, ok = http_request(reg, "/v2/%s/manifests/%s" % (repo, img.tag), "HEAD", accept)
+    if st != 200:
+        problems.append("HEAD tag: %s" % st)
+    st, body, ok = http_request(reg, "/v2/%s/manifests/%s" % (repo, img.digest), headers=accept)
+    if st != 200 or body != img.manifest:
+        problems.append("GET manifest: %s %s" % (st, body[:120]))
+    images = [img.children[0]] if img.is_index else [img]
+    for im in images:
+        if img.is_index:
+            st, body, ok = http_request(reg, "/v2/%s/manifests/%s" % (repo, im.digest),
+                                        headers=accept)
+            if st != 200 or body != im.manifest:
+                problems.append("GET child: %s" % st)
+        for d, data in im.blobs.items():
+            st, body, ok = http_request(reg, "/v2/%s/blobs/%s" % (repo, d))
+            if st != 200 or not ok or body != data:
+                problems.append("GET blob %s: %s complete=%s len=%d" % (d[:19], st, ok, len(body)))
+    return problems
+
+
+def herd_get(mirror, repo, digest, clients):
+    """clients concurrent GETs of one blob: (status, bytes, sha256 digest) of each body."""
+    def one(_):
+        h = hashlib.sha256()
+        conn = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=120)
+        conn.request("GET", "/v2/%s/blobs/%s" % (repo, digest))
+        resp = conn.getresponse()
+        n = 0
+        while True:
+            chunk = resp.read(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            n += len(chunk)
+        conn.close()
+        return resp.status, n, "sha256:" + h.hexdigest()
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, range(clients)))
+
+
+# ---------------------------------------------------------------------------
+# garbage-collect
+
+def need_reference():
+    if not os.access(binary_for("docker-registry"), os.X_OK):
+        pytest.skip("needs docker-registry")
+
+
+def write_config(path, rootdir, extra=""):
+    with open(path, "w") as f:
+        f.write(render_config(rootdir, "127.0.0.1:%d" % free_port(), extra_yaml=extra))
+    return path
+
+
+def run_gc(config, *flags, timeout=60):
+    return subprocess.run([regmirror_bin(), "garbage-collect", *flags, config],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def populate(reg):
+    """Shared-layer images in two repositories, deleted manifests, a moved tag (untagged
+    revision), an index, a referrer. Returns what must survive each mode."""
+    base = random_bytes(200 * 1024)       # shared by everything below
+    mid = random_bytes(50 * 1024)         # shared by app:1 and app:2
+    a, b = unique_repo("gc-app"), unique_repo("gc-other")
+    app1 = image_of([base, mid, random_bytes(30 * 1024)])
+    app2 = image_of([base, mid, random_bytes(40 * 1024)])
+    app3 = image_of([base, random_bytes(60 * 1024)], docker=True)
+    other = image_of([base, random_bytes(20 * 1024)])
+    gone = image_of([base, random_bytes(70 * 1024)])
+    push_image(reg, a, app1, "1")
+    push_image(reg, a, app2, "2")
+    push_image(reg, a, app3, "3")
+    # moving tag 3 leaves app3 untagged
+    app3b = image_of([base, random_bytes(10 * 1024)], docker=True)
+    push_image(reg, a, app3b, "3")
+    push_image(reg, b, other, "latest")
+    push_image(reg, b, gone, "gone")
+    r = reg.delete("/v2/%s/manifests/%s" % (b, gone.digest))
+    assert r.status_code == 202, r.text
+    kids = [image_of([base, random_bytes(5000)]) for _ in range(2)]
+    for k in kids:
+        push_image(reg, a, k)
+    index, index_mt = make_index(kids)
+    put_manifest_ok(reg, a, "multi", index, index_mt)
+    sig = image_of([random_bytes(300)], subject=app1.desc(), artifact_type="application/x-sig")
+    push_image(reg, a, sig)
+    return {"repo": a, "other": b, "app1": app1, "app2": app2, "app3": app3, "app3b": app3b,
+            "other_img": other, "gone": gone, "kids": kids, "index": index, "sig": sig}
 
 
 # ---------------------------------------------------------------------------

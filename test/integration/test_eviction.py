@@ -3,7 +3,6 @@ content (never local content, never a blob a kept image shares, never what a pul
 and storage.maintenance.uploadpurging."""
 
 import concurrent.futures
-import http.client
 import os
 import re
 import threading
@@ -11,16 +10,11 @@ import time
 
 import pytest
 
-from helpers import (OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Image, descriptor, get_manifest,
-                     image_config, pretty_json, push_image, random_bytes, sha256, start_upload,
-                     unique_repo)
+from helpers import (get_manifest, local_image_sharing, pull_problems, push_image, start_upload,
+                     unique_repo, wait_until)
 
 pytestmark = pytest.mark.regmirror_only("eviction of proxied content is regmirror's")
 
-ACCEPT = ", ".join(["application/vnd.oci.image.index.v1+json",
-                    "application/vnd.docker.distribution.manifest.list.v2+json",
-                    "application/vnd.oci.image.manifest.v1+json",
-                    "application/vnd.docker.distribution.manifest.v2+json"])
 V2 = "docker/registry/v2"
 
 
@@ -35,77 +29,18 @@ def revision_on_disk(reg, repo, digest):
                                        "_manifests/revisions", algo, hexd, "link"))
 
 
-def get(reg, path, method="GET", headers=None):
-    """(status, body, complete) with http.client, which tells a cut body from a whole one."""
-    conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=60)
-    try:
-        conn.request(method, path, headers=headers or {})
-        resp = conn.getresponse()
-        try:
-            return resp.status, resp.read(), True
-        except http.client.IncompleteRead as e:
-            return resp.status, e.partial, False
-    except (ConnectionError, http.client.HTTPException) as e:
-        return 0, str(e).encode(), False
-    finally:
-        conn.close()
-
-
-def pull(reg, img, repo):
-    """Pulls a seeded image (or index and its first child) as dockerd does; returns a list of
-    problems (empty when every byte arrived right)."""
-    problems = []
-    st, body, ok = get(reg, "/v2/%s/manifests/%s" % (repo, img.tag), "HEAD", {"Accept": ACCEPT})
-    if st != 200:
-        problems.append("HEAD tag: %s" % st)
-    st, body, ok = get(reg, "/v2/%s/manifests/%s" % (repo, img.digest), headers={"Accept": ACCEPT})
-    if st != 200 or body != img.manifest:
-        problems.append("GET manifest: %s %s" % (st, body[:120]))
-    images = [img.children[0]] if img.is_index else [img]
-    for im in images:
-        if img.is_index:
-            st, body, ok = get(reg, "/v2/%s/manifests/%s" % (repo, im.digest),
-                               headers={"Accept": ACCEPT})
-            if st != 200 or body != im.manifest:
-                problems.append("GET child: %s" % st)
-        for d, data in im.blobs.items():
-            st, body, ok = get(reg, "/v2/%s/blobs/%s" % (repo, d))
-            if st != 200 or not ok or body != data:
-                problems.append("GET blob %s: %s complete=%s len=%d" % (d[:19], st, ok, len(body)))
-    return problems
-
-
-def wait_for(cond, timeout=20.0, step=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
-
-
-def local_image_sharing(layer):
-    """A local image whose first layer is a (proxied) layer's bytes."""
-    own = random_bytes(20 * 1024)
-    cfg = image_config(diff_ids=[sha256(layer), sha256(own)])
-    m = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, cfg),
-         "layers": [descriptor(OCI_LAYER, layer), descriptor(OCI_LAYER, own)]}
-    return Image(pretty_json(m), OCI_MANIFEST, {sha256(cfg): cfg, sha256(layer): layer,
-                                                sha256(own): own}, cfg)
-
-
 def test_ttl_evicts_proxied_content_only(make_registry, upstream, seeded):
     mirror = make_registry(name="ttl",
                            extra_yaml=upstream.proxy_yaml(extra="  ttl: 2s\n  push: true\n"))
     alpine = seeded.alpine
-    assert pull(mirror, alpine, alpine.repo) == []
+    assert pull_problems(mirror, alpine, alpine.repo) == []
     shared = alpine.layers[0]
     local_repo = unique_repo("local")
     local = local_image_sharing(shared.data)
     push_image(mirror, local_repo, local, "v1")
-    assert wait_for(lambda: not revision_on_disk(mirror, alpine.repo, alpine.digest)), \
+    assert wait_until(lambda: not revision_on_disk(mirror, alpine.repo, alpine.digest), 20), \
         mirror.log_tail()
-    assert wait_for(lambda: not blob_on_disk(mirror, alpine.layers[1].digest))
+    assert wait_until(lambda: not blob_on_disk(mirror, alpine.layers[1].digest), 20)
     assert not blob_on_disk(mirror, alpine.config.digest)
     assert not blob_on_disk(mirror, alpine.digest)
     # the local image and the layer it shares with the evicted one stay
@@ -116,7 +51,7 @@ def test_ttl_evicts_proxied_content_only(make_registry, upstream, seeded):
         assert mirror.get("/v2/%s/blobs/%s" % (local_repo, d)).content == data
     # and the evicted image comes back from the upstream
     upstream.proxy.reset()
-    assert pull(mirror, alpine, alpine.repo) == []
+    assert pull_problems(mirror, alpine, alpine.repo) == []
     assert upstream.proxy.count(kind="blob", method="GET") >= 1
 
 
@@ -126,13 +61,13 @@ def test_maxsize_evicts_least_recently_pulled(make_registry, upstream, seeded):
     bound = alpine_bytes + 8 * 1024
     mirror = make_registry(name="size", extra_yaml=upstream.proxy_yaml(
         extra="  ttl: 0s\n  maxsize: %d\n" % bound))
-    assert pull(mirror, multi, multi.repo) == []
+    assert pull_problems(mirror, multi, multi.repo) == []
     time.sleep(1.1)  # pull records have one-second resolution
-    assert pull(mirror, alpine, alpine.repo) == []
+    assert pull_problems(mirror, alpine, alpine.repo) == []
     child = multi.children[0]
-    assert wait_for(lambda: not revision_on_disk(mirror, multi.repo, multi.digest)), \
+    assert wait_until(lambda: not revision_on_disk(mirror, multi.repo, multi.digest), 20), \
         mirror.log_tail()
-    assert wait_for(lambda: not blob_on_disk(mirror, child.layers[0].digest))
+    assert wait_until(lambda: not blob_on_disk(mirror, child.layers[0].digest), 20)
     # the most recently pulled image fits under the bound and stays whole
     for d in alpine.blobs:
         assert blob_on_disk(mirror, d), d
@@ -151,7 +86,7 @@ def test_pulls_during_eviction_never_fail(make_registry, upstream, seeded):
     def worker(i):
         while time.monotonic() < stop:
             img = images[i % len(images)]
-            p = pull(mirror, img, img.repo)
+            p = pull_problems(mirror, img, img.repo)
             with lock:
                 counts["pulls"] += 1
                 if p:
@@ -185,8 +120,8 @@ def test_upload_purging(make_registry, dryrun):
     updir = os.path.join(reg.rootdir, V2, "repositories", repo, "_uploads", uid)
     assert os.path.isdir(updir)
     if dryrun:
-        assert wait_for(lambda: "would remove upload %s" % uid in reg.log_tail(), timeout=8)
+        assert wait_until(lambda: "would remove upload %s" % uid in reg.log_tail(), timeout=8)
         assert os.path.isdir(updir)
     else:
-        assert wait_for(lambda: not os.path.isdir(updir), timeout=8), reg.log_tail()
+        assert wait_until(lambda: not os.path.isdir(updir), timeout=8), reg.log_tail()
         assert reg.get(loc).status_code == 404

@@ -3,7 +3,6 @@ on copies of one data directory, dry runs, referrers, the instance lock, and SIG
 points (the store still serves every kept image)."""
 
 import fcntl
-import os
 import random
 import re
 import shutil
@@ -13,94 +12,14 @@ import time
 import pytest
 
 import helpers
-from helpers import (DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER,
-                     OCI_MANIFEST, Image, canonical_json, descriptor, get_manifest, image_config,
-                     make_index, pretty_json, push_image, put_manifest_ok, random_bytes, sha256,
-                     unique_repo)
+from helpers import (blob_set, get_manifest, image_of, need_reference, populate, push_image,
+                     random_bytes, run_gc, sha256, unique_repo, write_config)
 
 pytestmark = pytest.mark.regmirror_only("garbage-collect is a command of the regmirror binary")
 
 
-def need_reference():
-    if not os.access(helpers.binary_for("docker-registry"), os.X_OK):
-        pytest.skip("needs docker-registry")
-
-
-def image_of(layers, docker=False, subject=None, artifact_type=None):
-    """An image with the given layer bytes (so images can share layers)."""
-    cfg = image_config(diff_ids=[sha256(l) for l in layers])
-    mt, ct, lt = ((DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER) if docker
-                  else (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER))
-    m = {"schemaVersion": 2, "mediaType": mt, "config": descriptor(ct, cfg),
-         "layers": [descriptor(lt, l) for l in layers]}
-    if subject:
-        m["subject"] = subject
-    if artifact_type:
-        m["artifactType"] = artifact_type
-    blobs = {sha256(cfg): cfg}
-    for l in layers:
-        blobs[sha256(l)] = l
-    return Image(pretty_json(m), mt, blobs, cfg)
-
-
-def blob_set(root):
-    """digest -> size of every blob with data under root."""
-    out = {}
-    for algo in ("sha256", "sha384", "sha512"):
-        base = os.path.join(root, "docker/registry/v2/blobs", algo)
-        for dirpath, _, files in os.walk(base):
-            if "data" in files:
-                out["%s:%s" % (algo, os.path.basename(dirpath))] = os.path.getsize(
-                    os.path.join(dirpath, "data"))
-    return out
-
-
 def du(root):
     return sum(blob_set(root).values())
-
-
-def write_config(path, rootdir, extra=""):
-    with open(path, "w") as f:
-        f.write(helpers.render_config(rootdir, "127.0.0.1:%d" % helpers.free_port(),
-                                      extra_yaml=extra))
-    return path
-
-
-def run_gc(config, *flags, timeout=60):
-    return subprocess.run([helpers.regmirror_bin(), "garbage-collect", *flags, config],
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def populate(reg):
-    """Shared-layer images in two repositories, deleted manifests, a moved tag (untagged
-    revision), an index, a referrer. Returns what must survive each mode."""
-    base = random_bytes(200 * 1024)       # shared by everything below
-    mid = random_bytes(50 * 1024)         # shared by app:1 and app:2
-    a, b = unique_repo("gc-app"), unique_repo("gc-other")
-    app1 = image_of([base, mid, random_bytes(30 * 1024)])
-    app2 = image_of([base, mid, random_bytes(40 * 1024)])
-    app3 = image_of([base, random_bytes(60 * 1024)], docker=True)
-    other = image_of([base, random_bytes(20 * 1024)])
-    gone = image_of([base, random_bytes(70 * 1024)])
-    push_image(reg, a, app1, "1")
-    push_image(reg, a, app2, "2")
-    push_image(reg, a, app3, "3")
-    # moving tag 3 leaves app3 untagged
-    app3b = image_of([base, random_bytes(10 * 1024)], docker=True)
-    push_image(reg, a, app3b, "3")
-    push_image(reg, b, other, "latest")
-    push_image(reg, b, gone, "gone")
-    r = reg.delete("/v2/%s/manifests/%s" % (b, gone.digest))
-    assert r.status_code == 202, r.text
-    kids = [image_of([base, random_bytes(5000)]) for _ in range(2)]
-    for k in kids:
-        push_image(reg, a, k)
-    index, index_mt = make_index(kids)
-    put_manifest_ok(reg, a, "multi", index, index_mt)
-    sig = image_of([random_bytes(300)], subject=app1.desc(), artifact_type="application/x-sig")
-    push_image(reg, a, sig)
-    return {"repo": a, "other": b, "app1": app1, "app2": app2, "app3": app3, "app3b": app3b,
-            "other_img": other, "gone": gone, "kids": kids, "index": index, "sig": sig}
 
 
 def store_from_reference(make_registry, tmp_path):

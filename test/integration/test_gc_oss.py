@@ -24,7 +24,7 @@ import urllib.parse
 import pytest
 
 import helpers
-from test_gc import blob_set, need_reference, populate, run_gc, write_config
+from helpers import blob_set, need_reference, populate, run_gc, write_config
 
 E = helpers.import_emulator()
 

@@ -17,8 +17,8 @@ import pytest
 import requests
 
 import helpers
-from helpers import push_image, start_upload, unique_repo
-from test_eviction import local_image_sharing, pull, wait_for
+from helpers import (local_image_sharing, pull_problems, push_image, start_upload, unique_repo,
+                     wait_until)
 
 E = helpers.import_emulator()
 
@@ -147,21 +147,22 @@ def deletes(emu):
 def test_ttl_eviction_on_oss(oss_registry, emu, upstream, seeded):
     mirror = oss_registry("ttl", extra_yaml=upstream.proxy_yaml(extra="  ttl: 3s\n  push: true\n"))
     alpine = seeded.alpine
-    assert pull(mirror, alpine, alpine.repo) == []
+    assert pull_problems(mirror, alpine, alpine.repo) == []
     assert revision_stored(emu, alpine.repo, alpine.digest)
     # blobs are committed once their fetch ends, which may be just after the client has them
-    assert wait_for(lambda: all(blob_stored(emu, d) for d in alpine.blobs), timeout=2)
+    assert wait_until(lambda: all(blob_stored(emu, d) for d in alpine.blobs), timeout=2)
     shared = alpine.layers[0]
     local_repo = unique_repo("local")
     local = local_image_sharing(shared.data)
     push_image(mirror, local_repo, local, "v1")
-    assert wait_for(lambda: not revision_stored(emu, alpine.repo, alpine.digest), timeout=30), \
+    assert wait_until(lambda: not revision_stored(emu, alpine.repo, alpine.digest), timeout=30), \
         mirror.log_tail()
-    assert wait_for(lambda: not blob_stored(emu, alpine.layers[1].digest), timeout=30), \
+    assert wait_until(lambda: not blob_stored(emu, alpine.layers[1].digest), timeout=30), \
         mirror.log_tail()
     assert not blob_stored(emu, alpine.config.digest)
     assert not blob_stored(emu, alpine.digest)
-    assert wait_for(lambda: "eviction: pass done" in mirror.log_tail(20000)), mirror.log_tail()
+    assert wait_until(lambda: "eviction: pass done" in mirror.log_tail(20000), 20), \
+        mirror.log_tail()
     # the local image and the proxied layer it shares stay
     assert blob_stored(emu, shared.digest)
     g = helpers.get_manifest(mirror, local_repo, "v1")
@@ -170,7 +171,7 @@ def test_ttl_eviction_on_oss(oss_registry, emu, upstream, seeded):
         assert mirror.get("/v2/%s/blobs/%s" % (local_repo, d)).content == data
     # the evicted image comes back from the upstream
     upstream.proxy.reset()
-    assert pull(mirror, alpine, alpine.repo) == []
+    assert pull_problems(mirror, alpine, alpine.repo) == []
     assert upstream.proxy.count(kind="blob", method="GET") >= 1
 
 
@@ -186,7 +187,7 @@ def test_pulls_during_eviction_on_oss(oss_registry, emu, upstream, seeded):
         rnd = random.Random(i)
         while time.monotonic() < stop:
             img = images[i % len(images)]
-            p = pull(mirror, img, img.repo)
+            p = pull_problems(mirror, img, img.repo)
             with lock:
                 counts["pulls"] += 1
                 if p:
@@ -208,12 +209,12 @@ def test_pulls_during_eviction_on_oss(oss_registry, emu, upstream, seeded):
     assert counts["pulls"] >= 8
     assert evicted > 0 and deletes(emu) > 0, log[-3000:]
     # quiet now: the next passes evict everything, and every pull still works afterwards
-    assert wait_for(lambda: not any(revision_stored(emu, im.repo, im.digest) for im in images),
+    assert wait_until(lambda: not any(revision_stored(emu, im.repo, im.digest) for im in images),
                     timeout=30), mirror.log_tail()
-    assert wait_for(lambda: re.search(r"pass done: [1-9]\d* items evicted",
+    assert wait_until(lambda: re.search(r"pass done: [1-9]\d* items evicted",
                                       mirror.log_tail(200000)), timeout=30), mirror.log_tail()
     for img in images:
-        assert pull(mirror, img, img.repo) == []
+        assert pull_problems(mirror, img, img.repo) == []
 
 
 @pytest.mark.parametrize("dryrun", [False, True], ids=["purge", "dryrun"])
@@ -231,11 +232,11 @@ def test_upload_purging_on_oss(oss_registry, emu, dryrun):
 
     assert upload_keys()
     if dryrun:
-        assert wait_for(lambda: "would remove upload %s" % uid in reg.log_tail(), timeout=10)
+        assert wait_until(lambda: "would remove upload %s" % uid in reg.log_tail(), timeout=10)
         assert upload_keys()
     else:
-        assert wait_for(lambda: not upload_keys(), timeout=10), reg.log_tail()
-        assert wait_for(lambda: "removed upload %s of %s" % (uid, repo) in reg.log_tail())
+        assert wait_until(lambda: not upload_keys(), timeout=10), reg.log_tail()
+        assert wait_until(lambda: "removed upload %s of %s" % (uid, repo) in reg.log_tail(), 20)
         assert reg.get(loc).status_code == 404
 
 
@@ -250,7 +251,7 @@ def check_up(reg):
 def test_storage_health_check_on_oss(oss_registry, emu):
     reg = oss_registry("health", extra_yaml=(
         "health:\n  storagedriver:\n    enabled: true\n    interval: 200ms\n    threshold: 2\n"))
-    assert wait_for(lambda: check_up(reg) == 1), reg.log_tail()
+    assert wait_until(lambda: check_up(reg) == 1, 20), reg.log_tail()
     r = requests.get(reg.debug + "/debug/health", timeout=10)
     assert r.status_code == 200 and r.json() == {}
     assert reg.get("/healthz").text == "ok\n"
@@ -266,13 +267,13 @@ def test_storage_health_check_on_oss(oss_registry, emu):
     emu.clear_faults()
     # The bucket answers errors: failing after threshold runs, named in both pages.
     emu.add_fault("*", count=1000000, action="error", status=403, code="AccessDenied")
-    assert wait_for(lambda: reg.get("/healthz").status_code == 503, timeout=20), reg.log_tail()
+    assert wait_until(lambda: reg.get("/healthz").status_code == 503, timeout=20), reg.log_tail()
     r = reg.get("/healthz")
     assert r.text.startswith("unhealthy\nstoragedriver_oss: "), r.text
     r = requests.get(reg.debug + "/debug/health", timeout=10)
     assert r.status_code == 503 and list(r.json()) == ["storagedriver_oss"], r.text
     assert check_up(reg) == 0
     emu.clear_faults()
-    assert wait_for(lambda: reg.get("/healthz").status_code == 200, timeout=20), reg.log_tail()
+    assert wait_until(lambda: reg.get("/healthz").status_code == 200, timeout=20), reg.log_tail()
     assert check_up(reg) == 1
     assert "health: storagedriver_oss passes again" in reg.log_tail(20000)

@@ -28,7 +28,6 @@ import requests
 import helpers
 from helpers import (make_image, read_oci_layout, sha256, start_upload, upload_blob,
                      with_query, write_oci_layout)
-from test_skopeo import sk  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.regmirror_only("regmirror's OSS driver"),
               pytest.mark.oss_only("blobs stored on OSS")]

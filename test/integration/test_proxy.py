@@ -2,8 +2,6 @@
 (docker-registry with token auth behind a counting, fault-injecting proxy)."""
 
 import concurrent.futures
-import hashlib
-import http.client
 import os
 import time
 
@@ -11,10 +9,8 @@ import pytest
 
 import upstream as U
 
-from helpers import (API_VERSION_HEADER, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
-                     assert_error, make_image, push_image, sha256, snapshot)
-
-ACCEPT_ALL = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
+from helpers import (API_VERSION_HEADER, assert_error, blob_files, herd_get, make_image,
+                     pull_image, pull_manifest, push_image, raw_get, snapshot)
 
 pytestmark = pytest.mark.regmirror_only("pull-through with local pushes and counted upstream "
                                         "traffic is regmirror's behaviour")
@@ -31,58 +27,6 @@ def pushing_mirror(make_registry, upstream):
     """The same, accepting pushes (proxy.push)."""
     return make_registry(name="mirror", extra_yaml=upstream.proxy_yaml(username="alice",
                                                                        extra="  push: true\n"))
-
-
-def get_manifest(reg, repo, ref, method="GET", accept=ACCEPT_ALL):
-    return reg.session.request(method, reg.url("/v2/%s/manifests/%s" % (repo, ref)),
-                               headers={"Accept": accept}, timeout=60)
-
-
-def raw_get(reg, path, headers=None, timeout=60):
-    """GET with http.client, which (unlike requests) tells a cut body from a complete one.
-    Returns (status, headers, body, complete)."""
-    conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        try:
-            resp = conn.getresponse()
-        except (http.client.RemoteDisconnected, ConnectionResetError):
-            return 0, {}, b"", False
-        try:
-            body = resp.read()
-            complete = True
-        except http.client.IncompleteRead as e:
-            body = e.partial
-            complete = False
-        return resp.status, dict(resp.getheaders()), body, complete
-    finally:
-        conn.close()
-
-
-def pull_image(reg, img, name=None):
-    """Pulls a seeded image through reg the way dockerd does: HEAD by tag, GET by digest,
-    every blob; checks every byte."""
-    repo = name or img.repo
-    r = get_manifest(reg, repo, img.tag, method="HEAD")
-    assert r.status_code == 200, r.text
-    assert r.headers["Docker-Content-Digest"] == img.digest
-    r = get_manifest(reg, repo, img.digest)
-    assert r.status_code == 200, r.text
-    assert r.content == img.manifest
-    for d, data in img.blobs.items():
-        status, _, body, complete = raw_get(reg, "/v2/%s/blobs/%s" % (repo, d))
-        assert status == 200 and complete and sha256(body) == d
-
-
-def blob_files(root):
-    """digest -> size of every blob committed under a registry root."""
-    out = {}
-    base = os.path.join(root, "docker/registry/v2/blobs/sha256")
-    for dirpath, _, files in os.walk(base):
-        if "data" in files:
-            out["sha256:" + os.path.basename(dirpath)] = os.path.getsize(
-                os.path.join(dirpath, "data"))
-    return out
 
 
 def test_pull_then_cached(mirror, upstream, seeded):
@@ -106,10 +50,10 @@ def test_pull_then_cached(mirror, upstream, seeded):
 def test_tag_freshness_skips_the_check(make_registry, upstream, seeded):
     reg = make_registry(name="fresh", extra_yaml=upstream.proxy_yaml(extra="  tagfreshness: 1h\n"))
     img = seeded.alpine
-    assert get_manifest(reg, img.repo, img.tag).content == img.manifest
+    assert pull_manifest(reg, img.repo, img.tag).content == img.manifest
     upstream.proxy.reset()
     for _ in range(3):
-        assert get_manifest(reg, img.repo, img.tag).content == img.manifest
+        assert pull_manifest(reg, img.repo, img.tag).content == img.manifest
     upstream.proxy.wait_idle()
     assert upstream.proxy.count(kind="manifest") == 0
 
@@ -121,23 +65,23 @@ def test_fresh_tag_follows_local_writes(make_registry, upstream, seeded):
         extra="  tagfreshness: 1h\n  push: true\n  shadow: true\n"))
     img = seeded.alpine
     for _ in range(3):
-        assert get_manifest(reg, img.repo, img.tag).content == img.manifest
+        assert pull_manifest(reg, img.repo, img.tag).content == img.manifest
     local = make_image()
     push_image(reg, img.repo, local, img.tag)
-    assert get_manifest(reg, img.repo, img.tag).content == local.manifest
+    assert pull_manifest(reg, img.repo, img.tag).content == local.manifest
     r = reg.delete("/v2/%s/manifests/%s" % (img.repo, img.tag))
     assert r.status_code == 202, r.text
-    assert get_manifest(reg, img.repo, img.tag).content == img.manifest
+    assert pull_manifest(reg, img.repo, img.tag).content == img.manifest
 
 
 def test_multi_arch(mirror, upstream, seeded):
     for idx in (seeded.multi, seeded.multi_oci):
-        r = get_manifest(mirror, idx.repo, idx.tag)
+        r = pull_manifest(mirror, idx.repo, idx.tag)
         assert r.status_code == 200
         assert r.content == idx.manifest
         assert r.headers["Content-Type"] == idx.media_type
         child = idx.child("arm", "v7")
-        r = get_manifest(mirror, idx.repo, child.digest)
+        r = pull_manifest(mirror, idx.repo, child.digest)
         assert r.content == child.manifest
         for d, data in child.blobs.items():
             status, _, body, complete = raw_get(mirror, "/v2/%s/blobs/%s" % (idx.repo, d))
@@ -148,41 +92,20 @@ def test_private_image_with_mirror_credentials(mirror, make_registry, upstream, 
     img = seeded.secret
     pull_image(mirror, img)
     anon = make_registry(name="anon", extra_yaml=upstream.proxy_yaml())
-    assert_error(get_manifest(anon, img.repo, img.tag), 404, "MANIFEST_UNKNOWN")
+    assert_error(pull_manifest(anon, img.repo, img.tag), 404, "MANIFEST_UNKNOWN")
 
 
 def test_unknown_upstream_names(mirror, upstream):
-    assert_error(get_manifest(mirror, "library/nope", "1"), 404, "MANIFEST_UNKNOWN")
+    assert_error(pull_manifest(mirror, "library/nope", "1"), 404, "MANIFEST_UNKNOWN")
     missing = "sha256:" + "0" * 64
     r = mirror.session.get(mirror.url("/v2/library/alpine/blobs/" + missing), timeout=30)
     assert_error(r, 404, "BLOB_UNKNOWN")
 
 
-def herd_get(mirror, repo, digest, clients):
-    """clients concurrent GETs of one blob: (status, bytes, sha256 digest) of each body."""
-    def one(_):
-        h = hashlib.sha256()
-        conn = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=120)
-        conn.request("GET", "/v2/%s/blobs/%s" % (repo, digest))
-        resp = conn.getresponse()
-        n = 0
-        while True:
-            chunk = resp.read(1 << 20)
-            if not chunk:
-                break
-            h.update(chunk)
-            n += len(chunk)
-        conn.close()
-        return resp.status, n, "sha256:" + h.hexdigest()
-
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(one, range(clients)))
-
-
 def test_herd_one_upstream_fetch(mirror, upstream, seeded):
     img = seeded.big
     layer = img.layers[0]
-    assert get_manifest(mirror, img.repo, img.tag).status_code == 200
+    assert pull_manifest(mirror, img.repo, img.tag).status_code == 200
     upstream.proxy.reset()
     upstream.proxy.throttle(40 * 1024 * 1024)  # long enough for every client to join
 
@@ -220,7 +143,7 @@ def test_bad_upstream_bytes_never_cached(mirror, upstream, seeded, fault):
     img = seeded.alpine
     layer = img.layers[1]
     # The manifest first: the mirror then holds a token, so the fault hits the blob itself.
-    assert get_manifest(mirror, img.repo, img.tag).status_code == 200
+    assert pull_manifest(mirror, img.repo, img.tag).status_code == 200
     if fault == "cut":
         upstream.proxy.cut_after(layer.size // 2)
     else:
@@ -242,7 +165,7 @@ def test_upstream_down_serves_cache(mirror, upstream, seeded):
     upstream.proxy.down()
     try:
         pull_image(mirror, img)
-        assert_error(get_manifest(mirror, "library/other", "1"), 503, "UNAVAILABLE")
+        assert_error(pull_manifest(mirror, "library/other", "1"), 503, "UNAVAILABLE")
     finally:
         upstream.proxy.up()
 
@@ -252,7 +175,7 @@ def test_token_server_down(mirror, upstream, seeded):
     pull_image(mirror, img)
     upstream.token.stop()
     pull_image(mirror, img)  # served from the cache; the tag check fails over to it
-    r = get_manifest(mirror, seeded.multi.repo, seeded.multi.tag)
+    r = pull_manifest(mirror, seeded.multi.repo, seeded.multi.tag)
     # A keep-alive connection to the stopped token server may still answer; either the right
     # manifest or a clean error.
     if r.status_code == 200:
@@ -264,7 +187,7 @@ def test_token_server_down(mirror, upstream, seeded):
 
 def test_429_passed_on_with_retry_after(mirror, upstream, seeded):
     upstream.proxy.fail(429, count=5, retry_after=17)
-    r = get_manifest(mirror, seeded.alpine.repo, seeded.alpine.tag)
+    r = pull_manifest(mirror, seeded.alpine.repo, seeded.alpine.tag)
     assert_error(r, 429, "TOOMANYREQUESTS")
     assert r.headers.get("Retry-After") == "17"
 
@@ -281,10 +204,10 @@ def test_local_push_next_to_proxied(pushing_mirror, upstream, seeded):
     img = make_image()
     push_image(mirror, seeded.alpine.repo, img, seeded.alpine.tag)
     for _ in range(2):
-        r = get_manifest(mirror, seeded.alpine.repo, seeded.alpine.tag)
+        r = pull_manifest(mirror, seeded.alpine.repo, seeded.alpine.tag)
         assert r.content == img.manifest
     push_image(mirror, "local/only", img, "v1")
-    assert get_manifest(mirror, "local/only", "v1").content == img.manifest
+    assert pull_manifest(mirror, "local/only", "v1").content == img.manifest
     upstream.proxy.wait_idle()
     assert upstream.proxy.count(kind="manifest", ref=seeded.alpine.tag) == 0
 
@@ -293,11 +216,11 @@ def test_tag_moved_upstream(mirror, upstream, seeded):
     repo = "library/moving"
     first = U.build_image([[("/v", os.urandom(2048), 0o644)]], label="first")
     upstream.push(repo, first, ["v"])
-    assert get_manifest(mirror, repo, "v").content == first.manifest
+    assert pull_manifest(mirror, repo, "v").content == first.manifest
     second = U.build_image([[("/v", os.urandom(4096), 0o644)]], label="second")
     upstream.push(repo, second, ["v"])
     upstream.proxy.reset()
-    assert get_manifest(mirror, repo, "v").content == second.manifest
+    assert pull_manifest(mirror, repo, "v").content == second.manifest
     upstream.proxy.wait_idle()
     assert upstream.proxy.count(kind="manifest", method="HEAD") == 1
     assert upstream.proxy.count(kind="manifest", method="GET") == 1
@@ -305,11 +228,11 @@ def test_tag_moved_upstream(mirror, upstream, seeded):
 
 def test_concurrent_tag_checks_share_one_request(mirror, upstream, seeded):
     img = seeded.alpine
-    assert get_manifest(mirror, img.repo, img.tag).status_code == 200
+    assert pull_manifest(mirror, img.repo, img.tag).status_code == 200
     upstream.proxy.reset()
     upstream.proxy.stall(0.5, kinds=["manifest"], count=1)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        rs = list(pool.map(lambda _: get_manifest(mirror, img.repo, img.tag), range(8)))
+        rs = list(pool.map(lambda _: pull_manifest(mirror, img.repo, img.tag), range(8)))
     assert all(r.content == img.manifest for r in rs)
     upstream.proxy.wait_idle()
     assert upstream.proxy.count(kind="manifest") == 1
@@ -324,7 +247,7 @@ def test_catalog_lists_cached(mirror, upstream, seeded):
 
 
 def test_no_partial_files_after_faults(mirror, upstream, seeded):
-    assert get_manifest(mirror, seeded.alpine.repo, seeded.alpine.tag).status_code == 200
+    assert pull_manifest(mirror, seeded.alpine.repo, seeded.alpine.tag).status_code == 200
     upstream.proxy.cut_after(1000, count=3)
     for layer in seeded.alpine.layers:
         raw_get(mirror, "/v2/%s/blobs/%s" % (seeded.alpine.repo, layer.digest))
@@ -345,7 +268,7 @@ def test_pull_records_for_ttl(pushing_mirror, upstream, seeded):
     assert set(img.blobs) | {img.digest} <= recorded
     local = make_image()
     push_image(mirror, "local/thing", local, "v1")
-    assert get_manifest(mirror, "local/thing", "v1").status_code == 200
+    assert pull_manifest(mirror, "local/thing", "v1").status_code == 200
     assert not os.path.exists(os.path.join(mirror.rootdir, "docker/registry/v2/repositories",
                                            "local/thing", "_proxy"))
 
@@ -355,7 +278,7 @@ def test_expiring_tokens_are_renewed(mirror, upstream, seeded):
     again; no pull fails on a stale token."""
     upstream.token.configure(lifetime=2)
     img = seeded.alpine
-    assert get_manifest(mirror, img.repo, img.tag).status_code == 200
+    assert pull_manifest(mirror, img.repo, img.tag).status_code == 200
     issued = upstream.token.stats()["issued"]
     time.sleep(3)
     pull_image(mirror, img)

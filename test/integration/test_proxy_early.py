@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from helpers import API_VERSION_HEADER, error_codes
-from test_proxy import blob_files, get_manifest, raw_get
+from helpers import API_VERSION_HEADER, blob_files, pull_manifest, raw_get
 
 pytestmark = pytest.mark.regmirror_only("pull-through fault answers are regmirror's behaviour")
 
@@ -54,7 +53,7 @@ def expect_early_error(reg, repo, blob, status, code):
 def test_fast_blob_fault_answers_502(mirror, upstream, seeded, fault):
     img = seeded.alpine
     blob = img.config
-    assert get_manifest(mirror, img.repo, img.tag).status_code == 200
+    assert pull_manifest(mirror, img.repo, img.tag).status_code == 200
     if fault == "corrupt":
         upstream.proxy.corrupt(whole=True, path=blob.digest)
     else:
@@ -96,7 +95,7 @@ def test_store_full_answers_503(make_registry, upstream, seeded, tmp_path):
         reg = make_registry(name="mirror-full", rootdir=root, storage="fs",
                             extra_yaml=upstream.proxy_yaml(username="alice"))
         child = seeded.multi.children[0]
-        assert get_manifest(reg, seeded.multi.repo, child.digest).status_code == 200
+        assert pull_manifest(reg, seeded.multi.repo, child.digest).status_code == 200
         layer = child.layers[0]
         assert len(layer.data) > 16384
         # room for the upload's own small files, none for the blob's first bytes

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 import helpers
-from test_proxy import get_manifest, herd_get, pull_image, raw_get
+from helpers import herd_get, pull_image, pull_manifest, raw_get
 
 E = helpers.import_emulator()
 
@@ -204,7 +204,7 @@ def test_pull_through_then_from_the_bucket(mirror, emu, upstream, seeded):
 def test_herd_one_upstream_fetch(mirror, emu, upstream, seeded):
     img = seeded.big
     layer = img.layers[0]
-    assert get_manifest(mirror, img.repo, img.tag).status_code == 200
+    assert pull_manifest(mirror, img.repo, img.tag).status_code == 200
     upstream.proxy.reset()
     upstream.proxy.throttle(40 * 1024 * 1024)  # long enough for every client to join
 
@@ -243,7 +243,7 @@ def test_blob_of_another_repository_is_linked(mirror, emu, upstream, seeded):
     other = helpers.unique_repo()
     upstream.push(other, copy.copy(img), ["v"])
     upstream.proxy.reset()
-    assert get_manifest(mirror, other, "v").content == img.manifest
+    assert pull_manifest(mirror, other, "v").content == img.manifest
     for d, data in img.blobs.items():
         status, _, body, complete = raw_get(mirror, "/v2/%s/blobs/%s" % (other, d))
         assert status == 200 and complete and body == data
@@ -256,7 +256,7 @@ def test_blob_of_another_repository_is_linked(mirror, emu, upstream, seeded):
 def test_bad_upstream_bytes_never_stored(mirror, emu, upstream, seeded, fault):
     img = seeded.alpine
     layer = img.layers[1]
-    assert get_manifest(mirror, img.repo, img.tag).status_code == 200
+    assert pull_manifest(mirror, img.repo, img.tag).status_code == 200
     if fault == "cut":
         upstream.proxy.cut_after(layer.size // 2)
     else:
@@ -292,7 +292,7 @@ def test_shutdown_while_importing(oss_mirror, emu, upstream, seeded):
     fixture checks the status and the sanitizer reports)."""
     m = oss_mirror()
     img = seeded.big
-    assert get_manifest(m, img.repo, img.tag).status_code == 200
+    assert pull_manifest(m, img.repo, img.tag).status_code == 200
     layer = img.layers[0]
     status, _, body, complete = raw_get(m, "/v2/%s/blobs/%s" % (img.repo, layer.digest))
     assert status == 200 and complete and sha_ok(body, layer.digest)
@@ -307,7 +307,7 @@ def test_shutdown_mid_flight(oss_mirror, emu, upstream, seeded):
     """SIGTERM with lookups queued, a fetch streaming and clients attached: a clean exit."""
     m = oss_mirror()
     img = seeded.big
-    assert get_manifest(m, img.repo, img.tag).status_code == 200
+    assert pull_manifest(m, img.repo, img.tag).status_code == 200
     upstream.proxy.throttle(20 * 1024 * 1024)
     paths = ["/v2/%s/blobs/%s" % (img.repo, img.layers[0].digest)] * 6
     paths += ["/v2/%s/blobs/%s" % (seeded.alpine.repo, d) for d in seeded.alpine.blobs]
