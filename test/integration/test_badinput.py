@@ -142,30 +142,47 @@ def test_bad_content_range(populated, crange):
     loc = abs_location(reg, r)
     with unchanged(reg, ignore_uploads=True):
         r = reg.patch(loc, data=b"b" * 500, headers={"Content-Range": crange})
-        assert r.status_code in (400, 416), (crange, r.status_code, r.text)
+        assert r.status_code == 416, (crange, r.status_code, r.text)
     s = reg.get(loc)
     assert s.status_code == 204 and s.headers.get("Range") == "0-99"
 
 
-@pytest.mark.parametrize("rng", ["bytes=abc", "bytes=10-5", "lines=0-5", "bytes=0-1,3-4x",
-                                 "bytes=99999999999999999999999-"])
-def test_bad_range_header(populated, rng):
+# What regmirror answers: a Range it cannot parse is ignored (the whole blob), one past the end
+# is 416. distribution 2.8 answers 416 to every one of them (checked loosely).
+BAD_RANGES = {"bytes=abc": 200, "bytes=10-5": 200, "lines=0-5": 200, "bytes=0-1,3-4x": 200,
+              "bytes=99999999999999999999999-": 416}
+
+
+@pytest.mark.parametrize("rng", list(BAD_RANGES))
+def test_bad_range_header(populated, is_reference, rng):
     reg, repo, img = populated
     d = [k for k in img.blobs if img.blobs[k] is not img.config][0]
     with unchanged(reg):
         r = reg.get("/v2/%s/blobs/%s" % (repo, d), headers={"Range": rng})
-        assert r.status_code in (200, 206, 416), (rng, r.status_code)
+        if is_reference:
+            assert r.status_code in (200, 206, 416), (rng, r.status_code)
+        else:
+            assert r.status_code == BAD_RANGES[rng], (rng, r.status_code)
         if r.status_code == 200:
             assert r.content == img.blobs[d]
 
 
-@pytest.mark.parametrize("q", ["n=abc", "n=-1", "n=99999999999999999999999", "last=%00", "n="])
-def test_bad_pagination(populated, q):
+# What regmirror answers: a count that is not a non-negative number is 400, an empty one or an
+# odd `last` is ignored. distribution 2.8 answers 200 to all (checked loosely).
+BAD_PAGINATION = {"n=abc": 400, "n=-1": 400, "n=99999999999999999999999": 400, "last=%00": 200,
+                  "n=": 200}
+
+
+@pytest.mark.parametrize("q", list(BAD_PAGINATION))
+def test_bad_pagination(populated, is_reference, q):
     reg, repo, _ = populated
     with unchanged(reg):
         for path in ("/v2/%s/tags/list?%s" % (repo, q), "/v2/_catalog?%s" % q):
             r = reg.get(path)
-            assert r.status_code in (200, 400), (path, r.status_code)
+            if is_reference:
+                assert r.status_code in (200, 400), (path, r.status_code)
+            else:
+                assert r.status_code == BAD_PAGINATION[q], (path, r.status_code)
             if r.status_code == 400:
                 assert error_codes(r)
 
@@ -271,20 +288,23 @@ def _send_big_header(reg, size):
 
 
 def test_header_100k(reg, is_reference):
-    """regmirror caps the header block (64 KiB) and answers 431 (or 400);
+    """regmirror caps the header block (64 KiB) and answers 431;
     distribution 2.8 allows 1 MiB and serves this request (checked, not required)."""
     with unchanged(reg):
         status = _send_big_header(reg, 100 * 1024)
         if is_reference:
             assert status in (200, 400, 431)
         else:
-            assert status in (400, 431), status
+            assert status == 431, status
 
 
-def test_header_2m(reg):
+def test_header_2m(reg, is_reference):
     with unchanged(reg):
         status = _send_big_header(reg, 2 * 1024 * 1024)
-        assert status in (400, 431), status
+        if is_reference:
+            assert status in (400, 431), status
+        else:
+            assert status == 431, status
 
 
 @pytest.mark.reference_deviation("a 40 KB repository name answers 500 UNKNOWN")
@@ -295,7 +315,7 @@ def test_long_url(reg):
         assert 400 <= status < 500, status
 
 
-def test_many_headers(reg):
+def test_many_headers(reg, is_reference):
     with unchanged(reg):
         hdrs = b"".join(b"X-H%d: v\r\n" % i for i in range(5000))
         try:
@@ -303,15 +323,24 @@ def test_many_headers(reg):
                                        b"Connection: close\r\n\r\n")
         except ConnectionError as e:
             pytest.fail("no answer: %s" % e)
-        assert status in (200, 400, 431)
+        if is_reference:
+            assert status in (200, 400, 431)
+        else:
+            assert status == 431, status
 
 
-def test_unsupported_method(reg, repo):
+def test_unsupported_method(reg, repo, is_reference):
+    """regmirror answers 400 to a method HTTP does not know (the parser rejects it) and 405 to a
+    known one the route does not take; distribution 2.8 answers 405 to both (checked loosely)."""
     with unchanged(reg):
         r = repo.encode()
-        for method in (b"BREW /v2/%s/tags/list" % r, b"PATCH /v2/%s/tags/list" % r,
-                       b"POST /v2/%s/manifests/x" % r, b"PATCH /v2/%s/blobs/%s" % (
-                           r, sha256(b"x").encode())):
+        for method, want in ((b"BREW /v2/%s/tags/list" % r, 400),
+                             (b"PATCH /v2/%s/tags/list" % r, 405),
+                             (b"POST /v2/%s/manifests/x" % r, 405),
+                             (b"PATCH /v2/%s/blobs/%s" % (r, sha256(b"x").encode()), 405)):
             status, headers, _ = raw_request(reg, method + b" HTTP/1.1\r\nHost: a\r\n"
                                              b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-            assert status in (400, 404, 405, 501), (method, status)
+            if is_reference:
+                assert status in (400, 404, 405, 501), (method, status)
+            else:
+                assert status == want, (method, status)
