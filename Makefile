@@ -52,7 +52,7 @@ $(eval $(call variant,debug))
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
 
 .DEFAULT_GOAL := release
-.PHONY: release asan debug deps run test unit integration integration-fs integration-oss fuzz fuzz-smoke bench format lint clean
+.PHONY: release asan debug deps run test unit integration integration-fs integration-oss fuzz fuzz-smoke bench format format-check lint hygiene clean
 .SECONDARY:
 
 deps:
@@ -118,9 +118,15 @@ bench: deps release
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
+format-check:
+	clang-format --dry-run -Werror $$(git ls-files '*.c' '*.h')
+
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr $(INC) common mirror
 	clang-tidy --quiet $$(git ls-files 'common/*.c' 'mirror/*.c') -- $(WARN) $(INC) $(PKG_CFLAGS)
+
+hygiene:
+	@bash scripts/hygiene.sh
 
 clean:
 	rm -rf $(B)
