@@ -72,6 +72,49 @@ void api_json(const struct api *api, struct http_req *req, int status, json_t *b
  */
 char *api_url(const struct api *api, struct http_req *req, const char *path);
 
+/*
+ * Blob and manifest answers (api_answer.c): their status line and headers are written here
+ * and nowhere else, whatever the source of the bytes (the store, an in-flight fetch's spool,
+ * an upstream HEAD). The caller then sends the body.
+ */
+/* The part of a blob an answer carries: len bytes from start; len -1 while the size is not
+ * known (an in-flight fetch the upstream gave no length: the whole blob, to its end). */
+struct api_span {
+    uint64_t start;
+    int64_t len;
+    bool partial; /* 206 for the Range asked */
+};
+/* The span the request's Range asks of a blob of size bytes (-1: not known yet, then the
+ * Range is ignored). false: the Range cannot be satisfied (answer api_blob_unsatisfiable). */
+bool api_blob_span(struct http_req *req, int64_t size, struct api_span *span);
+/* The complete 416 answer, its Content-Range naming the size. */
+void api_blob_unsatisfiable(const struct api *api, struct http_req *req, int64_t size);
+/* Starts a blob's 200 or 206: Content-Type, Docker-Content-Digest, ETag, Accept-Ranges,
+ * Cache-Control and Content-Range; the body call that follows sets Content-Length. */
+void api_blob_start(const struct api *api, struct http_req *req, const struct digest *d,
+                    int64_t size, const struct api_span *span);
+/* The complete 307 to a remote store's signed url. */
+void api_blob_redirect(const struct api *api, struct http_req *req, const struct digest *d,
+                       const char *url);
+/* Answers 304 when If-None-Match names d; false (nothing sent) otherwise. */
+bool api_manifest_not_modified(const struct api *api, struct http_req *req, const struct digest *d);
+/* The complete 200 of m (no body for a HEAD). */
+void api_manifest_answer(const struct api *api, struct http_req *req,
+                         const struct registry_manifest *m);
+
+/*
+ * Serving from the store, also what the proxy calls once the store holds what it should
+ * serve. api_manifest_serve: resolved, when not NULL, is the digest rt->ref was resolved to
+ * in the store just now (registry_manifest_get_resolved), so it need not be looked up again.
+ * api_blob_serve: linked_size, when >= 0, is the size of the blob just found linked in
+ * rt->name, so it need not be looked up again; fd, when >= 0, is its data, opened by that
+ * lookup for a GET from local storage (registry_blob_open), owned from here on.
+ */
+void api_manifest_serve(const struct api *api, struct http_req *req, const struct api_route *rt,
+                        const struct digest *resolved);
+void api_blob_serve(const struct api *api, struct http_req *req, const struct api_route *rt,
+                    int64_t linked_size, int fd);
+
 void api_base(const struct api *api, struct http_req *req, const struct api_route *rt);
 void api_catalog(const struct api *api, struct http_req *req, const struct api_route *rt);
 void api_tags(const struct api *api, struct http_req *req, const struct api_route *rt);

@@ -1,7 +1,6 @@
 /* /v2/<name>/blobs/<digest>: GET (with a single Range), HEAD, DELETE. */
 #include "api.h"
 
-#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,10 +215,7 @@ static bool redirect_blob(const struct api *api, struct http_req *req, const str
         registry_blob_url(api->reg, d, REDIRECT_EXPIRY_S, &url) != REG_OK)
         return false;
     notify_blob(api, req, NOTIFY_PULL, rt->name, d, (int64_t)size, NULL);
-    api_start(api, req, 307);
-    http_resp_header(req, "Location", url);
-    http_resp_header(req, "Docker-Content-Digest", rt->ref);
-    http_resp_no_body(req, 0);
+    api_blob_redirect(api, req, d, url);
     free(url);
     return true;
 }
@@ -242,48 +238,24 @@ static void answer_blob(const struct api *api, struct http_req *req, const struc
     }
     if (!head && fd < 0 && redirect_blob(api, req, rt, &d, size))
         return;
-    uint64_t start = 0, end = size ? size - 1 : 0;
-    int status = 200;
-    const char *range = http_req_header(req, "Range");
-    if (range) {
-        switch (reference_parse_range(range, size, &start, &end)) {
-        case REFERENCE_RANGE_OK:
-            status = 206;
-            break;
-        case REFERENCE_RANGE_UNSATISFIABLE:
-            if (fd >= 0)
-                close(fd);
-            char cr[64];
-            snprintf(cr, sizeof(cr), "bytes */%" PRIu64, size);
-            const char *hdrs[] = {"Content-Range", cr, NULL};
-            api_error_headers(api, req, REG_ERR_RANGE_INVALID, range, hdrs);
-            return;
-        case REFERENCE_RANGE_IGNORE:
-            break;
-        }
-    }
-    uint64_t len = size ? end - start + 1 : 0;
-    char etag[API_REF_MAX + 2];
-    snprintf(etag, sizeof(etag), "\"%s\"", rt->ref);
-    api_start(api, req, status);
-    http_resp_header(req, "Content-Type", "application/octet-stream");
-    http_resp_header(req, "Docker-Content-Digest", rt->ref);
-    http_resp_header(req, "ETag", etag);
-    http_resp_header(req, "Accept-Ranges", "bytes");
-    http_resp_header(req, "Cache-Control", "max-age=31536000");
-    if (status == 206)
-        http_resp_headerf(req, "Content-Range", "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, start,
-                          end, size);
-    if (head) {
-        http_resp_no_body(req, (int64_t)len);
+    struct api_span span;
+    if (!api_blob_span(req, (int64_t)size, &span)) {
+        if (fd >= 0)
+            close(fd);
+        api_blob_unsatisfiable(api, req, (int64_t)size);
         return;
     }
-    metrics_add(METRICS_BYTES_FROM_CACHE, len);
+    api_blob_start(api, req, &d, (int64_t)size, &span);
+    if (head) {
+        http_resp_no_body(req, span.len);
+        return;
+    }
+    metrics_add(METRICS_BYTES_FROM_CACHE, (uint64_t)span.len);
     notify_blob(api, req, NOTIFY_PULL, rt->name, &d, (int64_t)size, NULL);
     if (fd >= 0)
-        http_resp_body_file(req, fd, (off_t)start, (off_t)len);
+        http_resp_body_file(req, fd, (off_t)span.start, (off_t)span.len);
     else
-        stream_blob(api, req, &d, start, len);
+        stream_blob(api, req, &d, span.start, (uint64_t)span.len);
 }
 
 /* A blob looked up in storage off the loop: its size, and for a local GET its open file. */
@@ -320,11 +292,10 @@ static void lookup_done(void *arg, struct http_req *req)
     free(j);
 }
 
-/* linked_size: the blob's size when the caller has just found it linked in rt->name, else -1
- * (then it is looked up). A HEAD needs no more than that; a GET opens the data, unless the
- * caller has: fd >= 0 (a GET only), owned from here on. */
-static void serve_blob(const struct api *api, struct http_req *req, const struct api_route *rt,
-                       int64_t linked_size, int fd)
+/* Without linked_size the blob is looked up. A HEAD needs no more than its size; a GET opens
+ * the data, unless the caller has (fd >= 0, a GET only). */
+void api_blob_serve(const struct api *api, struct http_req *req, const struct api_route *rt,
+                    int64_t linked_size, int fd)
 {
     bool head = http_req_method(req) == HTTP_HEAD;
     bool local = offload_inline(api->offload);
@@ -408,11 +379,11 @@ static void get_blob(const struct api *api, struct http_req *req, const struct a
         proxy_blob_hit(api->proxy, rt->name, &d);
     }
     if (size >= 0)
-        serve_blob(api, req, rt, size, -1);
+        api_blob_serve(api, req, rt, size, -1);
     else if (api->proxy)
-        proxy_blob(api->proxy, api, req, rt, serve_blob);
+        proxy_blob(api->proxy, api, req, rt);
     else
-        serve_blob(api, req, rt, -1, -1);
+        api_blob_serve(api, req, rt, -1, -1);
 }
 
 /* A HEAD waiting for the blob-descriptor cache. */

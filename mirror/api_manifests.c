@@ -118,35 +118,18 @@ static void get_done(void *arg, struct http_req *req)
             goto out;
         }
     }
-    char ds[DIGEST_STR_MAX], etag[DIGEST_STR_MAX + 2];
-    digest_str(&m->digest, ds);
-    snprintf(etag, sizeof(etag), "\"%s\"", ds);
-    const char *inm = http_req_header(req, "If-None-Match");
-    if (inm && (strcmp(inm, etag) == 0 || strcmp(inm, ds) == 0)) {
-        api_start(api, req, 304);
-        http_resp_header(req, "Docker-Content-Digest", ds);
-        http_resp_header(req, "ETag", etag);
-        http_resp_no_body(req, -1);
+    if (api_manifest_not_modified(api, req, &m->digest))
         goto out;
-    }
     notify_manifest(api, req, NOTIFY_PULL, j->rt.name, j->rt.ref, &m->digest, m->media_type,
                     m->body, m->len);
-    api_start(api, req, 200);
-    http_resp_header(req, "Content-Type", m->media_type);
-    http_resp_header(req, "Docker-Content-Digest", ds);
-    http_resp_header(req, "ETag", etag);
-    if (http_req_method(req) == HTTP_HEAD)
-        http_resp_no_body(req, (int64_t)m->len);
-    else
-        http_resp_body_mem(req, m->body, m->len);
+    api_manifest_answer(api, req, m);
 out:
     registry_manifest_release(m);
     free(j);
 }
 
-/* resolved: the digest rt->ref stands for, when the caller has just looked it up; or NULL. */
-static void serve_manifest(const struct api *api, struct http_req *req, const struct api_route *rt,
-                           const struct digest *resolved)
+void api_manifest_serve(const struct api *api, struct http_req *req, const struct api_route *rt,
+                        const struct digest *resolved)
 {
     struct get_job *j = calloc(1, sizeof(*j));
     if (!j) {
@@ -346,9 +329,9 @@ void api_manifest(const struct api *api, struct http_req *req, const struct api_
     case HTTP_GET:
     case HTTP_HEAD:
         if (api->proxy)
-            proxy_manifest(api->proxy, api, req, rt, serve_manifest);
+            proxy_manifest(api->proxy, api, req, rt);
         else
-            serve_manifest(api, req, rt, NULL);
+            api_manifest_serve(api, req, rt, NULL);
         break;
     case HTTP_PUT:
         put_manifest(api, req, rt);

@@ -3,6 +3,47 @@
 /*
  * proxy: the pull-through cache. When proxy.remoteurl is set, manifest and blob pulls that
  * the local store cannot answer are fetched from the upstream, verified, stored, and served.
+ * proxy.c decides where a request goes (which upstream, the local name, the fetch cap);
+ * proxy_manifest.c and proxy_blob.c run the exchanges. The proxy decides where the bytes come
+ * from; the status line and headers of every answer are written by the API (api.h:
+ * api_blob_start, api_manifest_answer and the api_*_serve functions it calls back).
+ *
+ * A cold blob GET, step by step:
+ *   1. server.c on_request: auth, api_route_parse, write policy; api_blob (api_blobs.c)
+ *      sees a proxy and calls proxy_blob.
+ *   2. proxy_blob: proxy_begin picks the upstream from ?ns= and the local name (pick_target);
+ *      blookup_work asks the store (registry_blob_open on the filesystem, inline; stat off the
+ *      loop on OSS). blookup_finish: linked -> api_blob_serve, done; stored for another
+ *      repository -> blob_head (an upstream HEAD, then a link job); absent -> blob_fetch.
+ *   3. blob_fetch: a fetch of that digest in px->bfetches is joined (a breader on it, late
+ *      joiners read from the start); else a new bfetch takes a slot of proxy.maxfetches
+ *      (proxy_slot_acquire; queued up to proxy.fetchqueuetimeout, then 503).
+ *   4. bfetch_go: an upload session is the spool (registry_upload_start/open/reader, in the
+ *      proxy's own spool registry on OSS), then upstream_fetch GET (upstream.c: challenge,
+ *      token for repository:<name>:pull, retries, redirects).
+ *   5. b_on_response: the length is known; every reader's reader_begin asks api_blob_span and
+ *      api_blob_start for its status and headers and starts its stream. b_on_data writes the
+ *      spool (hashed as it fills) and bfetch_pump_all moves spool bytes to every reader
+ *      (reader_pump, at most PUMP_HIGH queued a connection).
+ *   6. b_on_done: the digest matched -> registry_upload_commit (the blob is stored; on OSS
+ *      bfetch_import stores it off the loop while readers go on from the spool), readers end
+ *      their responses; a mismatch or a cut commits nothing and cuts every reader short
+ *      (http_resp_retract turns an answer that has not left yet into an error).
+ *
+ * A tag GET (or HEAD), step by step:
+ *   1. api_manifest (api_manifests.c) calls proxy_manifest; proxy_begin as above.
+ *   2. A proxied tag resolved fresh a moment ago is answered from memory (tagmemo_find) via
+ *      api_manifest_serve. Else mlookup_work resolves the tag in the store and reads its
+ *      marker (registry_proxy_tag_checked).
+ *   3. mlookup_finish: a pushed tag (no marker), or a proxied one younger than
+ *      proxy.tagfreshness -> api_manifest_serve. Else manifest_join: one mfetch per
+ *      reference; with a cached copy it starts as an upstream HEAD (the re-check).
+ *   4. m_on_done: the HEAD's digest is the cached one -> mfetch_job touches the marker;
+ *      changed -> a GET by digest; mfetch_store checks the digest and parses the manifest,
+ *      then the job stores and tags it (registry_manifest_store, registry_proxy_tag_set).
+ *   5. mfetch_done -> mfetch_finish: every waiter is served from the store
+ *      (api_manifest_serve); when the upstream failed, the cached manifest if there is one,
+ *      else the error.
  *
  *  - Manifests by digest are immutable once cached. A tag fetched from the upstream carries
  *    a marker (registry_proxy_tag_*); on a pull it is re-checked with an upstream HEAD unless
@@ -22,9 +63,10 @@
  *  - containerd's ?ns=<host> picks the upstream from proxy.remotes; no ns, or docker.io, the
  *    main one.
  *
- * The proxy borrows base, reg and cfg; they outlive it. Its storage work runs as offload
- * jobs (their done continues on the loop). proxy_free cuts what is in flight; a proxy with
- * jobs still queued is freed by the last one's done (offload_free, after proxy_free).
+ * Lifetimes: the proxy and every exchange it shares (a blob fetch, a manifest fetch, a blob
+ * HEAD) are refcounted, with one dispose function each: an offload job, a reader or a
+ * running upstream request holds a reference. The proxy borrows base, reg and cfg; they
+ * outlive it. proxy_free cuts what is in flight; the last job's done frees the proxy.
  */
 #include <stdbool.h>
 
@@ -43,25 +85,14 @@ struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struc
                         struct httpc *hc, struct offload *ol);
 void proxy_free(struct proxy *px);
 
-/*
- * Answers a manifest GET/HEAD. serve_local is how the API answers from the store once the
- * proxy made sure the store holds what should be served; resolved, when not NULL, is the
- * digest rt->ref was resolved to in the store just now (registry_manifest_get_resolved), so
- * it need not be looked up again.
- */
-typedef void (*proxy_manifest_serve_fn)(const struct api *api, struct http_req *req,
-                                        const struct api_route *rt, const struct digest *resolved);
+/* Answers a manifest GET/HEAD: from the store once it holds what should be served
+ * (api_manifest_serve), else from the upstream's answer. */
 void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *req,
-                    const struct api_route *rt, proxy_manifest_serve_fn serve_local);
-/* serve_local for blobs; linked_size, when >= 0, is the size of the blob the proxy has just
- * found linked in rt->name, so it need not be looked up again; fd, when >= 0, is its data,
- * opened by that lookup for a GET from local storage (registry_blob_open): serve_local owns
- * it. */
-typedef void (*proxy_blob_serve_fn)(const struct api *api, struct http_req *req,
-                                    const struct api_route *rt, int64_t linked_size, int fd);
-/* Answers a blob GET/HEAD that the store could not answer for rt->name. */
+                    const struct api_route *rt);
+/* Answers a blob GET/HEAD that the store could not answer for rt->name: from the store once
+ * linked (api_blob_serve), from the spool of the fetch in flight, or from an upstream HEAD. */
 void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
-                const struct api_route *rt, proxy_blob_serve_fn serve_local);
+                const struct api_route *rt);
 
 /*
  * Whether d is in flight: a blob fetched from an upstream (not committed yet) or looked up

@@ -1,0 +1,832 @@
+/* Blob pulls: HEADs, linking a blob stored for another repository, and one upstream fetch
+ * per digest that every client reads from the spool as it fills. */
+#include "proxy_int.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cache.h"
+#include "httpc.h"
+#include "layout.h"
+#include "log.h"
+#include "metrics.h"
+#include "notify.h"
+#include "offload.h"
+#include "reference.h"
+#include "spools.h"
+
+/* A reader queues at most this much of the spool in its connection's output at a time. */
+#define PUMP_HIGH (1024 * 1024)
+
+/* ---- blobs: HEAD, and GET of a blob stored for another repository ---- */
+
+struct bhead {
+    struct bhead *next;
+    struct proxy *px;
+    struct client c;
+    struct remote *rm;
+    struct digest d;
+    struct upstream_req *ureq;
+    struct slot slot;
+    /* -1: the upstream's Content-Length is missing or unreadable */
+    int64_t size;
+    bool linked; /* the link job's result */
+    /* The request's side (until bhead_finish) and the link job's, which holds the request's
+     * abort callback while it runs. */
+    unsigned refs;
+};
+
+static void blob_fetch(struct proxy *px, const struct target *t, struct client *c,
+                       const struct digest *d);
+static void bhead_work(void *arg);
+static void bhead_done(void *arg, struct http_req *req);
+
+static void bhead_unref(struct bhead *b)
+{
+    if (--b->refs == 0)
+        free(b);
+}
+
+/* Leaves the table (proxy_busy no longer sees it) and drops the request side's reference. */
+static void bhead_finish(struct bhead *b)
+{
+    for (struct bhead **p = &b->px->bheads; *p; p = &(*p)->next) {
+        if (*p == b) {
+            *p = b->next;
+            break;
+        }
+    }
+    if (b->ureq)
+        upstream_cancel(b->ureq);
+    b->ureq = NULL;
+    proxy_slot_release(b->px, &b->slot);
+    bhead_unref(b);
+}
+
+static void bhead_abort(struct http_req *req, void *ctx)
+{
+    bhead_finish(ctx);
+}
+
+static int bh_on_response(struct upstream_req *r, void *ctx, long status,
+                          const struct httpc_headers *h)
+{
+    struct bhead *b = ctx;
+    const char *cl = httpc_header_get(h, "Content-Length");
+    uint64_t n;
+    b->size = (cl && reference_parse_uint(cl, &n) == 0 && n <= INT64_MAX) ? (int64_t)n : -1;
+    return 0;
+}
+
+static void bh_on_done(struct upstream_req *r, void *ctx, const struct upstream_outcome *o)
+{
+    struct bhead *b = ctx;
+    struct proxy *px = b->px;
+    struct client c = b->c;
+    b->ureq = NULL;
+    proxy_slot_release(px, &b->slot);
+    if (o->result != UPSTREAM_OK) {
+        bhead_finish(b);
+        proxy_client_error(&c, proxy_outcome_error(o, true), o->retry_after_s, o->message);
+        return;
+    }
+    /* The upstream has the blob in this repository: link the stored copy and serve it. */
+    b->linked = false;
+    b->refs++;
+    proxy_ref(px);
+    offload_req(px->offload, c.req, bhead_work, bhead_done, b);
+}
+
+static void bhead_work(void *arg)
+{
+    struct bhead *b = arg;
+    struct registry *reg = b->px->reg;
+    b->linked =
+        registry_blob_stored(reg, &b->d) && registry_blob_link(reg, b->c.rt.name, &b->d) == REG_OK;
+    if (b->linked)
+        registry_proxy_pulled(reg, b->c.rt.name, &b->d, true);
+}
+
+static void bhead_done(void *arg, struct http_req *req)
+{
+    struct bhead *b = arg;
+    struct proxy *px = b->px;
+    struct client c = b->c;
+    struct target t = {b->rm, c.rt};
+    struct digest d = b->d;
+    int64_t size = b->size;
+    bool linked = b->linked;
+    if (!px->closing)
+        bhead_finish(b); /* else proxy_free has */
+    bhead_unref(b);      /* the job's */
+    if (!req || px->closing) {
+        proxy_unref(px);
+        return;
+    }
+    proxy_unref(px);
+    if (linked) {
+        proxy_pulled_due(px, c.rt.name, &d, true);
+        proxy_client_serve(&c);
+        return;
+    }
+    if (http_req_method(c.req) == HTTP_GET) {
+        http_req_on_abort(c.req, NULL, NULL);
+        blob_fetch(px, &t, &c, &d);
+        return;
+    }
+    if (size < 0) {
+        /* Never answer a size that was not read. */
+        proxy_client_error(&c, REG_ERR_BAD_GATEWAY, -1,
+                           "the upstream's blob HEAD has no usable size");
+        return;
+    }
+    http_req_on_abort(c.req, NULL, NULL);
+    struct api_span span;
+    if (!api_blob_span(c.req, size, &span)) {
+        api_blob_unsatisfiable(c.api, c.req, size);
+        return;
+    }
+    api_blob_start(c.api, c.req, &d, size, &span);
+    http_resp_no_body(c.req, span.len);
+}
+
+/* The slot is granted: send the HEAD. */
+static void bhead_go(struct slot *s)
+{
+    static const struct upstream_callbacks cb = {bh_on_response, NULL, bh_on_done};
+    struct bhead *b = PROXY_CONTAINER(s, struct bhead, slot);
+    char suffix[API_REF_MAX + 8];
+    snprintf(suffix, sizeof(suffix), "blobs/%s", b->c.rt.ref);
+    const char *name = b->rm->main ? b->c.rt.name : strchr(b->c.rt.name, '/') + 1;
+    b->ureq = upstream_fetch(b->rm->up, "HEAD", name, suffix, NULL, &cb, b);
+    if (!b->ureq) {
+        struct client c = b->c;
+        bhead_finish(b);
+        proxy_client_error(&c, REG_ERR_INTERNAL, -1, NULL);
+    }
+}
+
+static void bhead_expire(struct slot *s)
+{
+    struct bhead *b = PROXY_CONTAINER(s, struct bhead, slot);
+    struct client c = b->c;
+    bhead_finish(b);
+    proxy_client_error(&c, REG_ERR_UNAVAILABLE, QUEUE_RETRY_AFTER_S,
+                       "too many upstream fetches at once (proxy.maxfetches)");
+}
+
+static void blob_head(struct proxy *px, const struct target *t, struct client *c,
+                      const struct digest *d)
+{
+    struct bhead *b = calloc(1, sizeof(*b));
+    if (!b) {
+        proxy_client_error(c, REG_ERR_INTERNAL, -1, NULL);
+        return;
+    }
+    b->px = px;
+    b->c = *c;
+    b->rm = t->rm;
+    b->d = *d;
+    b->size = -1;
+    b->refs = 1;
+    b->next = px->bheads;
+    px->bheads = b;
+    http_req_on_abort(c->req, bhead_abort, b);
+    proxy_slot_acquire(px, &b->slot, bhead_go, bhead_expire);
+}
+
+/* ---- blobs: one fetch per digest, every client reading the spool ---- */
+
+enum bstate { B_QUEUED, B_HEADERS, B_STREAMING, B_DONE, B_FAILED };
+
+struct breader {
+    struct breader *next;
+    struct bfetch *f;
+    struct client c;
+    bool started;
+    uint64_t off, end; /* end is exclusive; UINT64_MAX while the length is unknown */
+};
+
+struct bfetch {
+    struct bfetch *next;
+    struct proxy *px;
+    struct remote *rm;
+    struct digest d;
+    char name[API_NAME_MAX];
+    char id[37];
+    struct registry_upload *up;
+    int fd; /* the spool, for readers */
+    struct upstream_req *ureq;
+    struct slot slot;
+    enum bstate state;
+    uint64_t written;
+    int64_t total;
+    enum regerr err;
+    long retry_after;
+    char why[256];
+    struct breader *readers;
+    bool listed; /* in px->bfetches: new requests join it */
+    /* Who holds f: each reader, the upstream exchange while it runs, the import job, and
+     * whoever walks the readers (bfetch_pump_all); the last bfetch_unref frees it. */
+    unsigned refs;
+    bool importing; /* the verified spool is being stored (remote store); readers go on */
+    enum regerr imported;
+    /* The upstream's answer was refused (502), not lost. */
+    bool bad_answer;
+};
+
+static void bfetch_unlist(struct bfetch *f)
+{
+    if (!f->listed)
+        return;
+    for (struct bfetch **p = &f->px->bfetches; *p; p = &(*p)->next) {
+        if (*p == f) {
+            *p = f->next;
+            break;
+        }
+    }
+    f->listed = false;
+    f->px->bseq++;
+}
+
+static void bfetch_ref(struct bfetch *f)
+{
+    f->refs++;
+}
+
+static void bfetch_unref(struct bfetch *f)
+{
+    if (--f->refs > 0)
+        return;
+    bfetch_unlist(f);
+    proxy_slot_release(f->px, &f->slot); /* still queued: nobody wants it any more */
+    if (f->fd >= 0)
+        close(f->fd);
+    free(f);
+}
+
+static void reader_unlink(struct breader *rd)
+{
+    for (struct breader **p = &rd->f->readers; *p; p = &(*p)->next) {
+        if (*p == rd) {
+            *p = rd->next;
+            break;
+        }
+    }
+}
+
+static void reader_abort(struct http_req *req, void *ctx)
+{
+    struct breader *rd = ctx;
+    struct bfetch *f = rd->f;
+    reader_unlink(rd);
+    free(rd);
+    bfetch_unref(f);
+}
+
+/* The reader is finished (its response complete or cut, so its request is gone): forget it. */
+static void reader_done(struct breader *rd)
+{
+    struct bfetch *f = rd->f;
+    reader_unlink(rd);
+    free(rd);
+    bfetch_unref(f);
+}
+
+static void reader_pump(struct breader *rd);
+
+static void reader_writable(struct http_req *req, void *ctx)
+{
+    reader_pump(ctx);
+}
+
+/* Sends the response head once the upstream's length is known. Returns false when the reader
+ * was answered with an error and is gone. */
+static bool reader_begin(struct breader *rd)
+{
+    struct bfetch *f = rd->f;
+    struct http_req *req = rd->c.req;
+    struct api_span span;
+    if (!api_blob_span(req, f->total, &span)) {
+        http_req_on_abort(req, NULL, NULL);
+        api_blob_unsatisfiable(rd->c.api, req, f->total);
+        reader_done(rd);
+        return false;
+    }
+    rd->off = span.start;
+    rd->end = span.len < 0 ? UINT64_MAX : span.start + (uint64_t)span.len;
+    api_blob_start(rd->c.api, req, &f->d, f->total, &span);
+    rd->started = true;
+    notify_blob(rd->c.api, req, NOTIFY_PULL, rd->c.rt.name, &f->d, f->total, NULL);
+    http_resp_stream_begin(req, span.len, reader_writable, rd);
+    return true;
+}
+
+/* Moves spool bytes into the reader's connection, and ends the response when it can. */
+/* Never re-entered: http calls the writable callback from the loop only, and nothing here
+ * runs the fetch's callbacks. */
+static void reader_pump(struct breader *rd)
+{
+    struct bfetch *f = rd->f;
+    if (!rd->started) {
+        if (f->state == B_FAILED) {
+            proxy_client_error(&rd->c, f->err, f->retry_after, f->why);
+            reader_done(rd);
+            return;
+        }
+        if (f->state == B_QUEUED || f->state == B_HEADERS || !reader_begin(rd))
+            return;
+    }
+    uint64_t limit = f->written < rd->end ? f->written : rd->end;
+    while (rd->off < limit && http_resp_stream_pending(rd->c.req) < PUMP_HIGH) {
+        uint64_t n = limit - rd->off;
+        if (n > PUMP_HIGH)
+            n = PUMP_HIGH;
+        int fd = dup(f->fd);
+        if (fd < 0)
+            break; /* out of descriptors: the writable callback tries again */
+        http_resp_stream_file(rd->c.req, fd, (off_t)rd->off, (off_t)n);
+        rd->off += n;
+    }
+    if (f->state == B_FAILED && http_resp_retract(rd->c.req)) {
+        /* nothing of the answer has left yet: the client gets a status instead of a cut */
+        proxy_client_error(&rd->c, f->err, f->retry_after, f->why);
+        reader_done(rd);
+        return;
+    }
+    if (f->state == B_FAILED) {
+        log_warn("proxy: cutting the response for %s: %s", rd->c.rt.ref, f->why);
+        http_req_on_abort(rd->c.req, NULL, NULL);
+        http_resp_stream_abort(rd->c.req);
+        reader_done(rd);
+        return;
+    }
+    bool complete = rd->end == UINT64_MAX ? rd->off == f->written : rd->off == rd->end;
+    if (f->state == B_DONE && complete) {
+        http_req_on_abort(rd->c.req, NULL, NULL);
+        http_resp_stream_end(rd->c.req);
+        reader_done(rd);
+    }
+}
+
+/* Pumps every reader. f may be gone afterwards unless the caller holds a reference. */
+static void bfetch_pump_all(struct bfetch *f)
+{
+    bfetch_ref(f);
+    struct breader *rd = f->readers;
+    while (rd) {
+        struct breader *next = rd->next; /* pumping may finish and free rd */
+        reader_pump(rd);
+        rd = next;
+    }
+    bfetch_unref(f);
+}
+
+static int b_on_response(struct upstream_req *r, void *ctx, long status,
+                         const struct httpc_headers *h)
+{
+    struct bfetch *f = ctx;
+    const char *cl = httpc_header_get(h, "Content-Length");
+    uint64_t n;
+    if (cl && (reference_parse_uint(cl, &n) != 0 || n > INT64_MAX)) {
+        f->bad_answer = true;
+        snprintf(f->why, sizeof(f->why), "the upstream sent an unreadable Content-Length");
+        return -1;
+    }
+    f->total = cl ? (int64_t)n : -1;
+    f->state = B_STREAMING;
+    bfetch_pump_all(f);
+    return 0;
+}
+
+static int b_on_data(struct upstream_req *r, void *ctx, const char *data, size_t len)
+{
+    struct bfetch *f = ctx;
+    if (f->total >= 0 && f->written + len > (uint64_t)f->total) {
+        snprintf(f->why, sizeof(f->why), "the upstream sent more bytes than announced");
+        f->err = REG_ERR_BAD_GATEWAY;
+        return -1;
+    }
+    if (registry_upload_write(f->up, data, len) != REG_OK) {
+        snprintf(f->why, sizeof(f->why), "writing the spool failed");
+        f->err = REG_ERR_UNAVAILABLE;
+        return -1;
+    }
+    f->written += len;
+    metrics_add(METRICS_BYTES_FROM_UPSTREAM, len);
+    bfetch_pump_all(f);
+    return 0;
+}
+
+/* Removes the imported spool file (readers hold it open) and its link. */
+static void spool_drop(struct bfetch *f)
+{
+    struct storage *st = f->px->spool_st;
+    char path[LAYOUT_PATH_MAX];
+    storage_remove(st, layout_blob_dir(path, &f->d));
+    layout_layer_link(path, f->name, &f->d);
+    *strrchr(path, '/') = '\0';
+    storage_remove(st, path);
+}
+
+static void bimport_work(void *arg)
+{
+    struct bfetch *f = arg;
+    struct registry *reg = f->px->reg;
+    f->imported = registry_blob_import(reg, f->name, &f->d, f->fd, f->written);
+    if (f->imported == REG_OK)
+        registry_proxy_pulled(reg, f->name, &f->d, true);
+}
+
+static void bimport_done(void *arg, bool cancelled)
+{
+    struct bfetch *f = arg;
+    struct proxy *px = f->px;
+    char ds[DIGEST_STR_MAX];
+    digest_str(&f->d, ds);
+    f->importing = false;
+    spool_drop(f);
+    if (px->closing) {
+        bfetch_unref(f);
+        proxy_unref(px);
+        return;
+    }
+    proxy_unref(px);
+    if (f->imported == REG_OK) {
+        proxy_pulled_due(px, f->name, &f->d, true);
+        log_info("proxy: cached %s for %s (%" PRIu64 " bytes)", ds, f->name, f->written);
+    } else {
+        log_warn("proxy: storing %s for %s failed; its clients were served from the spool", ds,
+                 f->name);
+    }
+    /* Stored now (or not at all): new requests find it in the store (or fetch again). */
+    bfetch_unlist(f);
+    bfetch_unref(f);
+}
+
+/*
+ * Remote store: the blob is verified in the local spool; store it from there off the loop.
+ * The fetch stays listed meanwhile, so new requests read the spool rather than fetch again.
+ */
+static void bfetch_import(struct bfetch *f)
+{
+    f->importing = true;
+    f->imported = REG_ERR_UNAVAILABLE; /* what a job cancelled before it ran leaves */
+    bfetch_ref(f);
+    proxy_ref(f->px);
+    offload_run(f->px->offload, bimport_work, bimport_done, f);
+}
+
+static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_outcome *o)
+{
+    struct bfetch *f = ctx;
+    struct proxy *px = f->px;
+    struct registry *sreg = proxy_spool_reg(px);
+    char ds[DIGEST_STR_MAX];
+    digest_str(&f->d, ds);
+    f->ureq = NULL;
+    proxy_slot_release(px, &f->slot);
+    if (!px->spool)
+        bfetch_unlist(f);
+    enum regerr result = proxy_outcome_error(o, true);
+    if (result == REG_OK && f->total >= 0 && f->written != (uint64_t)f->total) {
+        result = REG_ERR_BAD_GATEWAY;
+        snprintf(f->why, sizeof(f->why), "the upstream sent %" PRIu64 " of %" PRId64 " bytes",
+                 f->written, f->total);
+    }
+    if (result == REG_OK) {
+        struct registry_upload *up = f->up;
+        f->up = NULL;
+        result = registry_upload_commit(up, &f->d);
+        if (result == REG_ERR_DIGEST_INVALID)
+            snprintf(f->why, sizeof(f->why), "the upstream sent bytes that do not match %s", ds);
+        else if (result != REG_OK)
+            snprintf(f->why, sizeof(f->why), "storing the blob failed");
+        if (result != REG_OK) {
+            registry_upload_cancel(sreg, f->name, f->id);
+            result = result == REG_ERR_DIGEST_INVALID ? REG_ERR_BAD_GATEWAY : REG_ERR_UNAVAILABLE;
+        }
+    } else {
+        if (f->err != REG_OK) {
+            result = f->err; /* b_on_data stopped the transfer */
+        } else if (f->bad_answer) {
+            result = REG_ERR_BAD_GATEWAY;
+        } else if (result == REG_ERR_UNAVAILABLE && f->total >= 0 &&
+                   f->written < (uint64_t)f->total) {
+            result = REG_ERR_BAD_GATEWAY;
+            snprintf(f->why, sizeof(f->why), "the upstream sent %" PRIu64 " of %" PRId64 " bytes",
+                     f->written, f->total);
+        }
+        if (!f->why[0])
+            snprintf(f->why, sizeof(f->why), "%s", o->message);
+        registry_upload_close(f->up);
+        f->up = NULL;
+        registry_upload_cancel(sreg, f->name, f->id);
+    }
+    spools_drop(px->spools, f->id);
+    if (result == REG_OK && px->spool) {
+        /* Readers finish from the spool while the import runs. */
+        f->state = B_DONE;
+        bfetch_pump_all(f);
+        bfetch_import(f);
+        bfetch_unref(f); /* the exchange's */
+        return;
+    }
+    if (result == REG_OK) {
+        proxy_note_pulled(px, f->name, &f->d, true);
+        f->state = B_DONE;
+        log_info("proxy: cached %s for %s (%" PRIu64 " bytes)", ds, f->name, f->written);
+    } else {
+        bfetch_unlist(f);
+        f->state = B_FAILED;
+        f->err = result;
+        f->retry_after = o->retry_after_s;
+        log_warn("proxy: fetching %s for %s failed: %s", ds, f->name, f->why);
+    }
+    bfetch_pump_all(f);
+    bfetch_unref(f); /* the exchange's */
+}
+
+/* A fetch that could not start (or waited too long): its readers get the error. */
+static void bfetch_fail_early(struct bfetch *f, enum regerr e, long retry_after, const char *why)
+{
+    struct registry *sreg = proxy_spool_reg(f->px);
+    if (f->up)
+        registry_upload_close(f->up);
+    f->up = NULL;
+    if (f->id[0]) {
+        registry_upload_cancel(sreg, f->name, f->id);
+        spools_drop(f->px->spools, f->id);
+    }
+    bfetch_unlist(f);
+    proxy_slot_release(f->px, &f->slot);
+    f->state = B_FAILED;
+    f->err = e;
+    f->retry_after = retry_after;
+    snprintf(f->why, sizeof(f->why), "%s", why);
+    bfetch_pump_all(f); /* last: the readers leaving may free f */
+}
+
+/* The slot is granted: open the spool and start the upstream GET. */
+static void bfetch_go(struct slot *s)
+{
+    static const struct upstream_callbacks cb = {b_on_response, b_on_data, b_on_done};
+    struct bfetch *f = PROXY_CONTAINER(s, struct bfetch, slot);
+    /* The spool is local (see spool_reg): these are a few syscalls on the loop. */
+    struct registry *sreg = proxy_spool_reg(f->px);
+    enum regerr result = registry_upload_start(sreg, f->name, f->id);
+    if (result == REG_OK)
+        spools_add(f->px->spools, f->name, f->id);
+    if (result == REG_OK)
+        result = registry_upload_open(sreg, f->name, f->id, &f->up);
+    if (result == REG_OK)
+        result = registry_upload_reader(sreg, f->name, f->id, &f->fd);
+    if (result == REG_OK) {
+        char suffix[API_REF_MAX + 8], ds[DIGEST_STR_MAX];
+        snprintf(suffix, sizeof(suffix), "blobs/%s", digest_str(&f->d, ds));
+        const char *name = f->rm->main ? f->name : strchr(f->name, '/') + 1;
+        f->state = B_HEADERS;
+        bfetch_ref(f); /* the exchange's, until b_on_done */
+        f->ureq = upstream_fetch(f->rm->up, "GET", name, suffix, NULL, &cb, f);
+        if (f->ureq)
+            return;
+        bfetch_unref(f); /* readers hold f still */
+        result = REG_ERR_INTERNAL;
+    }
+    bfetch_fail_early(f, result, -1, "cannot start the upstream fetch");
+}
+
+static void bfetch_expire(struct slot *s)
+{
+    bfetch_fail_early(PROXY_CONTAINER(s, struct bfetch, slot), REG_ERR_UNAVAILABLE,
+                      QUEUE_RETRY_AFTER_S, "too many upstream fetches at once (proxy.maxfetches)");
+}
+
+static void blob_fetch(struct proxy *px, const struct target *t, struct client *c,
+                       const struct digest *d)
+{
+    struct bfetch *f;
+    for (f = px->bfetches; f; f = f->next) {
+        if (f->rm == t->rm && digest_equal(&f->d, d))
+            break;
+    }
+    struct breader *rd = calloc(1, sizeof(*rd));
+    if (!rd) {
+        proxy_client_error(c, REG_ERR_INTERNAL, -1, NULL);
+        return;
+    }
+    rd->c = *c;
+    if (f) {
+        /* Joining a fetch, running or queued, takes no slot of its own. */
+        metrics_inc(METRICS_JOINED_WAITERS);
+        rd->f = f;
+        rd->next = f->readers;
+        f->readers = rd;
+        bfetch_ref(f);
+        http_req_on_abort(c->req, reader_abort, rd);
+        reader_pump(rd);
+        return;
+    }
+    f = calloc(1, sizeof(*f));
+    if (!f) {
+        free(rd);
+        proxy_client_error(c, REG_ERR_INTERNAL, -1, "cannot start the upstream fetch");
+        return;
+    }
+    f->px = px;
+    f->rm = t->rm;
+    f->d = *d;
+    f->fd = -1;
+    f->total = -1;
+    f->state = B_QUEUED;
+    snprintf(f->name, sizeof(f->name), "%s", t->rt.name);
+    f->listed = true;
+    f->next = px->bfetches;
+    px->bfetches = f;
+    rd->f = f;
+    f->readers = rd;
+    bfetch_ref(f);
+    http_req_on_abort(c->req, reader_abort, rd);
+    /* Last: go may fail at once, answer the reader and free f. */
+    proxy_slot_acquire(px, &f->slot, bfetch_go, bfetch_expire);
+}
+
+/* What the store says about a pulled blob. */
+struct blookup {
+    struct proxy *px;
+    struct target t;
+    struct client c;
+    struct digest d;
+    bool head;
+    unsigned seq; /* px->bseq when the lookup was queued */
+    int tries;
+    bool linked; /* in rt.name, with size */
+    uint64_t size;
+    int fd;      /* a local GET's open data when linked, else -1 */
+    bool stored; /* a GET's blob not linked here but stored for another repository */
+};
+
+static void blookup_work(void *arg)
+{
+    struct blookup *l = arg;
+    struct registry *reg = l->px->reg;
+    /* A GET from local storage opens the data right away: serving it needs no second look. */
+    if (!l->head && offload_inline(l->px->offload))
+        l->linked = registry_blob_open(reg, l->t.rt.name, &l->d, &l->fd, &l->size) == REG_OK;
+    else
+        l->linked = registry_blob_stat(reg, l->t.rt.name, &l->d, &l->size) == REG_OK;
+    l->stored = !l->linked && !l->head && registry_blob_stored(reg, &l->d);
+}
+
+static bool bfetch_running(const struct proxy *px, const struct remote *rm, const struct digest *d)
+{
+    for (const struct bfetch *f = px->bfetches; f; f = f->next) {
+        if (f->rm == rm && digest_equal(&f->d, d))
+            return true;
+    }
+    return false;
+}
+
+/* Serves from the store, asks the upstream, or fetches. false: look up again instead (a
+ * fetch ended while the lookup ran, so the store may hold the blob now). */
+static bool blookup_finish(struct blookup *l)
+{
+    struct proxy *px = l->px;
+    if (l->linked) {
+        const struct api *api = l->c.api;
+        /* The next HEAD answers from the blob-descriptor cache (see proxy_blob_hit); only
+         * the main upstream's names are the client's names there. */
+        if (l->t.rm->main && api->cache) {
+            struct cache_desc cd = {.digest = l->d, .size = l->size};
+            snprintf(cd.media_type, sizeof(cd.media_type), "application/octet-stream");
+            cache_put(api->cache, l->t.rt.name, &cd);
+        }
+        proxy_blob_hit(px, l->t.rt.name, &l->d);
+        proxy_client_serve_looked_up(&l->c, NULL, (int64_t)l->size, l->fd);
+        l->fd = -1;
+        return true;
+    }
+    if (!l->head && !l->stored && l->seq != px->bseq && l->tries < LOOKUP_TRIES &&
+        !bfetch_running(px, l->t.rm, &l->d))
+        return false;
+    metrics_inc(METRICS_CACHE_MISS_BLOB);
+    if (l->head || l->stored)
+        blob_head(px, &l->t, &l->c, &l->d);
+    else
+        blob_fetch(px, &l->t, &l->c, &l->d);
+    return true;
+}
+
+static void blookup_queue(struct blookup *l);
+
+static void blookup_done(void *arg, struct http_req *req)
+{
+    struct blookup *l = arg;
+    struct proxy *px = l->px;
+    if (!req || px->closing) {
+        free(l);
+        proxy_unref(px);
+        return;
+    }
+    proxy_unref(px);
+    if (!blookup_finish(l)) {
+        blookup_queue(l);
+        return;
+    }
+    free(l);
+}
+
+static void blookup_queue(struct blookup *l)
+{
+    l->seq = l->px->bseq;
+    l->tries++;
+    proxy_ref(l->px);
+    offload_req(l->px->offload, l->c.req, blookup_work, blookup_done, l);
+}
+
+void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
+                const struct api_route *rt)
+{
+    /* The filesystem answers at once: look up on the stack, with no job. */
+    bool now = offload_inline(px->offload);
+    struct blookup stack = {0}, *l = now ? &stack : malloc(sizeof(*l));
+    if (!l) {
+        api_errorf(api, req, REG_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    if (!proxy_begin(px, api, req, rt, false, &l->t, &l->c)) {
+        if (!now)
+            free(l);
+        return;
+    }
+    l->px = px;
+    digest_parse(l->t.rt.ref, strlen(l->t.rt.ref), &l->d);
+    l->head = http_req_method(req) == HTTP_HEAD;
+    l->tries = 0;
+    l->fd = -1;
+    if (now) {
+        l->seq = px->bseq;
+        blookup_work(l);
+        blookup_finish(l);
+        return;
+    }
+    blookup_queue(l);
+}
+
+void proxy_blob_hit(struct proxy *px, const char *name, const struct digest *d)
+{
+    metrics_inc(METRICS_CACHE_HIT_BLOB);
+    proxy_note_pulled(px, name, d, false);
+}
+
+void proxy_blob_close(struct proxy *px)
+{
+    /* A link job's bhead stays until its done. */
+    while (px->bheads)
+        bhead_finish(px->bheads);
+    while (px->bfetches) {
+        struct bfetch *f = px->bfetches;
+        px->bfetches = f->next; /* the head: as bfetch_unlist, without its search */
+        f->listed = false;
+        px->bseq++;
+        if (f->importing)
+            continue;
+        bfetch_ref(f);
+        bool exchange = f->ureq != NULL;
+        if (f->ureq)
+            upstream_cancel(f->ureq);
+        f->ureq = NULL;
+        if (f->up)
+            registry_upload_close(f->up);
+        f->up = NULL;
+        if (f->id[0]) {
+            registry_upload_cancel(proxy_spool_reg(px), f->name, f->id);
+            spools_drop(px->spools, f->id);
+        }
+        f->state = B_FAILED;
+        snprintf(f->why, sizeof(f->why), "shutting down");
+        bfetch_pump_all(f);
+        if (exchange)
+            bfetch_unref(f);
+        bfetch_unref(f);
+    }
+}
+
+bool proxy_blob_busy(const struct proxy *px, const struct digest *d)
+{
+    /* A fetch leaves the list when its blob is stored (on the filesystem when its upstream
+     * side ends); readers still on it hold the spool by descriptor, so removing the stored
+     * blob cannot cut them. */
+    for (const struct bfetch *f = px->bfetches; f; f = f->next) {
+        if (digest_equal(&f->d, d))
+            return true;
+    }
+    for (const struct bhead *b = px->bheads; b; b = b->next) {
+        if (digest_equal(&b->d, d))
+            return true;
+    }
+    return false;
+}
