@@ -120,7 +120,7 @@ static enum regerr w_stat(struct storage *s, const char *path, struct storage_st
 {
     struct storage_watch *w = W(s);
     struct digest d;
-    /* A writer's existence check before its link (see struct watch). */
+    /* A writer's existence check before its link (see struct storage_watch). */
     if (w->gated && blob_data_digest(path, &d)) {
         pthread_rwlock_rdlock(&w->gate);
         w_record(w, &d);
