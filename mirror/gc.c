@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 
+#include "buf.h"
 #include "layout.h"
 #include "log.h"
 #include "registry.h"
@@ -93,14 +94,13 @@ void gc_set_free(struct gc_set *s)
 
 int gc_push_digest(struct digest **v, size_t *n, const struct digest *d)
 {
-    /* Grows at powers of two: n entries fit in the next power of two. */
-    if (*n == 0 || (*n >= 8 && (*n & (*n - 1)) == 0)) {
-        size_t cap = *n < 8 ? 8 : *n * 2;
-        struct digest *nv = realloc(*v, cap * sizeof(*nv));
-        if (!nv)
-            return -1;
-        *v = nv;
-    }
+    /* The array keeps no capacity: n entries fill 8, or else the next power of two. */
+    size_t cap = *n == 0 ? 0 : 8;
+    while (cap < *n)
+        cap *= 2;
+    /* bounded by the store's manifests and their references */
+    if (buf_grow_items(v, &cap, *n + 1, sizeof(**v), BUF_UNCAPPED / sizeof(**v)) != BUF_OK)
+        return -1;
     (*v)[(*n)++] = *d;
     return 0;
 }
@@ -472,15 +472,11 @@ static enum regerr mark_repo(struct gc *g, const char *name)
     for (size_t i = 0; i < nrevs && result == REG_OK; i++) {
         if (gc_set_find(&seen, &revs[i]))
             continue;
-        if (g->ndels == g->capdels) {
-            size_t cap = g->capdels ? g->capdels * 2 : 16;
-            struct mdel *nd = realloc(g->dels, cap * sizeof(*nd));
-            if (!nd) {
-                result = REG_ERR_INTERNAL;
-                break;
-            }
-            g->dels = nd;
-            g->capdels = cap;
+        /* bounded by the store's revisions */
+        if (buf_grow_items(&g->dels, &g->capdels, g->ndels + 1, sizeof(*g->dels),
+                           BUF_UNCAPPED / sizeof(*g->dels)) != BUF_OK) {
+            result = REG_ERR_INTERNAL;
+            break;
         }
         g->dels[g->ndels].repo = strdup(name);
         g->dels[g->ndels].d = revs[i];
@@ -658,15 +654,11 @@ static enum regerr collect_repos(struct gc *g)
             result = r < 0 ? REG_ERR_INTERNAL : REG_OK;
             break;
         }
-        if (g->nrepos == g->caprepos) {
-            size_t cap = g->caprepos ? g->caprepos * 2 : 16;
-            char **nr = realloc(g->repos, cap * sizeof(*nr));
-            if (!nr) {
-                result = REG_ERR_INTERNAL;
-                break;
-            }
-            g->repos = nr;
-            g->caprepos = cap;
+        /* bounded by the store's repositories */
+        if (buf_grow_items(&g->repos, &g->caprepos, g->nrepos + 1, sizeof(*g->repos),
+                           BUF_UNCAPPED / sizeof(*g->repos)) != BUF_OK) {
+            result = REG_ERR_INTERNAL;
+            break;
         }
         if (!(g->repos[g->nrepos] = strdup(name))) {
             result = REG_ERR_INTERNAL;

@@ -21,6 +21,7 @@
 #include "registry.h"
 #include "server.h"
 #include "storage.h"
+#include "storage_watch.h"
 
 #ifndef REGMIRROR_VERSION
 #define REGMIRROR_VERSION "dev"
@@ -151,7 +152,7 @@ static int serve(const char *path)
     if (!base)
         goto out;
     st = metrics_storage_wrap(open_storage(&cfg)); /* counts storage errors */
-    st = maintenance_storage_wrap(st);             /* sees links written during eviction */
+    st = storage_watch_wrap(st);                   /* sees links written during eviction */
     if (!st || gc_serve_lock(&cfg, &lockfd) != 0)
         goto out;
     if (open_cache(base, &cfg, &cache) != 0)

@@ -8,6 +8,7 @@
 
 #include "http.h"
 #include "storage.h"
+#include "storage_wrap.h"
 
 uint64_t metrics_counters[METRICS__COUNT];
 
@@ -175,12 +176,6 @@ void metrics_reset(void)
 
 /* ---- storage wrapper ---- */
 
-struct mstorage {
-    struct storage base;
-    struct storage_ops ops;
-    struct storage *inner;
-};
-
 static enum regerr counted(enum regerr result, enum metrics_storage_op op)
 {
     if (result != REG_OK && result != REG_ERR_NOT_FOUND)
@@ -188,7 +183,7 @@ static enum regerr counted(enum regerr result, enum metrics_storage_op op)
     return result;
 }
 
-#define INNER(s) (((struct mstorage *)(s))->inner)
+#define INNER(s) storage_wrap_inner(s)
 
 static enum regerr w_get_content(struct storage *s, const char *path, size_t max, char **out,
                                  size_t *len)
@@ -224,50 +219,25 @@ static enum regerr w_open_writer(struct storage *s, const char *path, bool appen
 {
     return counted(storage_open_writer(INNER(s), path, append, out), METRICS_OP_OPEN_WRITER);
 }
-/* The optional ops pass through untouched when the wrapped driver has them. */
-static enum regerr w_presign_get(struct storage *s, const char *path, long expires_s, char **url)
-{
-    return storage_presign_get(INNER(s), path, expires_s, url);
-}
 
-static enum regerr w_read_range(struct storage *s, const char *path, uint64_t off, uint64_t len,
-                                storage_read_cb cb, void *ctx)
-{
-    return storage_read_range(INNER(s), path, off, len, cb, ctx);
-}
-
-static void w_free(struct storage *s)
-{
-    struct mstorage *m = (struct mstorage *)s;
-    storage_free(m->inner);
-    free(m);
-}
+/* The counted ops; the optional ones (presign_get, read_range) pass through uncounted. */
+static const struct storage_ops counted_ops = {
+    .get_content = w_get_content,
+    .put_content = w_put_content,
+    .stat = w_stat,
+    .list = w_list,
+    .move = w_move,
+    .remove = w_remove,
+    .open_read = w_open_read,
+    .open_writer = w_open_writer,
+};
 
 struct storage *metrics_storage_wrap(struct storage *inner)
 {
     if (!inner)
         return NULL;
-    struct mstorage *m = calloc(1, sizeof(*m));
-    if (!m)
-        return inner;
-    m->inner = inner;
-    m->ops = (struct storage_ops){
-        .name = inner->ops->name,
-        .get_content = w_get_content,
-        .put_content = w_put_content,
-        .stat = w_stat,
-        .list = w_list,
-        .move = w_move,
-        .remove = w_remove,
-        .open_read = w_open_read,
-        .open_writer = w_open_writer,
-        .presign_get = inner->ops->presign_get ? w_presign_get : NULL,
-        .read_range = inner->ops->read_range ? w_read_range : NULL,
-        .free = w_free,
-    };
-    m->base.ops = &m->ops;
-    m->base.local = inner->local;
-    return &m->base;
+    struct storage_wrap *w = storage_wrap_new(inner, sizeof(*w), &counted_ops, NULL);
+    return w ? &w->base : inner;
 }
 
 /* ---- collectors ---- */
