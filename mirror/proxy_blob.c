@@ -2,6 +2,7 @@
  * per digest that every client reads from the spool as it fills. */
 #include "proxy_int.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -259,6 +260,7 @@ static void bfetch_ref(struct bfetch *f)
 
 static void bfetch_unref(struct bfetch *f)
 {
+    assert(f->refs > 0);
     if (--f->refs > 0)
         return;
     bfetch_unlist(f);
@@ -589,11 +591,12 @@ static void bfetch_go(struct slot *s)
         snprintf(suffix, sizeof(suffix), "blobs/%s", digest_str(&f->d, ds));
         const char *name = f->rm->main ? f->name : strchr(f->name, '/') + 1;
         f->state = B_HEADERS;
-        bfetch_ref(f); /* the exchange's, until b_on_done */
+        /* No callback runs before upstream_fetch returns (they set f->ureq to NULL). */
         f->ureq = upstream_fetch(f->rm->up, "GET", name, suffix, NULL, &cb, f);
-        if (f->ureq)
+        if (f->ureq) {
+            bfetch_ref(f); /* the exchange's, until b_on_done */
             return;
-        bfetch_unref(f); /* readers hold f still */
+        }
         result = REG_ERR_INTERNAL;
     }
     bfetch_fail_early(f, result, -1, "cannot start the upstream fetch");
@@ -785,8 +788,11 @@ void proxy_blob_hit(struct proxy *px, const char *name, const struct digest *d)
 void proxy_blob_close(struct proxy *px)
 {
     /* A link job's bhead stays until its done. */
-    while (px->bheads)
-        bhead_finish(px->bheads);
+    while (px->bheads) {
+        struct bhead *b = px->bheads;
+        px->bheads = b->next; /* the head: bhead_finish's search finds nothing */
+        bhead_finish(b);
+    }
     while (px->bfetches) {
         struct bfetch *f = px->bfetches;
         px->bfetches = f->next; /* the head: as bfetch_unlist, without its search */
@@ -795,9 +801,11 @@ void proxy_blob_close(struct proxy *px)
         if (f->importing)
             continue;
         bfetch_ref(f);
-        bool exchange = f->ureq != NULL;
-        if (f->ureq)
+        if (f->ureq) {
             upstream_cancel(f->ureq);
+            assert(f->refs > 1); /* ours holds f */
+            bfetch_unref(f);     /* the exchange's */
+        }
         f->ureq = NULL;
         if (f->up)
             registry_upload_close(f->up);
@@ -809,9 +817,8 @@ void proxy_blob_close(struct proxy *px)
         f->state = B_FAILED;
         snprintf(f->why, sizeof(f->why), "shutting down");
         bfetch_pump_all(f);
-        if (exchange)
-            bfetch_unref(f);
-        bfetch_unref(f);
+        /* The analyzer does not count references: ours has held f through the pump. */
+        bfetch_unref(f); /* NOLINT(clang-analyzer-unix.Malloc) */
     }
 }
 

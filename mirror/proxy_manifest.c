@@ -1,6 +1,7 @@
 /* Manifest pulls: the store's answer, tag re-checks, one upstream exchange per reference. */
 #include "proxy_int.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,6 +218,7 @@ static void mfetch_unlink(struct mfetch *f)
 
 static void mfetch_unref(struct mfetch *f)
 {
+    assert(f->refs > 0);
     if (--f->refs > 0)
         return;
     free(f->body);
@@ -349,7 +351,8 @@ static void mfetch_done(void *arg, bool cancelled)
         proxy_unref(px);
         return;
     }
-    mfetch_unref(f); /* the job's: the table's holds f */
+    assert(f->refs > 1); /* the table's holds f */
+    mfetch_unref(f);     /* the job's */
     proxy_unref(px);
     if (f->head) {
         mfetch_finish(f, REG_OK, -1, NULL);
@@ -628,6 +631,8 @@ void proxy_manifest_close(struct proxy *px)
     /* A fetch whose job runs stays until the job's done. */
     while (px->mfetches) {
         struct mfetch *f = px->mfetches;
+        px->mfetches = f->next; /* the head: mfetch_close's search finds nothing */
+        px->mseq++;
         mfetch_answer(f, REG_ERR_UNAVAILABLE, -1, "shutting down");
         mfetch_close(f);
     }
