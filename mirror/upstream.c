@@ -104,9 +104,11 @@ struct upstream_req {
     bool cross_origin; /* a redirect left the upstream's origin: no Authorization from now on */
     bool paused;
     bool responded; /* on_response ran: no retry from here on */
-    bool finished;
-    bool cancelled;
-    int busy; /* caller callbacks running for this request */
+    /* The owner's reference (dropped by finish or upstream_cancel) plus one held by each
+     * httpc callback that calls the caller back. */
+    int refs;
+    bool finished;  /* on_done ran or runs: no callback from here on */
+    bool cancelled; /* upstream_cancel came first: no callback from here on */
     /* The current answer. */
     long status;
     bool pass; /* a success handed to the caller; otherwise we read and act on it */
@@ -478,7 +480,7 @@ static void set_auth(struct upstream_req *r, char *auth, char *bearer)
     replace(&r->bearer, bearer);
 }
 
-static void req_free(struct upstream_req *r)
+static void req_dispose(struct upstream_req *r)
 {
     struct upstream *up = r->up;
     if (r->prev)
@@ -505,7 +507,18 @@ static void req_free(struct upstream_req *r)
     free(r);
 }
 
-/* The single exit: reports the outcome once and frees the request. */
+static void req_ref(struct upstream_req *r)
+{
+    r->refs++;
+}
+
+static void req_unref(struct upstream_req *r)
+{
+    if (--r->refs == 0)
+        req_dispose(r);
+}
+
+/* The single exit: reports the outcome once and drops the owner's reference. */
 static void finish(struct upstream_req *r, enum upstream_result res, long retry_after_s,
                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void finish(struct upstream_req *r, enum upstream_result res, long retry_after_s,
@@ -525,27 +538,19 @@ static void finish(struct upstream_req *r, enum upstream_result res, long retry_
     }
     if (r->cb.on_done)
         r->cb.on_done(r, r->ctx, &o);
-    req_free(r);
+    req_unref(r);
 }
 
 /*
- * Calls on_response. Returns 0 to go on, -1 when the caller said stop, -2 when the caller
- * cancelled (r is freed).
+ * Calls on_response; the caller holds a reference to r. True when the caller wants to go on;
+ * false when it said stop (or cancelled: see r->cancelled).
  */
-static int deliver_response(struct upstream_req *r)
+static bool deliver_response(struct upstream_req *r)
 {
-    int rc = 0;
     r->responded = true;
-    if (r->cb.on_response) {
-        r->busy++;
-        rc = r->cb.on_response(r, r->ctx, r->status, r->headers_in);
-        r->busy--;
-    }
-    if (r->cancelled) {
-        req_free(r);
-        return -2;
-    }
-    return rc != 0 ? -1 : 0;
+    if (r->cb.on_response && r->cb.on_response(r, r->ctx, r->status, r->headers_in) != 0)
+        return false;
+    return !r->cancelled;
 }
 
 /* Logs Docker Hub's pull-limit headers; a debug line only when there are some to show. */
@@ -633,34 +638,37 @@ static int on_att_headers(struct httpc_req *hr, void *ctx, long status,
     return 0;
 }
 
-static int on_att_data(struct httpc_req *hr, void *ctx, const char *data, size_t len)
+/* Hands body bytes to the caller; the caller holds a reference to r. */
+static int pass_data(struct upstream_req *r, const char *data, size_t len)
 {
-    struct upstream_req *r = ctx;
-    int rc = 0;
-
-    if (!r->pass) {
-        r->swallowed += len;
-        return r->swallowed > SWALLOW_MAX ? -1 : 0;
-    }
     if (!r->responded) {
-        rc = deliver_response(r);
-        if (rc != 0)
+        if (!deliver_response(r))
             return -1;
         if (r->paused)
             return HTTPC_PAUSE; /* paused in on_response: these bytes come again */
     }
     if (!r->cb.on_data)
         return 0;
-    r->busy++;
-    rc = r->cb.on_data(r, r->ctx, data, len);
-    r->busy--;
-    if (r->cancelled) {
-        req_free(r);
+    int rc = r->cb.on_data(r, r->ctx, data, len);
+    if (r->cancelled)
         return -1;
-    }
     if (rc == UPSTREAM_PAUSE)
         return HTTPC_PAUSE;
     return rc == 0 ? 0 : -1;
+}
+
+static int on_att_data(struct httpc_req *hr, void *ctx, const char *data, size_t len)
+{
+    struct upstream_req *r = ctx;
+
+    if (!r->pass) {
+        r->swallowed += len;
+        return r->swallowed > SWALLOW_MAX ? -1 : 0;
+    }
+    req_ref(r);
+    int rc = pass_data(r, data, len);
+    req_unref(r);
+    return rc;
 }
 
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -796,17 +804,15 @@ static void on_answer(struct upstream_req *r)
         finish(r, UPSTREAM_REJECTED, -1, "upstream answered %ld", s);
 }
 
-static void on_att_done(struct httpc_req *hr, void *ctx, enum httpc_result res, const char *msg)
+/* How an attempt ended; the caller holds a reference to r. */
+static void att_done(struct upstream_req *r, enum httpc_result res, const char *msg)
 {
-    struct upstream_req *r = ctx;
-    r->cur = NULL; /* httpc frees it when we return */
-
     if (r->pass) {
         if (res == HTTPC_OK) {
-            int rc = r->responded ? 0 : deliver_response(r);
-            if (rc == -2)
+            bool go_on = r->responded || deliver_response(r);
+            if (r->cancelled)
                 return;
-            if (rc == -1)
+            if (!go_on)
                 finish(r, UPSTREAM_ABORTED, -1, "stopped by the caller");
             else
                 finish(r, UPSTREAM_OK, -1, "%s", "");
@@ -827,6 +833,15 @@ static void on_att_done(struct httpc_req *hr, void *ctx, enum httpc_result res, 
         retry_or_fail(r, msg);
     else
         finish(r, UPSTREAM_UNAVAILABLE, -1, "upstream request failed: %s", msg);
+}
+
+static void on_att_done(struct httpc_req *hr, void *ctx, enum httpc_result res, const char *msg)
+{
+    struct upstream_req *r = ctx;
+    r->cur = NULL; /* httpc frees it when we return */
+    req_ref(r);
+    att_done(r, res, msg);
+    req_unref(r);
 }
 
 static const struct httpc_callbacks attempt_cb = {on_att_headers, on_att_data, on_att_done};
@@ -1159,7 +1174,7 @@ void upstream_free(struct upstream *up)
     if (!up)
         return;
     while (up->reqs)
-        req_free(up->reqs);
+        upstream_cancel(up->reqs);
     while (up->fetches) {
         struct token_fetch *f = up->fetches;
         up->fetches = f->next;
@@ -1242,6 +1257,7 @@ struct upstream_req *upstream_fetch(struct upstream *up, const char *method, con
     if (!r)
         return NULL;
     r->up = up;
+    r->refs = 1;
     r->cb = *cb;
     r->ctx = ctx;
     r->head = head;
@@ -1282,7 +1298,7 @@ struct upstream_req *upstream_fetch(struct upstream *up, const char *method, con
         rc = attempt_start(r);
     }
     if (rc != 0) {
-        req_free(r);
+        req_unref(r);
         return NULL;
     }
     return r;
@@ -1316,14 +1332,14 @@ void upstream_cancel(struct upstream_req *r)
 {
     if (!r || r->finished || r->cancelled)
         return;
-    if (r->busy) {
-        /* A caller callback for r is on the stack: free when it returns. */
-        r->cancelled = true;
-        waiter_unlink(r);
-        if (r->cur)
-            httpc_cancel(r->cur);
-        r->cur = NULL;
-        return;
-    }
-    req_free(r);
+    /* Stop everything now; a callback for r still on the stack keeps the memory until it
+     * returns. */
+    r->cancelled = true;
+    waiter_unlink(r);
+    if (r->cur)
+        httpc_cancel(r->cur);
+    r->cur = NULL;
+    if (r->retry_ev)
+        event_del(r->retry_ev);
+    req_unref(r);
 }
