@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "cache.h"
 #include "log.h"
 #include "notify.h"
@@ -28,7 +29,7 @@ enum upload_mode { MODE_PATCH, MODE_PUT, MODE_MONOLITHIC };
 
 /*
  * One request streaming into an upload session. While a job has it (busy), the worker uses
- * up, wbuf and wlen and sets result and size; the loop keeps to the other fields.
+ * up and wbuf and sets result and size; the loop keeps to the other fields.
  * api (the server's) is used only while req is there: at shutdown the server is freed before
  * the pool has finished, so what work and the last dones need is copied here.
  */
@@ -49,8 +50,7 @@ struct upload_ctx {
     uint64_t size;        /* the session's size as the last job saw it */
     uint64_t start;       /* its size when this request began */
     bool rewind;          /* a write failed: cut the session back to start when closing */
-    char *buf, *wbuf;     /* filling on the loop; being written by a job */
-    size_t len, cap, wlen, wcap;
+    struct buf buf, wbuf; /* filling on the loop; being written by a job */
 };
 
 static bool upload_id_valid(const char *id)
@@ -100,8 +100,8 @@ static void answer_created(const struct api *api, struct http_req *req, const ch
 
 static void ctx_free(struct upload_ctx *ctx)
 {
-    free(ctx->buf);
-    free(ctx->wbuf);
+    buf_free(&ctx->buf);
+    buf_free(&ctx->wbuf);
     free(ctx);
 }
 
@@ -202,7 +202,7 @@ static bool ctx_resume(struct upload_ctx *ctx, bool cancelled)
 static void write_work(void *arg)
 {
     struct upload_ctx *ctx = arg;
-    ctx->result = registry_upload_write(ctx->up, ctx->wbuf, ctx->wlen);
+    ctx->result = registry_upload_write(ctx->up, ctx->wbuf.p, ctx->wbuf.len);
 }
 
 static void write_done(void *arg, bool cancelled);
@@ -210,31 +210,22 @@ static void write_done(void *arg, bool cancelled);
 /* Hands the gathered bytes to a worker; the other buffer fills meanwhile. */
 static void write_start(struct upload_ctx *ctx)
 {
-    char *b = ctx->wbuf;
-    size_t cap = ctx->wcap;
+    struct buf b = ctx->wbuf;
     ctx->wbuf = ctx->buf;
-    ctx->wcap = ctx->cap;
-    ctx->wlen = ctx->len;
     ctx->buf = b;
-    ctx->cap = cap;
-    ctx->len = 0;
+    buf_clear(&ctx->buf);
     ctx_run(ctx, write_work, write_done);
 }
 
-/* A piece never exceeds what one read gives, so a buffer outgrows UPLOAD_BUF by that only. */
-static int buf_append(struct upload_ctx *ctx, const char *data, size_t len)
+/*
+ * A piece never exceeds what one read gives, so a buffer outgrows UPLOAD_BUF by that only
+ * (bounded by construction). The first allocation is UPLOAD_BUF at once.
+ */
+static int gather(struct upload_ctx *ctx, const char *data, size_t len)
 {
-    if (len > ctx->cap - ctx->len) {
-        size_t cap = ctx->len + len < UPLOAD_BUF ? UPLOAD_BUF : ctx->len + len;
-        char *b = realloc(ctx->buf, cap);
-        if (!b)
-            return -1;
-        ctx->buf = b;
-        ctx->cap = cap;
-    }
-    memcpy(ctx->buf + ctx->len, data, len);
-    ctx->len += len;
-    return 0;
+    if (ctx->buf.cap == 0 && buf_reserve(&ctx->buf, UPLOAD_BUF) != BUF_OK)
+        return -1;
+    return buf_append(&ctx->buf, data, len) == BUF_OK ? 0 : -1;
 }
 
 static int body_data(struct http_req *req, void *arg, const char *data, size_t len)
@@ -243,9 +234,9 @@ static int body_data(struct http_req *req, void *arg, const char *data, size_t l
     enum regerr result = REG_OK;
     if (ctx->direct) {
         result = registry_upload_write(ctx->up, data, len);
-    } else if (buf_append(ctx, data, len) != 0) {
+    } else if (gather(ctx, data, len) != 0) {
         result = REG_ERR_INTERNAL;
-    } else if (ctx->len >= UPLOAD_BUF) {
+    } else if (ctx->buf.len >= UPLOAD_BUF) {
         if (ctx->busy)
             http_req_pause_body(req); /* write_done resumes */
         else
@@ -325,14 +316,14 @@ static void write_done(void *arg, bool cancelled)
         return;
     }
     if (ctx->ended) {
-        if (ctx->len > 0)
+        if (ctx->buf.len > 0)
             write_start(ctx);
         else
             body_finish(ctx);
         return;
     }
     /* Reading was paused if the other buffer filled up meanwhile. */
-    if (ctx->len >= UPLOAD_BUF)
+    if (ctx->buf.len >= UPLOAD_BUF)
         write_start(ctx);
     http_req_resume_body(ctx->req);
 }
@@ -344,7 +335,7 @@ static void body_end(struct http_req *req, void *arg)
     ctx->ended = true;
     if (ctx->busy)
         return; /* write_done goes on */
-    if (ctx->len > 0)
+    if (ctx->buf.len > 0)
         write_start(ctx);
     else
         body_finish(ctx);
@@ -425,6 +416,8 @@ static void stream_into(const struct api *api, struct http_req *req, const struc
     ctx->ol = api->offload;
     ctx->cache = api->cache;
     ctx->req = req;
+    buf_init(&ctx->buf, BUF_UNCAPPED);
+    buf_init(&ctx->wbuf, BUF_UNCAPPED);
     ctx->rt = *rt;
     snprintf(ctx->rt.ref, sizeof(ctx->rt.ref), "%s", id);
     ctx->mode = mode;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "buf.h"
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
@@ -41,8 +42,7 @@ struct upstream_token_fetch {
     struct upstream_req *waiters;
     long status;
     long retry_after_s;
-    char *body;
-    size_t len;
+    struct buf body; /* capped at TOKEN_BODY_MAX */
 };
 
 /* Percent-encodes s (RFC 3986 unreserved characters stay) into a new string. */
@@ -212,9 +212,9 @@ void upstream_waiter_unlink(struct upstream_req *r)
 static void fetch_free(struct upstream_token_fetch *f)
 {
     free(f->key);
-    if (f->body) {
-        OPENSSL_cleanse(f->body, f->len);
-        free(f->body);
+    if (f->body.p) {
+        OPENSSL_cleanse(f->body.p, f->body.len);
+        buf_free(&f->body);
     }
     free(f);
 }
@@ -236,16 +236,7 @@ static int on_tok_data(struct httpc_req *hr, void *ctx, const char *data, size_t
     struct upstream_token_fetch *f = ctx;
     if (f->status != 200)
         return 0;
-    if (f->len + len > TOKEN_BODY_MAX)
-        return -1;
-    char *nb = realloc(f->body, f->len + len + 1);
-    if (!nb)
-        return -1;
-    memcpy(nb + f->len, data, len);
-    f->len += len;
-    nb[f->len] = '\0';
-    f->body = nb;
-    return 0;
+    return buf_append(&f->body, data, len) == BUF_OK ? 0 : -1;
 }
 
 static bool token_chars_ok(const char *t)
@@ -263,7 +254,7 @@ static bool token_chars_ok(const char *t)
  */
 static char *read_token(struct upstream_token_fetch *f)
 {
-    json_t *j = json_loadb(f->body ? f->body : "", f->len, 0, NULL);
+    json_t *j = json_loadb(buf_cstr(&f->body), f->body.len, 0, NULL);
     char *token = NULL;
 
     const char *t = json_string_value(json_object_get(j, "token"));
@@ -400,6 +391,7 @@ static struct upstream_token_fetch *fetch_start(struct upstream *up, char *key, 
     f->up = up;
     f->key = key;
     f->retry_after_s = -1;
+    buf_init(&f->body, TOKEN_BODY_MAX);
     f->req = httpc_start(up->http, &o, &token_cb, f);
     metrics_inc(METRICS_TOKEN_FETCHES);
     if (!f->req)
