@@ -30,12 +30,11 @@ enum upload_mode { MODE_PATCH, MODE_PUT, MODE_MONOLITHIC };
 /*
  * One request streaming into an upload session. While a job has it (busy), the worker uses
  * up and wbuf and sets result and size; the loop keeps to the other fields.
- * api (the server's) is used only while req is there: at shutdown the server is freed before
- * the pool has finished, so what work and the last dones need is copied here.
+ * api (the server's) outlives ctx: at shutdown the server frees it only after the pool has
+ * drained.
  */
 struct upload_ctx {
     const struct api *api;
-    struct registry *reg;
     struct offload *ol;
     struct cache *cache;
     struct http_req *req; /* NULL once answered or gone */
@@ -344,7 +343,7 @@ static void body_end(struct http_req *req, void *arg)
 static void open_work(void *arg)
 {
     struct upload_ctx *ctx = arg;
-    ctx->result = registry_upload_open(ctx->reg, ctx->rt.name, ctx->rt.ref, &ctx->up);
+    ctx->result = registry_upload_open(ctx->api->reg, ctx->rt.name, ctx->rt.ref, &ctx->up);
     if (ctx->result == REG_OK)
         ctx->start = ctx->size = registry_upload_offset(ctx->up);
 }
@@ -412,7 +411,6 @@ static void stream_into(const struct api *api, struct http_req *req, const struc
         return;
     }
     ctx->api = api;
-    ctx->reg = api->reg;
     ctx->ol = api->offload;
     ctx->cache = api->cache;
     ctx->req = req;
@@ -430,10 +428,8 @@ static void stream_into(const struct api *api, struct http_req *req, const struc
 
 /* ---- POST: start, mount ---- */
 
-/* reg is apart from api for the worker: the server may be freed while work runs. */
 struct start_job {
     const struct api *api;
-    struct registry *reg;
     struct api_route rt;
     char *from;     /* try a mount of mount from it; NULL: no mount */
     char *digest_s; /* ?digest=: a monolithic upload */
@@ -447,7 +443,7 @@ struct start_job {
 static void start_work(void *arg)
 {
     struct start_job *j = arg;
-    struct registry *reg = j->reg;
+    struct registry *reg = j->api->reg;
     /* A mount that cannot be done falls back to a new session, as the spec says. */
     if (j->from && registry_blob_mount(reg, j->rt.name, j->from, &j->mount) == REG_OK) {
         j->mounted = true;
@@ -497,7 +493,6 @@ void api_upload_start(const struct api *api, struct http_req *req, const struct 
         goto out;
     }
     j->api = api;
-    j->reg = api->reg;
     j->rt = *rt;
     j->digest_s = reference_query_get(q, "digest");
     if (j->digest_s)
@@ -524,7 +519,6 @@ out:
 
 struct session_job {
     const struct api *api;
-    struct registry *reg; /* as in start_job */
     struct api_route rt;
     enum http_method method;
     uint64_t size;
@@ -535,9 +529,9 @@ static void session_work(void *arg)
 {
     struct session_job *j = arg;
     if (j->method == HTTP_GET)
-        j->result = registry_upload_size(j->reg, j->rt.name, j->rt.ref, &j->size);
+        j->result = registry_upload_size(j->api->reg, j->rt.name, j->rt.ref, &j->size);
     else
-        j->result = registry_upload_cancel(j->reg, j->rt.name, j->rt.ref);
+        j->result = registry_upload_cancel(j->api->reg, j->rt.name, j->rt.ref);
 }
 
 static void session_done(void *arg, struct http_req *req)
@@ -582,7 +576,6 @@ void api_upload(const struct api *api, struct http_req *req, const struct api_ro
             break;
         }
         j->api = api;
-        j->reg = api->reg;
         j->rt = *rt;
         j->method = http_req_method(req);
         offload_req(api->offload, req, session_work, session_done, j);
