@@ -35,8 +35,6 @@ enum upload_mode { MODE_PATCH, MODE_PUT, MODE_MONOLITHIC };
  */
 struct upload_ctx {
     const struct api *api;
-    struct offload *ol;
-    struct cache *cache;
     struct http_req *req; /* NULL once answered or gone */
     struct api_route rt;  /* ref: the upload id */
     enum upload_mode mode;
@@ -116,7 +114,7 @@ static struct http_req *ctx_release(struct upload_ctx *ctx)
 static void ctx_run(struct upload_ctx *ctx, offload_work_fn work, offload_done_fn done)
 {
     ctx->busy = true;
-    offload_run(ctx->ol, work, done, ctx);
+    offload_run(ctx->api->offload, work, done, ctx);
 }
 
 /* Releases the writer: the session keeps what was written (and size says how much). */
@@ -277,7 +275,7 @@ static void commit_done(void *arg, bool cancelled)
     struct cache_desc cd = {.digest = ctx->digest, .size = ctx->size};
     snprintf(cd.media_type, sizeof(cd.media_type), "application/octet-stream");
     if (!cancelled && ctx->result == REG_OK)
-        cache_put(ctx->cache, ctx->rt.name, &cd);
+        cache_put(ctx->api->cache, ctx->rt.name, &cd);
     if (!ctx_resume(ctx, cancelled))
         return;
     const struct api *api = ctx->api;
@@ -411,15 +409,13 @@ static void stream_into(const struct api *api, struct http_req *req, const struc
         return;
     }
     ctx->api = api;
-    ctx->ol = api->offload;
-    ctx->cache = api->cache;
     ctx->req = req;
     buf_init(&ctx->buf, BUF_UNCAPPED);
     buf_init(&ctx->wbuf, BUF_UNCAPPED);
     ctx->rt = *rt;
     snprintf(ctx->rt.ref, sizeof(ctx->rt.ref), "%s", id);
     ctx->mode = mode;
-    ctx->direct = offload_inline(ctx->ol);
+    ctx->direct = offload_inline(api->offload);
     if (digest)
         ctx->digest = *digest;
     http_req_on_abort(req, ctx_abort, ctx);
