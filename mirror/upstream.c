@@ -17,7 +17,6 @@
 #include "log.h"
 #include "metrics.h"
 #include "realm.h"
-#include "wwwauth.h"
 
 #define DEFAULT_ATTEMPTS 3
 #define DEFAULT_RETRY_DELAY_MS 100L
@@ -327,32 +326,6 @@ static bool is_redirect(long status)
     return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
 }
 
-/* Keeps what a 401's challenges say; Bearer wins over Basic. */
-static void read_challenge(struct upstream_req *r, const struct httpc_headers *h)
-{
-    struct wwwauth *w = malloc(sizeof(*w));
-    const char *v;
-    size_t pos = 0;
-
-    if (!w)
-        return;
-    wwwauth_init(w);
-    while ((v = httpc_header_next(h, "WWW-Authenticate", &pos)) != NULL)
-        wwwauth_parse(w, v, strlen(v)); /* on -1 the complete challenges are still usable */
-    const struct wwwauth_challenge *c = wwwauth_find(w, WWWAUTH_BEARER);
-    if (c && c->realm[0]) {
-        r->ch_kind = UPSTREAM_CH_BEARER;
-        r->ch_realm = strdup(c->realm);
-        r->ch_service = strdup(c->service);
-        snprintf(r->ch_error, sizeof(r->ch_error), "%s", c->error);
-        if (!r->ch_realm || !r->ch_service)
-            r->ch_kind = UPSTREAM_CH_NONE;
-    } else if (wwwauth_find(w, WWWAUTH_BASIC)) {
-        r->ch_kind = UPSTREAM_CH_BASIC;
-    }
-    free(w);
-}
-
 /* ---- httpc callbacks of a registry request ---- */
 
 static int on_att_headers(struct httpc_req *hr, void *ctx, long status,
@@ -364,7 +337,7 @@ static int on_att_headers(struct httpc_req *hr, void *ctx, long status,
     if (r->manifest_get && !r->cross_origin)
         log_ratelimit(r, h, LOG_DEBUG, "manifest GET");
     if (status == 401) {
-        read_challenge(r, h);
+        upstream_read_challenge(r, h);
     } else if (is_redirect(status) && httpc_header_get(h, "Location")) {
         r->location = strdup(httpc_header_get(h, "Location"));
     } else if (status == 429) {
@@ -446,55 +419,6 @@ static void retry_or_fail(struct upstream_req *r, const char *why)
     log_kv(LOG_DEBUG, fields, "upstream %s: %s, retrying in %ld ms", up->host, why, delay);
 }
 
-static void on_unauthorized(struct upstream_req *r)
-{
-    struct upstream *up = r->up;
-
-    if (r->cross_origin) {
-        upstream_finish(r, UPSTREAM_UNAUTHORIZED, -1, "401 from a redirect target");
-        return;
-    }
-    /*
-     * No credentials sent: get some. A cached token refused: it may have been revoked or
-     * expired early, so one fresh token is worth a try. Credentials just issued refused: final.
-     */
-    if (r->ch_kind == UPSTREAM_CH_NONE || (r->auth && (r->auth_fresh || r->auth_retried))) {
-        upstream_finish(r, UPSTREAM_UNAUTHORIZED, -1, "upstream refused access%s%s",
-                        r->ch_error[0] ? ": " : "", r->ch_error);
-        return;
-    }
-    if (r->auth)
-        r->auth_retried = true;
-    if (r->ch_kind == UPSTREAM_CH_BASIC) {
-        if (!up->basic) {
-            upstream_finish(r, UPSTREAM_UNAUTHORIZED, -1,
-                            "upstream wants credentials, none configured");
-            return;
-        }
-        up->basic_wanted = true;
-        char *auth = strdup(up->basic);
-        upstream_set_auth(r, auth, NULL);
-        r->auth_fresh = true;
-        if (!auth || upstream_attempt_start(r) != 0)
-            upstream_finish(r, UPSTREAM_UNAVAILABLE, -1, "out of memory");
-        return;
-    }
-    /* Bearer: remember the realm for next time, drop the token that was refused. */
-    if (!up->realm || strcmp(up->realm, r->ch_realm) != 0 ||
-        strcmp(up->service, r->ch_service) != 0) {
-        upstream_replace(&up->realm, strdup(r->ch_realm));
-        upstream_replace(&up->service, strdup(r->ch_service));
-        if (!up->realm || !up->service) {
-            upstream_replace(&up->realm, NULL);
-            upstream_replace(&up->service, NULL);
-        }
-    }
-    if (r->bearer)
-        upstream_token_forget(up, r->ch_realm, r->ch_service, r->scope, r->bearer);
-    if (upstream_acquire_token(r, r->ch_realm, r->ch_service) != 0)
-        upstream_finish(r, UPSTREAM_UNAVAILABLE, -1, "cannot start the token request");
-}
-
 static void on_redirect(struct upstream_req *r)
 {
     struct upstream *up = r->up;
@@ -523,7 +447,7 @@ static void on_answer(struct upstream_req *r)
     long s = r->status;
 
     if (s == 401)
-        on_unauthorized(r);
+        upstream_on_unauthorized(r);
     else if (r->location)
         on_redirect(r);
     else if (s == 429)

@@ -1,7 +1,7 @@
 #ifndef REGMIRROR_UPSTREAM_INT_H
 #define REGMIRROR_UPSTREAM_INT_H
 /*
- * What upstream.c (requests, retries, redirects, challenges) and upstream_token.c (the token
+ * What upstream.c (requests, retries, redirects) and upstream_token.c (challenges, the token
  * cache and token fetches) share. Private to the upstream module.
  */
 #include <stdbool.h>
@@ -110,7 +110,12 @@ void upstream_finish(struct upstream_req *r, enum upstream_result res, long retr
 /* Sends the request to r->url with the current credentials. 0, or -1 when out of memory. */
 int upstream_attempt_start(struct upstream_req *r);
 
-/* ---- tokens (upstream_token.c) ---- */
+/* ---- challenges and tokens (upstream_token.c) ---- */
+
+/* Keeps what a 401's challenges say (r->ch_*); Bearer wins over Basic. */
+void upstream_read_challenge(struct upstream_req *r, const struct httpc_headers *h);
+/* Acts on a 401: credentials or a token, then another attempt, or the end of r. */
+void upstream_on_unauthorized(struct upstream_req *r);
 
 /*
  * Gets r a Bearer token for its scope: from the cache (and sends r at once), or by waiting
@@ -119,9 +124,6 @@ int upstream_attempt_start(struct upstream_req *r);
 int upstream_acquire_token(struct upstream_req *r, const char *realm, const char *service);
 /* Takes r off the token fetch it waits for, if any. */
 void upstream_waiter_unlink(struct upstream_req *r);
-/* Drops a cached token the registry refused. */
-void upstream_token_forget(struct upstream *up, const char *realm, const char *service,
-                           const char *scope, const char *token);
 /* Cancels the token fetches (their waiters must be gone) and empties the cache. */
 void upstream_tokens_free(struct upstream *up);
 

@@ -1,6 +1,7 @@
 /*
- * upstream's Bearer tokens: the per-realm+service+scope cache and the token fetches that
- * requests wait on (one fetch per key, however many requests need it).
+ * upstream's authentication: what a 401 asks for (Basic or a Bearer token), the per
+ * realm+service+scope token cache, and the token fetches that requests wait on (one fetch
+ * per key, however many requests need it).
  */
 #include <ctype.h>
 #include <jansson.h>
@@ -18,6 +19,7 @@
 #include "realm.h"
 #include "upstream.h"
 #include "upstream_int.h"
+#include "wwwauth.h"
 
 /* A token answer is a small JSON document; JWTs with many claims stay far below this. */
 #define TOKEN_BODY_MAX (128 * 1024)
@@ -205,6 +207,93 @@ void upstream_waiter_unlink(struct upstream_req *r)
         r->wnext->wprev = r->wprev;
     r->wprev = r->wnext = NULL;
     r->waiting = NULL;
+}
+
+/* ---- challenges ---- */
+
+/* Keeps what a 401's challenges say; Bearer wins over Basic. */
+void upstream_read_challenge(struct upstream_req *r, const struct httpc_headers *h)
+{
+    struct wwwauth *w = malloc(sizeof(*w));
+    const char *v;
+    size_t pos = 0;
+
+    if (!w)
+        return;
+    wwwauth_init(w);
+    while ((v = httpc_header_next(h, "WWW-Authenticate", &pos)) != NULL)
+        wwwauth_parse(w, v, strlen(v)); /* on -1 the complete challenges are still usable */
+    const struct wwwauth_challenge *c = wwwauth_find(w, WWWAUTH_BEARER);
+    if (c && c->realm[0]) {
+        r->ch_kind = UPSTREAM_CH_BEARER;
+        r->ch_realm = strdup(c->realm);
+        r->ch_service = strdup(c->service);
+        snprintf(r->ch_error, sizeof(r->ch_error), "%s", c->error);
+        if (!r->ch_realm || !r->ch_service)
+            r->ch_kind = UPSTREAM_CH_NONE;
+    } else if (wwwauth_find(w, WWWAUTH_BASIC)) {
+        r->ch_kind = UPSTREAM_CH_BASIC;
+    }
+    free(w);
+}
+
+/* Drops a cached token the registry refused. */
+static void token_forget(struct upstream *up, const char *realm, const char *service,
+                         const char *scope, const char *token)
+{
+    char *key = token_key(realm, service, scope);
+    if (key)
+        cache_drop(up, key, token, false);
+    free(key);
+}
+
+void upstream_on_unauthorized(struct upstream_req *r)
+{
+    struct upstream *up = r->up;
+
+    if (r->cross_origin) {
+        upstream_finish(r, UPSTREAM_UNAUTHORIZED, -1, "401 from a redirect target");
+        return;
+    }
+    /*
+     * No credentials sent: get some. A cached token refused: it may have been revoked or
+     * expired early, so one fresh token is worth a try. Credentials just issued refused: final.
+     */
+    if (r->ch_kind == UPSTREAM_CH_NONE || (r->auth && (r->auth_fresh || r->auth_retried))) {
+        upstream_finish(r, UPSTREAM_UNAUTHORIZED, -1, "upstream refused access%s%s",
+                        r->ch_error[0] ? ": " : "", r->ch_error);
+        return;
+    }
+    if (r->auth)
+        r->auth_retried = true;
+    if (r->ch_kind == UPSTREAM_CH_BASIC) {
+        if (!up->basic) {
+            upstream_finish(r, UPSTREAM_UNAUTHORIZED, -1,
+                            "upstream wants credentials, none configured");
+            return;
+        }
+        up->basic_wanted = true;
+        char *auth = strdup(up->basic);
+        upstream_set_auth(r, auth, NULL);
+        r->auth_fresh = true;
+        if (!auth || upstream_attempt_start(r) != 0)
+            upstream_finish(r, UPSTREAM_UNAVAILABLE, -1, "out of memory");
+        return;
+    }
+    /* Bearer: remember the realm for next time, drop the token that was refused. */
+    if (!up->realm || strcmp(up->realm, r->ch_realm) != 0 ||
+        strcmp(up->service, r->ch_service) != 0) {
+        upstream_replace(&up->realm, strdup(r->ch_realm));
+        upstream_replace(&up->service, strdup(r->ch_service));
+        if (!up->realm || !up->service) {
+            upstream_replace(&up->realm, NULL);
+            upstream_replace(&up->service, NULL);
+        }
+    }
+    if (r->bearer)
+        token_forget(up, r->ch_realm, r->ch_service, r->scope, r->bearer);
+    if (upstream_acquire_token(r, r->ch_realm, r->ch_service) != 0)
+        upstream_finish(r, UPSTREAM_UNAVAILABLE, -1, "cannot start the token request");
 }
 
 /* ---- token fetches ---- */
@@ -448,15 +537,6 @@ int upstream_acquire_token(struct upstream_req *r, const char *realm, const char
         f->waiters->wprev = r;
     f->waiters = r;
     return 0;
-}
-
-void upstream_token_forget(struct upstream *up, const char *realm, const char *service,
-                           const char *scope, const char *token)
-{
-    char *key = token_key(realm, service, scope);
-    if (key)
-        cache_drop(up, key, token, false);
-    free(key);
 }
 
 void upstream_tokens_free(struct upstream *up)
