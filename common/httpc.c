@@ -8,6 +8,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "buf.h"
+
 #ifndef REGMIRROR_VERSION
 #define REGMIRROR_VERSION "dev"
 #endif
@@ -142,14 +144,8 @@ static int headers_add(struct httpc_headers *h, const char *line, size_t len)
         end--;
     size_t vlen = (size_t)(end - val);
 
-    if (h->n == h->cap) {
-        size_t ncap = h->cap ? h->cap * 2 : 16;
-        struct header_line *nv = realloc(h->v, ncap * sizeof(*nv));
-        if (!nv)
-            return -1;
-        h->v = nv;
-        h->cap = ncap;
-    }
+    if (buf_grow_items(&h->v, &h->cap, h->n + 1, sizeof(*h->v), HTTPC_HEADER_LINES_MAX) != BUF_OK)
+        return -1;
     char *mem = malloc(nlen + vlen + 2);
     if (!mem)
         return -1;

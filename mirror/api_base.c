@@ -290,12 +290,11 @@ out:
 }
 
 /*
- * A listing (catalog, tags, referrers) read from storage off the loop (offload.h). Work uses
- * reg, never api: at shutdown the server (and api) may be gone before the pool.
+ * A listing (catalog, tags, referrers) read from storage off the loop (offload.h). The api
+ * outlives the job: at shutdown the server frees it only after the pool has drained.
  */
 struct list_job {
     const struct api *api;
-    struct registry *reg;
     struct api_route rt;
     char *artifact_type; /* referrers: the filter, or NULL */
     struct storage_list l;
@@ -306,7 +305,7 @@ struct list_job {
 static void list_work(void *arg)
 {
     struct list_job *j = arg;
-    struct registry *reg = j->reg;
+    struct registry *reg = j->api->reg;
     struct digest subject;
     switch (j->rt.kind) {
     case API_ROUTE_CATALOG:
@@ -385,7 +384,6 @@ static void list(const struct api *api, struct http_req *req, const struct api_r
         goto fail;
     }
     j->api = api;
-    j->reg = api->reg;
     j->rt = *rt;
     j->artifact_type = artifact_type;
     offload_req(api->offload, req, list_work, list_done, j);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "cache.h"
 #include "log.h"
 #include "notify.h"
@@ -28,15 +29,12 @@ enum upload_mode { MODE_PATCH, MODE_PUT, MODE_MONOLITHIC };
 
 /*
  * One request streaming into an upload session. While a job has it (busy), the worker uses
- * up, wbuf and wlen and sets result and size; the loop keeps to the other fields.
- * api (the server's) is used only while req is there: at shutdown the server is freed before
- * the pool has finished, so what work and the last dones need is copied here.
+ * up and wbuf and sets result and size; the loop keeps to the other fields.
+ * api (the server's) outlives ctx: at shutdown the server frees it only after the pool has
+ * drained.
  */
 struct upload_ctx {
     const struct api *api;
-    struct registry *reg;
-    struct offload *ol;
-    struct cache *cache;
     struct http_req *req; /* NULL once answered or gone */
     struct api_route rt;  /* ref: the upload id */
     enum upload_mode mode;
@@ -49,8 +47,7 @@ struct upload_ctx {
     uint64_t size;        /* the session's size as the last job saw it */
     uint64_t start;       /* its size when this request began */
     bool rewind;          /* a write failed: cut the session back to start when closing */
-    char *buf, *wbuf;     /* filling on the loop; being written by a job */
-    size_t len, cap, wlen, wcap;
+    struct buf buf, wbuf; /* filling on the loop; being written by a job */
 };
 
 static bool upload_id_valid(const char *id)
@@ -100,8 +97,8 @@ static void answer_created(const struct api *api, struct http_req *req, const ch
 
 static void ctx_free(struct upload_ctx *ctx)
 {
-    free(ctx->buf);
-    free(ctx->wbuf);
+    buf_free(&ctx->buf);
+    buf_free(&ctx->wbuf);
     free(ctx);
 }
 
@@ -117,7 +114,7 @@ static struct http_req *ctx_release(struct upload_ctx *ctx)
 static void ctx_run(struct upload_ctx *ctx, offload_work_fn work, offload_done_fn done)
 {
     ctx->busy = true;
-    offload_run(ctx->ol, work, done, ctx);
+    offload_run(ctx->api->offload, work, done, ctx);
 }
 
 /* Releases the writer: the session keeps what was written (and size says how much). */
@@ -202,7 +199,7 @@ static bool ctx_resume(struct upload_ctx *ctx, bool cancelled)
 static void write_work(void *arg)
 {
     struct upload_ctx *ctx = arg;
-    ctx->result = registry_upload_write(ctx->up, ctx->wbuf, ctx->wlen);
+    ctx->result = registry_upload_write(ctx->up, ctx->wbuf.p, ctx->wbuf.len);
 }
 
 static void write_done(void *arg, bool cancelled);
@@ -210,31 +207,22 @@ static void write_done(void *arg, bool cancelled);
 /* Hands the gathered bytes to a worker; the other buffer fills meanwhile. */
 static void write_start(struct upload_ctx *ctx)
 {
-    char *b = ctx->wbuf;
-    size_t cap = ctx->wcap;
+    struct buf b = ctx->wbuf;
     ctx->wbuf = ctx->buf;
-    ctx->wcap = ctx->cap;
-    ctx->wlen = ctx->len;
     ctx->buf = b;
-    ctx->cap = cap;
-    ctx->len = 0;
+    buf_clear(&ctx->buf);
     ctx_run(ctx, write_work, write_done);
 }
 
-/* A piece never exceeds what one read gives, so a buffer outgrows UPLOAD_BUF by that only. */
-static int buf_append(struct upload_ctx *ctx, const char *data, size_t len)
+/*
+ * A piece never exceeds what one read gives, so a buffer outgrows UPLOAD_BUF by that only
+ * (bounded by construction). The first allocation is UPLOAD_BUF at once.
+ */
+static int gather(struct upload_ctx *ctx, const char *data, size_t len)
 {
-    if (len > ctx->cap - ctx->len) {
-        size_t cap = ctx->len + len < UPLOAD_BUF ? UPLOAD_BUF : ctx->len + len;
-        char *b = realloc(ctx->buf, cap);
-        if (!b)
-            return -1;
-        ctx->buf = b;
-        ctx->cap = cap;
-    }
-    memcpy(ctx->buf + ctx->len, data, len);
-    ctx->len += len;
-    return 0;
+    if (ctx->buf.cap == 0 && buf_reserve(&ctx->buf, UPLOAD_BUF) != BUF_OK)
+        return -1;
+    return buf_append(&ctx->buf, data, len) == BUF_OK ? 0 : -1;
 }
 
 static int body_data(struct http_req *req, void *arg, const char *data, size_t len)
@@ -243,9 +231,9 @@ static int body_data(struct http_req *req, void *arg, const char *data, size_t l
     enum regerr result = REG_OK;
     if (ctx->direct) {
         result = registry_upload_write(ctx->up, data, len);
-    } else if (buf_append(ctx, data, len) != 0) {
+    } else if (gather(ctx, data, len) != 0) {
         result = REG_ERR_INTERNAL;
-    } else if (ctx->len >= UPLOAD_BUF) {
+    } else if (ctx->buf.len >= UPLOAD_BUF) {
         if (ctx->busy)
             http_req_pause_body(req); /* write_done resumes */
         else
@@ -287,7 +275,7 @@ static void commit_done(void *arg, bool cancelled)
     struct cache_desc cd = {.digest = ctx->digest, .size = ctx->size};
     snprintf(cd.media_type, sizeof(cd.media_type), "application/octet-stream");
     if (!cancelled && ctx->result == REG_OK)
-        cache_put(ctx->cache, ctx->rt.name, &cd);
+        cache_put(ctx->api->cache, ctx->rt.name, &cd);
     if (!ctx_resume(ctx, cancelled))
         return;
     const struct api *api = ctx->api;
@@ -325,14 +313,14 @@ static void write_done(void *arg, bool cancelled)
         return;
     }
     if (ctx->ended) {
-        if (ctx->len > 0)
+        if (ctx->buf.len > 0)
             write_start(ctx);
         else
             body_finish(ctx);
         return;
     }
     /* Reading was paused if the other buffer filled up meanwhile. */
-    if (ctx->len >= UPLOAD_BUF)
+    if (ctx->buf.len >= UPLOAD_BUF)
         write_start(ctx);
     http_req_resume_body(ctx->req);
 }
@@ -344,7 +332,7 @@ static void body_end(struct http_req *req, void *arg)
     ctx->ended = true;
     if (ctx->busy)
         return; /* write_done goes on */
-    if (ctx->len > 0)
+    if (ctx->buf.len > 0)
         write_start(ctx);
     else
         body_finish(ctx);
@@ -353,7 +341,7 @@ static void body_end(struct http_req *req, void *arg)
 static void open_work(void *arg)
 {
     struct upload_ctx *ctx = arg;
-    ctx->result = registry_upload_open(ctx->reg, ctx->rt.name, ctx->rt.ref, &ctx->up);
+    ctx->result = registry_upload_open(ctx->api->reg, ctx->rt.name, ctx->rt.ref, &ctx->up);
     if (ctx->result == REG_OK)
         ctx->start = ctx->size = registry_upload_offset(ctx->up);
 }
@@ -421,14 +409,13 @@ static void stream_into(const struct api *api, struct http_req *req, const struc
         return;
     }
     ctx->api = api;
-    ctx->reg = api->reg;
-    ctx->ol = api->offload;
-    ctx->cache = api->cache;
     ctx->req = req;
+    buf_init(&ctx->buf, BUF_UNCAPPED);
+    buf_init(&ctx->wbuf, BUF_UNCAPPED);
     ctx->rt = *rt;
     snprintf(ctx->rt.ref, sizeof(ctx->rt.ref), "%s", id);
     ctx->mode = mode;
-    ctx->direct = offload_inline(ctx->ol);
+    ctx->direct = offload_inline(api->offload);
     if (digest)
         ctx->digest = *digest;
     http_req_on_abort(req, ctx_abort, ctx);
@@ -437,10 +424,8 @@ static void stream_into(const struct api *api, struct http_req *req, const struc
 
 /* ---- POST: start, mount ---- */
 
-/* reg is apart from api for the worker: the server may be freed while work runs. */
 struct start_job {
     const struct api *api;
-    struct registry *reg;
     struct api_route rt;
     char *from;     /* try a mount of mount from it; NULL: no mount */
     char *digest_s; /* ?digest=: a monolithic upload */
@@ -454,7 +439,7 @@ struct start_job {
 static void start_work(void *arg)
 {
     struct start_job *j = arg;
-    struct registry *reg = j->reg;
+    struct registry *reg = j->api->reg;
     /* A mount that cannot be done falls back to a new session, as the spec says. */
     if (j->from && registry_blob_mount(reg, j->rt.name, j->from, &j->mount) == REG_OK) {
         j->mounted = true;
@@ -504,7 +489,6 @@ void api_upload_start(const struct api *api, struct http_req *req, const struct 
         goto out;
     }
     j->api = api;
-    j->reg = api->reg;
     j->rt = *rt;
     j->digest_s = reference_query_get(q, "digest");
     if (j->digest_s)
@@ -531,7 +515,6 @@ out:
 
 struct session_job {
     const struct api *api;
-    struct registry *reg; /* as in start_job */
     struct api_route rt;
     enum http_method method;
     uint64_t size;
@@ -542,9 +525,9 @@ static void session_work(void *arg)
 {
     struct session_job *j = arg;
     if (j->method == HTTP_GET)
-        j->result = registry_upload_size(j->reg, j->rt.name, j->rt.ref, &j->size);
+        j->result = registry_upload_size(j->api->reg, j->rt.name, j->rt.ref, &j->size);
     else
-        j->result = registry_upload_cancel(j->reg, j->rt.name, j->rt.ref);
+        j->result = registry_upload_cancel(j->api->reg, j->rt.name, j->rt.ref);
 }
 
 static void session_done(void *arg, struct http_req *req)
@@ -589,7 +572,6 @@ void api_upload(const struct api *api, struct http_req *req, const struct api_ro
             break;
         }
         j->api = api;
-        j->reg = api->reg;
         j->rt = *rt;
         j->method = http_req_method(req);
         offload_req(api->offload, req, session_work, session_done, j);

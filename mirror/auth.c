@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "buf.h"
 #include "log.h"
 
 /* A file larger than this is refused: htpasswd files are a few KB. */
@@ -234,17 +235,13 @@ int auth_htpasswd_parse(const char *text, size_t len, struct auth_entries *out, 
             free(hash);
             goto out;
         }
-        if (e.n == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            struct auth_entry *v = realloc(e.v, ncap * sizeof(*v));
-            if (!v) {
-                free(user);
-                free(hash);
-                set_err(err, errlen, "out of memory");
-                goto out;
-            }
-            e.v = v;
-            cap = ncap;
+        /* bounded by the text: every entry takes a line of it */
+        if (buf_grow_items(&e.v, &cap, e.n + 1, sizeof(*e.v), BUF_UNCAPPED / sizeof(*e.v)) !=
+            BUF_OK) {
+            free(user);
+            free(hash);
+            set_err(err, errlen, "out of memory");
+            goto out;
         }
         e.v[e.n].user = user;
         e.v[e.n].hash = hash;

@@ -200,12 +200,15 @@ out:
     if (sigterm)
         event_free(sigterm);
     maintenance_free(mt);
-    /* The server first: aborting its requests detaches them from the proxy's fetches. */
-    server_free(srv);
+    /* The server's connections first: aborting its requests detaches them from the proxy's
+     * fetches, and no request can come in any more. */
+    server_close(srv);
     proxy_free(px);
     health_free(hl);
-    /* Before what its jobs use: the registry, the storage, the cache. */
+    /* Before what its jobs use: the api, the registry, the storage, the cache. Every job's
+     * done has run when it returns. */
     offload_free(ol);
+    server_free(srv);
     notify_free(nt);
     /* Last of the network users: each one above cancelled its own requests. */
     httpc_free(hc);

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "layout.h"
 #include "log.h"
 #include "reference.h"
@@ -1066,14 +1067,10 @@ struct name_vec {
 
 static int vec_push(struct name_vec *vec, const char *s)
 {
-    if (vec->n == vec->cap) {
-        size_t cap = vec->cap ? vec->cap * 2 : 32;
-        char **nv = realloc(vec->v, cap * sizeof(*nv));
-        if (!nv)
-            return -1;
-        vec->v = nv;
-        vec->cap = cap;
-    }
+    /* bounded by the repositories in the store */
+    if (buf_grow_items(&vec->v, &vec->cap, vec->n + 1, sizeof(*vec->v),
+                       BUF_UNCAPPED / sizeof(*vec->v)) != BUF_OK)
+        return -1;
     if (!(vec->v[vec->n] = strdup(s)))
         return -1;
     vec->n++;

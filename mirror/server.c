@@ -170,15 +170,25 @@ fail:
     return NULL;
 }
 
-void server_free(struct server *srv)
+void server_close(struct server *srv)
 {
     if (!srv)
         return;
     tls_server_free(srv->tls); /* first: it hands connections to srv->http */
+    srv->tls = NULL;
     if (srv->http)
         http_server_free(srv->http);
+    srv->http = NULL;
     if (srv->debug)
         http_server_free(srv->debug);
+    srv->debug = NULL;
+}
+
+void server_free(struct server *srv)
+{
+    if (!srv)
+        return;
+    server_close(srv);
     auth_free(srv->auth);
     free(srv);
 }

@@ -20,6 +20,13 @@ struct server;
 /* Creates the server and listens on cfg->http.addr. NULL on error (logged). */
 struct server *server_new(struct event_base *base, const struct config *cfg, struct registry *reg,
                           struct proxy *proxy, struct cache *cache, struct offload *ol);
+/*
+ * Shutdown, in two steps. server_close closes the listeners and every connection (each
+ * request's abort runs); the api the handlers were given stays. server_free (after the
+ * offload pool has drained, so no job's work or done still uses the api) frees the rest.
+ * server_free closes first if server_close was not called. Both take NULL.
+ */
+void server_close(struct server *srv);
 void server_free(struct server *srv);
 
 struct health;

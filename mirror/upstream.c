@@ -1,10 +1,10 @@
 #include "upstream.h"
+#include "upstream_int.h"
 
 #include <ctype.h>
 #include <stdarg.h>
 #include <curl/curl.h>
 #include <event2/event.h>
-#include <jansson.h>
 #include <openssl/evp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,7 +17,6 @@
 #include "log.h"
 #include "metrics.h"
 #include "realm.h"
-#include "wwwauth.h"
 
 #define DEFAULT_ATTEMPTS 3
 #define DEFAULT_RETRY_DELAY_MS 100L
@@ -26,101 +25,8 @@
 /* Body bytes of an answer we act on ourselves (401, 3xx, 5xx, 404...) read to keep the
  * connection reusable; a longer body ends the transfer instead. */
 #define SWALLOW_MAX (64 * 1024)
-/* A token answer is a small JSON document; JWTs with many claims stay far below this. */
-#define TOKEN_BODY_MAX (128 * 1024)
-#define TOKEN_TIMEOUT_MS 30000L
-/* Tokens kept; the soonest to expire goes first when full. */
-#define TOKEN_CACHE_MAX 256
-/* The distribution spec's default lifetime when the answer has no expires_in. */
-#define TOKEN_DEFAULT_LIFETIME_S 60
 #define RETRY_AFTER_MAX_S 86400L
 #define SUFFIX_MAX 512
-
-struct token_entry {
-    struct token_entry *next;
-    char *key; /* realm "\n" service "\n" scope */
-    char *token;
-    int64_t use_until_ms; /* monotonic */
-};
-
-struct token_fetch {
-    struct token_fetch *next;
-    struct upstream *up;
-    char *key;
-    struct httpc_req *req;
-    struct upstream_req *waiters;
-    long status;
-    long retry_after_s;
-    char *body;
-    size_t len;
-};
-
-struct upstream {
-    struct httpc *http;
-    struct event_base *base;
-    char *remoteurl; /* no trailing '/' */
-    char *origin;    /* scheme://host:port, lowercase, for the Authorization rule */
-    char *host;      /* for logs */
-    char *basic;     /* "Authorization: Basic ..." or NULL when anonymous */
-    bool hub;
-    int attempts;
-    long retry_delay_ms;
-    long connect_timeout_ms;
-    /* Learned from the last challenge, so later requests can authenticate up front. */
-    char *realm, *service;
-    bool basic_wanted;
-    struct token_entry *tokens;
-    size_t ntokens;
-    struct token_fetch *fetches;
-    struct upstream_req *reqs;
-    uint64_t rng;
-    /* Which token realms get basic (realm_describe), and the last realm host warned about
-     * for getting none. */
-    char cred_rule[320];
-    char *refused_realm;
-};
-
-enum challenge_kind { CH_NONE, CH_BEARER, CH_BASIC };
-
-struct upstream_req {
-    struct upstream *up;
-    struct upstream_req *prev, *next;   /* up->reqs */
-    struct upstream_req *wprev, *wnext; /* waiting->waiters */
-    struct token_fetch *waiting;
-    struct upstream_callbacks cb;
-    void *ctx;
-    bool head;
-    bool manifest_get;
-    char *repo, *scope, *url0, *url;
-    char **headers;  /* NULL-terminated copy of extra_headers */
-    char *auth;      /* "Authorization: ..." sent to the upstream's origin, or NULL */
-    char *bearer;    /* the token inside auth, to drop it from the cache if refused */
-    bool auth_fresh; /* auth was just issued (or is Basic): a refusal is final */
-    struct httpc_req *cur;
-    struct event *retry_ev;
-    int attempt; /* 1-based number of the current try */
-    int hops;
-    bool auth_retried; /* the one retry after a refused cached token is spent */
-    bool cross_origin; /* a redirect left the upstream's origin: no Authorization from now on */
-    bool paused;
-    bool responded; /* on_response ran: no retry from here on */
-    bool finished;
-    bool cancelled;
-    int busy; /* caller callbacks running for this request */
-    /* The current answer. */
-    long status;
-    bool pass; /* a success handed to the caller; otherwise we read and act on it */
-    size_t swallowed;
-    const struct httpc_headers *headers_in;
-    enum challenge_kind ch_kind;
-    char *ch_realm, *ch_service;
-    char ch_error[WWWAUTH_ERROR_MAX];
-    char *location;
-    long retry_after_s;
-};
-
-static int attempt_start(struct upstream_req *r);
-static int acquire_token(struct upstream_req *r, const char *realm, const char *service);
 
 const char *upstream_result_name(enum upstream_result res)
 {
@@ -145,14 +51,14 @@ const char *upstream_result_name(enum upstream_result res)
 
 /* ---- small helpers ---- */
 
-static int64_t now_ms(void)
+int64_t upstream_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static char *concat(const char *a, const char *b, const char *c)
+char *upstream_concat(const char *a, const char *b, const char *c)
 {
     size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
     char *s = malloc(la + lb + lc + 1);
@@ -164,13 +70,13 @@ static char *concat(const char *a, const char *b, const char *c)
     return s;
 }
 
-static void replace(char **dst, char *v)
+void upstream_replace(char **dst, char *v)
 {
     free(*dst);
     *dst = v;
 }
 
-static bool nonempty(const char *s)
+bool upstream_nonempty(const char *s)
 {
     return s && *s;
 }
@@ -186,32 +92,12 @@ static uint64_t next_random(struct upstream *up)
     return x;
 }
 
-/* Percent-encodes s (RFC 3986 unreserved characters stay) into a new string. */
-static char *url_escape(const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    char *out = malloc(strlen(s) * 3 + 1), *o = out;
-    if (!out)
-        return NULL;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (isalnum(*p) || *p == '-' || *p == '.' || *p == '_' || *p == '~') {
-            *o++ = (char)*p;
-        } else {
-            *o++ = '%';
-            *o++ = hex[*p >> 4];
-            *o++ = hex[*p & 15];
-        }
-    }
-    *o = '\0';
-    return out;
-}
-
 /*
  * Splits url into its lowercase "scheme://host:port" origin (default ports filled in) and, if
  * wanted, its host. Returns NULL unless it is an http(s) URL. userinfo is reported through
  * *has_userinfo when that is not NULL.
  */
-static char *origin_of(const char *url, char **host_out, bool *has_userinfo)
+char *upstream_origin_of(const char *url, char **host_out, bool *has_userinfo)
 {
     CURLU *h = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL, *user = NULL, *origin = NULL;
@@ -236,7 +122,7 @@ static char *origin_of(const char *url, char **host_out, bool *has_userinfo)
     if (host_out) {
         *host_out = strdup(host);
         if (!*host_out)
-            replace(&origin, NULL);
+            upstream_replace(&origin, NULL);
     }
 out:
     curl_free(scheme);
@@ -257,7 +143,7 @@ static char *resolve_location(const char *base, const char *location)
         curl_url_set(h, CURLUPART_URL, location, 0) != CURLUE_OK ||
         curl_url_get(h, CURLUPART_URL, &u, 0) != CURLUE_OK)
         goto out;
-    char *origin = origin_of(u, NULL, NULL);
+    char *origin = upstream_origin_of(u, NULL, NULL);
     if (origin) {
         free(origin);
         result = strdup(u);
@@ -280,7 +166,7 @@ static char *basic_header(const char *user, const char *password)
     char *b64 = malloc(enc);
     if (b64) {
         EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)plain, (int)n);
-        out = concat("Authorization: Basic ", b64, "");
+        out = upstream_concat("Authorization: Basic ", b64, "");
     }
     OPENSSL_cleanse(plain, n);
     free(plain);
@@ -292,7 +178,7 @@ static char *basic_header(const char *user, const char *password)
 }
 
 /* Retry-After: delta-seconds or an HTTP-date; -1 when absent or unreadable. */
-static long parse_retry_after(const char *v)
+long upstream_parse_retry_after(const char *v)
 {
     if (!v || !*v)
         return -1;
@@ -312,173 +198,30 @@ static long parse_retry_after(const char *v)
     return d > RETRY_AFTER_MAX_S ? RETRY_AFTER_MAX_S : d;
 }
 
-/* RFC 3339 as token servers write issued_at ("2024-05-01T10:00:00.123Z", "+02:00"). */
-static int parse_rfc3339(const char *s, time_t *out)
-{
-    struct tm tm = {0};
-    int n = 0;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-               &tm.tm_min, &tm.tm_sec, &n) != 6)
-        return -1;
-    const char *p = s + n;
-    if (*p == '.') {
-        p++;
-        while (isdigit((unsigned char)*p))
-            p++;
-    }
-    long offset = 0;
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if (*p == '+' || *p == '-') {
-        int hh, mm, k = 0;
-        if (sscanf(p + 1, "%2d:%2d%n", &hh, &mm, &k) != 2 || k != 5)
-            return -1;
-        offset = (hh * 3600L + mm * 60L) * (*p == '-' ? -1 : 1);
-        p += 1 + k;
-    } else {
-        return -1;
-    }
-    if (*p != '\0')
-        return -1;
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    time_t t = timegm(&tm);
-    if (t == (time_t)-1)
-        return -1;
-    *out = t - offset;
-    return 0;
-}
-
-/* ---- token cache ---- */
-
-static char *token_key(const char *realm, const char *service, const char *scope)
-{
-    size_t n = strlen(realm) + strlen(service) + strlen(scope) + 3;
-    char *k = malloc(n);
-    if (k)
-        snprintf(k, n, "%s\n%s\n%s", realm, service, scope);
-    return k;
-}
-
-static void token_entry_free(struct token_entry *e)
-{
-    free(e->key);
-    if (e->token) {
-        OPENSSL_cleanse(e->token, strlen(e->token));
-        free(e->token);
-    }
-    free(e);
-}
-
-/* Unlinks and frees the entries matching: expired ones, or key (and token, if given). */
-static void cache_drop(struct upstream *up, const char *key, const char *token, bool expired)
-{
-    int64_t now = now_ms();
-    struct token_entry **pp = &up->tokens;
-    while (*pp) {
-        struct token_entry *e = *pp;
-        bool match = (expired && e->use_until_ms <= now) ||
-                     (key && strcmp(e->key, key) == 0 && (!token || strcmp(e->token, token) == 0));
-        if (match) {
-            *pp = e->next;
-            token_entry_free(e);
-            up->ntokens--;
-        } else {
-            pp = &e->next;
-        }
-    }
-}
-
-static const char *cache_get(struct upstream *up, const char *key)
-{
-    int64_t now = now_ms();
-    for (struct token_entry *e = up->tokens; e; e = e->next) {
-        if (strcmp(e->key, key) == 0 && e->use_until_ms > now)
-            return e->token;
-    }
-    return NULL;
-}
-
-static void cache_put(struct upstream *up, const char *key, const char *token, long lifetime_s)
-{
-    /*
-     * Stop using a token a little before it expires, so a request in flight does not carry it
-     * past its end: 10% of its life, at least 5 s (but never more than half of it).
-     */
-    long margin = lifetime_s / 10;
-    long floor_s = lifetime_s / 2 < 5 ? lifetime_s / 2 : 5;
-    if (margin < floor_s)
-        margin = floor_s;
-    if (lifetime_s - margin <= 0)
-        return;
-    cache_drop(up, key, NULL, true);
-    if (up->ntokens >= TOKEN_CACHE_MAX && up->tokens) {
-        /* unlinked here: dropping by its key would compare later keys with the freed one */
-        struct token_entry **soonest = &up->tokens;
-        for (struct token_entry **pp = &up->tokens; *pp; pp = &(*pp)->next) {
-            if ((*pp)->use_until_ms < (*soonest)->use_until_ms)
-                soonest = pp;
-        }
-        struct token_entry *old = *soonest;
-        *soonest = old->next;
-        token_entry_free(old);
-        up->ntokens--;
-    }
-    struct token_entry *e = calloc(1, sizeof(*e));
-    if (!e)
-        return;
-    e->key = strdup(key);
-    e->token = strdup(token);
-    if (!e->key || !e->token) {
-        token_entry_free(e);
-        return;
-    }
-    e->use_until_ms = now_ms() + (int64_t)(lifetime_s - margin) * 1000;
-    e->next = up->tokens;
-    up->tokens = e;
-    up->ntokens++;
-}
-
 /* ---- request life ---- */
-
-static void waiter_unlink(struct upstream_req *r)
-{
-    struct token_fetch *f = r->waiting;
-    if (!f)
-        return;
-    if (r->wprev)
-        r->wprev->wnext = r->wnext;
-    else
-        f->waiters = r->wnext;
-    if (r->wnext)
-        r->wnext->wprev = r->wprev;
-    r->wprev = r->wnext = NULL;
-    r->waiting = NULL;
-}
-
 static void answer_reset(struct upstream_req *r)
 {
     r->status = 0;
     r->pass = false;
     r->swallowed = 0;
     r->headers_in = NULL;
-    r->ch_kind = CH_NONE;
-    replace(&r->ch_realm, NULL);
-    replace(&r->ch_service, NULL);
+    r->ch_kind = UPSTREAM_CH_NONE;
+    upstream_replace(&r->ch_realm, NULL);
+    upstream_replace(&r->ch_service, NULL);
     r->ch_error[0] = '\0';
-    replace(&r->location, NULL);
+    upstream_replace(&r->location, NULL);
     r->retry_after_s = -1;
 }
 
-static void set_auth(struct upstream_req *r, char *auth, char *bearer)
+void upstream_set_auth(struct upstream_req *r, char *auth, char *bearer)
 {
     if (r->auth)
         OPENSSL_cleanse(r->auth, strlen(r->auth));
-    replace(&r->auth, auth);
-    replace(&r->bearer, bearer);
+    upstream_replace(&r->auth, auth);
+    upstream_replace(&r->bearer, bearer);
 }
 
-static void req_free(struct upstream_req *r)
+static void req_dispose(struct upstream_req *r)
 {
     struct upstream *up = r->up;
     if (r->prev)
@@ -487,14 +230,14 @@ static void req_free(struct upstream_req *r)
         up->reqs = r->next;
     if (r->next)
         r->next->prev = r->prev;
-    waiter_unlink(r);
+    upstream_waiter_unlink(r);
     metrics_dec(METRICS_GAUGE_UPSTREAM_INFLIGHT);
     if (r->cur)
         httpc_cancel(r->cur);
     if (r->retry_ev)
         event_free(r->retry_ev);
     answer_reset(r);
-    set_auth(r, NULL, NULL);
+    upstream_set_auth(r, NULL, NULL);
     for (size_t i = 0; r->headers && r->headers[i]; i++)
         free(r->headers[i]);
     free(r->headers);
@@ -505,11 +248,19 @@ static void req_free(struct upstream_req *r)
     free(r);
 }
 
-/* The single exit: reports the outcome once and frees the request. */
-static void finish(struct upstream_req *r, enum upstream_result res, long retry_after_s,
-                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void finish(struct upstream_req *r, enum upstream_result res, long retry_after_s,
-                   const char *fmt, ...)
+static void req_ref(struct upstream_req *r)
+{
+    r->refs++;
+}
+
+static void req_unref(struct upstream_req *r)
+{
+    if (--r->refs == 0)
+        req_dispose(r);
+}
+
+void upstream_finish(struct upstream_req *r, enum upstream_result res, long retry_after_s,
+                     const char *fmt, ...)
 {
     char msg[256];
     va_list ap;
@@ -525,27 +276,19 @@ static void finish(struct upstream_req *r, enum upstream_result res, long retry_
     }
     if (r->cb.on_done)
         r->cb.on_done(r, r->ctx, &o);
-    req_free(r);
+    req_unref(r);
 }
 
 /*
- * Calls on_response. Returns 0 to go on, -1 when the caller said stop, -2 when the caller
- * cancelled (r is freed).
+ * Calls on_response; the caller holds a reference to r. True when the caller wants to go on;
+ * false when it said stop (or cancelled: see r->cancelled).
  */
-static int deliver_response(struct upstream_req *r)
+static bool deliver_response(struct upstream_req *r)
 {
-    int rc = 0;
     r->responded = true;
-    if (r->cb.on_response) {
-        r->busy++;
-        rc = r->cb.on_response(r, r->ctx, r->status, r->headers_in);
-        r->busy--;
-    }
-    if (r->cancelled) {
-        req_free(r);
-        return -2;
-    }
-    return rc != 0 ? -1 : 0;
+    if (r->cb.on_response && r->cb.on_response(r, r->ctx, r->status, r->headers_in) != 0)
+        return false;
+    return !r->cancelled;
 }
 
 /* Logs Docker Hub's pull-limit headers; a debug line only when there are some to show. */
@@ -583,32 +326,6 @@ static bool is_redirect(long status)
     return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
 }
 
-/* Keeps what a 401's challenges say; Bearer wins over Basic. */
-static void read_challenge(struct upstream_req *r, const struct httpc_headers *h)
-{
-    struct wwwauth *w = malloc(sizeof(*w));
-    const char *v;
-    size_t pos = 0;
-
-    if (!w)
-        return;
-    wwwauth_init(w);
-    while ((v = httpc_header_next(h, "WWW-Authenticate", &pos)) != NULL)
-        wwwauth_parse(w, v, strlen(v)); /* on -1 the complete challenges are still usable */
-    const struct wwwauth_challenge *c = wwwauth_find(w, WWWAUTH_BEARER);
-    if (c && c->realm[0]) {
-        r->ch_kind = CH_BEARER;
-        r->ch_realm = strdup(c->realm);
-        r->ch_service = strdup(c->service);
-        snprintf(r->ch_error, sizeof(r->ch_error), "%s", c->error);
-        if (!r->ch_realm || !r->ch_service)
-            r->ch_kind = CH_NONE;
-    } else if (wwwauth_find(w, WWWAUTH_BASIC)) {
-        r->ch_kind = CH_BASIC;
-    }
-    free(w);
-}
-
 /* ---- httpc callbacks of a registry request ---- */
 
 static int on_att_headers(struct httpc_req *hr, void *ctx, long status,
@@ -620,12 +337,12 @@ static int on_att_headers(struct httpc_req *hr, void *ctx, long status,
     if (r->manifest_get && !r->cross_origin)
         log_ratelimit(r, h, LOG_DEBUG, "manifest GET");
     if (status == 401) {
-        read_challenge(r, h);
+        upstream_read_challenge(r, h);
     } else if (is_redirect(status) && httpc_header_get(h, "Location")) {
         r->location = strdup(httpc_header_get(h, "Location"));
     } else if (status == 429) {
         metrics_inc(METRICS_UPSTREAM_429);
-        r->retry_after_s = parse_retry_after(httpc_header_get(h, "Retry-After"));
+        r->retry_after_s = upstream_parse_retry_after(httpc_header_get(h, "Retry-After"));
         log_ratelimit(r, h, LOG_WARN, "rate limit reached (429)");
     } else {
         r->pass = (status >= 200 && status < 300) || status == 304;
@@ -633,34 +350,37 @@ static int on_att_headers(struct httpc_req *hr, void *ctx, long status,
     return 0;
 }
 
-static int on_att_data(struct httpc_req *hr, void *ctx, const char *data, size_t len)
+/* Hands body bytes to the caller; the caller holds a reference to r. */
+static int pass_data(struct upstream_req *r, const char *data, size_t len)
 {
-    struct upstream_req *r = ctx;
-    int rc = 0;
-
-    if (!r->pass) {
-        r->swallowed += len;
-        return r->swallowed > SWALLOW_MAX ? -1 : 0;
-    }
     if (!r->responded) {
-        rc = deliver_response(r);
-        if (rc != 0)
+        if (!deliver_response(r))
             return -1;
         if (r->paused)
             return HTTPC_PAUSE; /* paused in on_response: these bytes come again */
     }
     if (!r->cb.on_data)
         return 0;
-    r->busy++;
-    rc = r->cb.on_data(r, r->ctx, data, len);
-    r->busy--;
-    if (r->cancelled) {
-        req_free(r);
+    int rc = r->cb.on_data(r, r->ctx, data, len);
+    if (r->cancelled)
         return -1;
-    }
     if (rc == UPSTREAM_PAUSE)
         return HTTPC_PAUSE;
     return rc == 0 ? 0 : -1;
+}
+
+static int on_att_data(struct httpc_req *hr, void *ctx, const char *data, size_t len)
+{
+    struct upstream_req *r = ctx;
+
+    if (!r->pass) {
+        r->swallowed += len;
+        return r->swallowed > SWALLOW_MAX ? -1 : 0;
+    }
+    req_ref(r);
+    int rc = pass_data(r, data, len);
+    req_unref(r);
+    return rc;
 }
 
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -669,9 +389,9 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
     r->attempt++;
     r->hops = 0;
     r->cross_origin = false;
-    replace(&r->url, strdup(r->url0));
-    if (!r->url || attempt_start(r) != 0)
-        finish(r, UPSTREAM_UNAVAILABLE, -1, "out of memory");
+    upstream_replace(&r->url, strdup(r->url0));
+    if (!r->url || upstream_attempt_start(r) != 0)
+        upstream_finish(r, UPSTREAM_UNAVAILABLE, -1, "out of memory");
 }
 
 /* Connection errors and 5xx: try again later, or give up. */
@@ -679,7 +399,7 @@ static void retry_or_fail(struct upstream_req *r, const char *why)
 {
     struct upstream *up = r->up;
     if (r->attempt >= up->attempts) {
-        finish(r, UPSTREAM_UNAVAILABLE, -1, "%s (after %d attempts)", why, r->attempt);
+        upstream_finish(r, UPSTREAM_UNAVAILABLE, -1, "%s (after %d attempts)", why, r->attempt);
         return;
     }
     long delay = up->retry_delay_ms;
@@ -692,63 +412,11 @@ static void retry_or_fail(struct upstream_req *r, const char *why)
         r->retry_ev = evtimer_new(up->base, retry_cb, r);
     struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
     if (!r->retry_ev || evtimer_add(r->retry_ev, &tv) != 0) {
-        finish(r, UPSTREAM_UNAVAILABLE, -1, "%s", why);
+        upstream_finish(r, UPSTREAM_UNAVAILABLE, -1, "%s", why);
         return;
     }
     const char *fields[] = {"repo", r->repo, NULL};
     log_kv(LOG_DEBUG, fields, "upstream %s: %s, retrying in %ld ms", up->host, why, delay);
-}
-
-static void on_unauthorized(struct upstream_req *r)
-{
-    struct upstream *up = r->up;
-
-    if (r->cross_origin) {
-        finish(r, UPSTREAM_UNAUTHORIZED, -1, "401 from a redirect target");
-        return;
-    }
-    /*
-     * No credentials sent: get some. A cached token refused: it may have been revoked or
-     * expired early, so one fresh token is worth a try. Credentials just issued refused: final.
-     */
-    if (r->ch_kind == CH_NONE || (r->auth && (r->auth_fresh || r->auth_retried))) {
-        finish(r, UPSTREAM_UNAUTHORIZED, -1, "upstream refused access%s%s",
-               r->ch_error[0] ? ": " : "", r->ch_error);
-        return;
-    }
-    if (r->auth)
-        r->auth_retried = true;
-    if (r->ch_kind == CH_BASIC) {
-        if (!up->basic) {
-            finish(r, UPSTREAM_UNAUTHORIZED, -1, "upstream wants credentials, none configured");
-            return;
-        }
-        up->basic_wanted = true;
-        char *auth = strdup(up->basic);
-        set_auth(r, auth, NULL);
-        r->auth_fresh = true;
-        if (!auth || attempt_start(r) != 0)
-            finish(r, UPSTREAM_UNAVAILABLE, -1, "out of memory");
-        return;
-    }
-    /* Bearer: remember the realm for next time, drop the token that was refused. */
-    if (!up->realm || strcmp(up->realm, r->ch_realm) != 0 ||
-        strcmp(up->service, r->ch_service) != 0) {
-        replace(&up->realm, strdup(r->ch_realm));
-        replace(&up->service, strdup(r->ch_service));
-        if (!up->realm || !up->service) {
-            replace(&up->realm, NULL);
-            replace(&up->service, NULL);
-        }
-    }
-    if (r->bearer) {
-        char *key = token_key(r->ch_realm, r->ch_service, r->scope);
-        if (key)
-            cache_drop(up, key, r->bearer, false);
-        free(key);
-    }
-    if (acquire_token(r, r->ch_realm, r->ch_service) != 0)
-        finish(r, UPSTREAM_UNAVAILABLE, -1, "cannot start the token request");
 }
 
 static void on_redirect(struct upstream_req *r)
@@ -756,21 +424,21 @@ static void on_redirect(struct upstream_req *r)
     struct upstream *up = r->up;
 
     if (++r->hops > MAX_HOPS) {
-        finish(r, UPSTREAM_UNAVAILABLE, -1, "more than %d redirects", MAX_HOPS);
+        upstream_finish(r, UPSTREAM_UNAVAILABLE, -1, "more than %d redirects", MAX_HOPS);
         return;
     }
     char *next = resolve_location(r->url, r->location);
     if (!next) {
-        finish(r, UPSTREAM_REJECTED, -1, "redirect to an unusable location");
+        upstream_finish(r, UPSTREAM_REJECTED, -1, "redirect to an unusable location");
         return;
     }
-    char *origin = origin_of(next, NULL, NULL);
+    char *origin = upstream_origin_of(next, NULL, NULL);
     if (!origin || strcmp(origin, up->origin) != 0)
         r->cross_origin = true; /* for good: a later hop back does not earn the token back */
     free(origin);
-    replace(&r->url, next);
-    if (attempt_start(r) != 0)
-        finish(r, UPSTREAM_UNAVAILABLE, -1, "out of memory");
+    upstream_replace(&r->url, next);
+    if (upstream_attempt_start(r) != 0)
+        upstream_finish(r, UPSTREAM_UNAVAILABLE, -1, "out of memory");
 }
 
 /* Acts on an answer that is not handed to the caller. */
@@ -779,43 +447,41 @@ static void on_answer(struct upstream_req *r)
     long s = r->status;
 
     if (s == 401)
-        on_unauthorized(r);
+        upstream_on_unauthorized(r);
     else if (r->location)
         on_redirect(r);
     else if (s == 429)
-        finish(r, UPSTREAM_TOOMANYREQUESTS, r->retry_after_s, "upstream rate limit (429)");
+        upstream_finish(r, UPSTREAM_TOOMANYREQUESTS, r->retry_after_s, "upstream rate limit (429)");
     else if (s >= 500) {
         char why[64];
         snprintf(why, sizeof(why), "upstream answered %ld", s);
         retry_or_fail(r, why);
     } else if (s == 404)
-        finish(r, UPSTREAM_NOT_FOUND, -1, "not found upstream");
+        upstream_finish(r, UPSTREAM_NOT_FOUND, -1, "not found upstream");
     else if (s == 403)
-        finish(r, UPSTREAM_UNAUTHORIZED, -1, "upstream denied access (403)");
+        upstream_finish(r, UPSTREAM_UNAUTHORIZED, -1, "upstream denied access (403)");
     else
-        finish(r, UPSTREAM_REJECTED, -1, "upstream answered %ld", s);
+        upstream_finish(r, UPSTREAM_REJECTED, -1, "upstream answered %ld", s);
 }
 
-static void on_att_done(struct httpc_req *hr, void *ctx, enum httpc_result res, const char *msg)
+/* How an attempt ended; the caller holds a reference to r. */
+static void att_done(struct upstream_req *r, enum httpc_result res, const char *msg)
 {
-    struct upstream_req *r = ctx;
-    r->cur = NULL; /* httpc frees it when we return */
-
     if (r->pass) {
         if (res == HTTPC_OK) {
-            int rc = r->responded ? 0 : deliver_response(r);
-            if (rc == -2)
+            bool go_on = r->responded || deliver_response(r);
+            if (r->cancelled)
                 return;
-            if (rc == -1)
-                finish(r, UPSTREAM_ABORTED, -1, "stopped by the caller");
+            if (!go_on)
+                upstream_finish(r, UPSTREAM_ABORTED, -1, "stopped by the caller");
             else
-                finish(r, UPSTREAM_OK, -1, "%s", "");
+                upstream_finish(r, UPSTREAM_OK, -1, "%s", "");
         } else if (res == HTTPC_ABORTED) {
-            finish(r, UPSTREAM_ABORTED, -1, "stopped by the caller");
+            upstream_finish(r, UPSTREAM_ABORTED, -1, "stopped by the caller");
         } else if (!r->responded && res != HTTPC_ERR_INTERNAL && res != HTTPC_ERR_TOO_LARGE) {
             retry_or_fail(r, msg);
         } else {
-            finish(r, UPSTREAM_UNAVAILABLE, -1, "upstream transfer failed: %s", msg);
+            upstream_finish(r, UPSTREAM_UNAVAILABLE, -1, "upstream transfer failed: %s", msg);
         }
         return;
     }
@@ -826,13 +492,22 @@ static void on_att_done(struct httpc_req *hr, void *ctx, enum httpc_result res, 
     if (res == HTTPC_ERR_CONNECT || res == HTTPC_ERR_TIMEOUT || res == HTTPC_ERR_TRANSFER)
         retry_or_fail(r, msg);
     else
-        finish(r, UPSTREAM_UNAVAILABLE, -1, "upstream request failed: %s", msg);
+        upstream_finish(r, UPSTREAM_UNAVAILABLE, -1, "upstream request failed: %s", msg);
+}
+
+static void on_att_done(struct httpc_req *hr, void *ctx, enum httpc_result res, const char *msg)
+{
+    struct upstream_req *r = ctx;
+    r->cur = NULL; /* httpc frees it when we return */
+    req_ref(r);
+    att_done(r, res, msg);
+    req_unref(r);
 }
 
 static const struct httpc_callbacks attempt_cb = {on_att_headers, on_att_data, on_att_done};
 
 /* Sends the request to r->url with the current credentials. 0, or -1 when out of memory. */
-static int attempt_start(struct upstream_req *r)
+int upstream_attempt_start(struct upstream_req *r)
 {
     struct upstream *up = r->up;
     const char *hdrs[64 + 2];
@@ -858,256 +533,6 @@ static int attempt_start(struct upstream_req *r)
     return 0;
 }
 
-/* ---- token fetches ---- */
-
-static void fetch_free(struct token_fetch *f)
-{
-    free(f->key);
-    if (f->body) {
-        OPENSSL_cleanse(f->body, f->len);
-        free(f->body);
-    }
-    free(f);
-}
-
-static int on_tok_headers(struct httpc_req *hr, void *ctx, long status,
-                          const struct httpc_headers *h)
-{
-    struct token_fetch *f = ctx;
-    f->status = status;
-    if (status == 429)
-        metrics_inc(METRICS_UPSTREAM_429);
-    if (status == 429)
-        f->retry_after_s = parse_retry_after(httpc_header_get(h, "Retry-After"));
-    return 0;
-}
-
-static int on_tok_data(struct httpc_req *hr, void *ctx, const char *data, size_t len)
-{
-    struct token_fetch *f = ctx;
-    if (f->status != 200)
-        return 0;
-    if (f->len + len > TOKEN_BODY_MAX)
-        return -1;
-    char *nb = realloc(f->body, f->len + len + 1);
-    if (!nb)
-        return -1;
-    memcpy(nb + f->len, data, len);
-    f->len += len;
-    nb[f->len] = '\0';
-    f->body = nb;
-    return 0;
-}
-
-static bool token_chars_ok(const char *t)
-{
-    for (; *t; t++) {
-        if (*t <= ' ' || *t >= 0x7f)
-            return false;
-    }
-    return true;
-}
-
-/*
- * Reads token (or access_token), expires_in and issued_at; caches the token. Returns the
- * token (owned by the caller) or NULL.
- */
-static char *read_token(struct token_fetch *f)
-{
-    json_t *j = json_loadb(f->body ? f->body : "", f->len, 0, NULL);
-    char *token = NULL;
-
-    const char *t = json_string_value(json_object_get(j, "token"));
-    if (!nonempty(t))
-        t = json_string_value(json_object_get(j, "access_token"));
-    if (!nonempty(t) || !token_chars_ok(t))
-        goto out;
-    json_t *exp = json_object_get(j, "expires_in");
-    long life = json_is_integer(exp) ? (long)json_integer_value(exp) : TOKEN_DEFAULT_LIFETIME_S;
-    if (life <= 0)
-        life = TOKEN_DEFAULT_LIFETIME_S;
-    /* A token issued a while ago (a token server that caches) has less left to live. Clocks
-     * differ, so an issued_at in the future or older than the lifetime is not believed. */
-    const char *issued = json_string_value(json_object_get(j, "issued_at"));
-    time_t at;
-    if (issued && parse_rfc3339(issued, &at) == 0) {
-        long age = (long)(time(NULL) - at);
-        if (age > 0 && age < life)
-            life -= age;
-    }
-    token = strdup(t);
-    if (token)
-        cache_put(f->up, f->key, token, life);
-out:
-    json_decref(j);
-    return token;
-}
-
-static void on_tok_done(struct httpc_req *hr, void *ctx, enum httpc_result res, const char *msg)
-{
-    struct token_fetch *f = ctx;
-    struct upstream *up = f->up;
-    char *token = NULL;
-    enum upstream_result fail = UPSTREAM_UNAVAILABLE;
-    char why[192];
-
-    f->req = NULL;
-    for (struct token_fetch **pp = &up->fetches; *pp; pp = &(*pp)->next) {
-        if (*pp == f) {
-            *pp = f->next;
-            break;
-        }
-    }
-    if (res != HTTPC_OK) {
-        snprintf(why, sizeof(why), "token request failed: %s", msg);
-    } else if (f->status == 200) {
-        token = read_token(f);
-        snprintf(why, sizeof(why), "unusable token answer");
-    } else if (f->status == 401 || f->status == 403) {
-        fail = UPSTREAM_UNAUTHORIZED;
-        snprintf(why, sizeof(why), "token realm refused %s (%ld)",
-                 up->basic ? "the configured credentials" : "anonymous access", f->status);
-    } else if (f->status == 429) {
-        fail = UPSTREAM_TOOMANYREQUESTS;
-        snprintf(why, sizeof(why), "token realm rate limit (429)");
-    } else {
-        snprintf(why, sizeof(why), "token realm answered %ld", f->status);
-    }
-    if (!token)
-        log_kv(LOG_WARN, NULL, "upstream %s: %s", up->host, why);
-
-    /* Waiters leave the list one at a time: their on_done may cancel other waiters. */
-    struct upstream_req *r;
-    while ((r = f->waiters) != NULL) {
-        waiter_unlink(r);
-        if (!token) {
-            finish(r, fail, fail == UPSTREAM_TOOMANYREQUESTS ? f->retry_after_s : -1, "%s", why);
-            continue;
-        }
-        char *auth = concat("Authorization: Bearer ", token, "");
-        char *copy = strdup(token);
-        set_auth(r, auth, copy);
-        r->auth_fresh = true;
-        if (!auth || !copy || attempt_start(r) != 0)
-            finish(r, UPSTREAM_UNAVAILABLE, -1, "out of memory");
-    }
-    if (token) {
-        OPENSSL_cleanse(token, strlen(token));
-        free(token);
-    }
-    fetch_free(f);
-}
-
-static const struct httpc_callbacks token_cb = {on_tok_headers, on_tok_data, on_tok_done};
-
-/* Warns once per realm host that it gets no credentials (the host, never the account). */
-static void realm_refused(struct upstream *up, const char *realm)
-{
-    char *host = NULL;
-    char *origin = origin_of(realm, &host, NULL);
-    const char *shown = host ? host : "(unparsable)";
-    if (!up->refused_realm || strcmp(up->refused_realm, shown) != 0) {
-        log_kv(LOG_WARN, NULL,
-               "upstream %s: token realm %s%s does not qualify for the configured account "
-               "(credentials go to %s): asking it anonymously",
-               up->host, shown, origin && strncmp(origin, "http:", 5) == 0 ? " (plain http)" : "",
-               up->cred_rule);
-        replace(&up->refused_realm, strdup(shown));
-    }
-    free(origin);
-    free(host);
-}
-
-static struct token_fetch *fetch_start(struct upstream *up, char *key, const char *realm,
-                                       const char *service, const char *scope)
-{
-    struct token_fetch *f = calloc(1, sizeof(*f));
-    char *esc_service = url_escape(service), *esc_scope = url_escape(scope), *url = NULL;
-
-    if (!f || !esc_service || !esc_scope)
-        goto fail;
-    size_t n = strlen(realm) + strlen(esc_service) + strlen(esc_scope) + 32;
-    url = malloc(n);
-    if (!url)
-        goto fail;
-    snprintf(url, n, "%s%sservice=%s&scope=%s", realm, strchr(realm, '?') ? "&" : "?", esc_service,
-             esc_scope);
-    /* The account goes to the realm the registry names only on the registry's own domain
-     * (auth.docker.io for Hub), and never in the clear when the registry is reached over
-     * https (see realm.h); elsewhere the token is asked for anonymously. */
-    const char *cred = up->basic;
-    if (cred && !realm_may_get_credentials(up->remoteurl, realm)) {
-        cred = NULL;
-        realm_refused(up, realm);
-    }
-    const char *hdrs[] = {"Accept: application/json", cred, NULL};
-    struct httpc_req_opts o = {
-        .url = url,
-        .headers = hdrs,
-        .connect_timeout_ms = up->connect_timeout_ms,
-        .timeout_ms = TOKEN_TIMEOUT_MS,
-    };
-    f->up = up;
-    f->key = key;
-    f->retry_after_s = -1;
-    f->req = httpc_start(up->http, &o, &token_cb, f);
-    metrics_inc(METRICS_TOKEN_FETCHES);
-    if (!f->req)
-        goto fail;
-    free(esc_service);
-    free(esc_scope);
-    free(url);
-    f->next = up->fetches;
-    up->fetches = f;
-    return f;
-fail:
-    free(esc_service);
-    free(esc_scope);
-    free(url);
-    free(f);
-    free(key);
-    return NULL;
-}
-
-/*
- * Gets r a Bearer token for its scope: from the cache (and sends r at once), or by waiting
- * for the token fetch of the same key (starting it if none runs). 0, or -1 when out of memory.
- */
-static int acquire_token(struct upstream_req *r, const char *realm, const char *service)
-{
-    struct upstream *up = r->up;
-    char *key = token_key(realm, service, r->scope);
-    if (!key)
-        return -1;
-    const char *cached = cache_get(up, key);
-    if (cached) {
-        free(key);
-        char *auth = concat("Authorization: Bearer ", cached, "");
-        char *copy = strdup(cached);
-        set_auth(r, auth, copy);
-        r->auth_fresh = false;
-        if (!auth || !copy)
-            return -1;
-        return attempt_start(r);
-    }
-    struct token_fetch *f = up->fetches;
-    while (f && strcmp(f->key, key) != 0)
-        f = f->next;
-    if (f) {
-        free(key);
-    } else {
-        f = fetch_start(up, key, realm, service, r->scope);
-        if (!f)
-            return -1;
-    }
-    r->waiting = f;
-    r->wnext = f->waiters;
-    if (f->waiters)
-        f->waiters->wprev = r;
-    f->waiters = r;
-    return 0;
-}
-
 /* ---- public ---- */
 
 static bool hub_host(const char *host)
@@ -1129,17 +554,18 @@ struct upstream *upstream_new(struct httpc *c, const struct upstream_config *cfg
         return NULL;
     up->http = c;
     up->base = httpc_base(c);
-    up->remoteurl = strdup(nonempty(cfg->remoteurl) ? cfg->remoteurl : UPSTREAM_DEFAULT_URL);
+    up->remoteurl =
+        strdup(upstream_nonempty(cfg->remoteurl) ? cfg->remoteurl : UPSTREAM_DEFAULT_URL);
     if (!up->remoteurl)
         goto fail;
     size_t n = strlen(up->remoteurl);
     while (n > 0 && up->remoteurl[n - 1] == '/')
         up->remoteurl[--n] = '\0';
-    up->origin = origin_of(up->remoteurl, &up->host, &userinfo);
+    up->origin = upstream_origin_of(up->remoteurl, &up->host, &userinfo);
     if (!up->origin || userinfo)
         goto fail;
     up->hub = hub_host(up->host);
-    if (nonempty(cfg->username)) {
+    if (upstream_nonempty(cfg->username)) {
         up->basic = basic_header(cfg->username, cfg->password ? cfg->password : "");
         if (!up->basic || realm_describe(up->remoteurl, up->cred_rule, sizeof(up->cred_rule)) != 0)
             goto fail;
@@ -1147,7 +573,7 @@ struct upstream *upstream_new(struct httpc *c, const struct upstream_config *cfg
     up->attempts = cfg->attempts > 0 ? cfg->attempts : DEFAULT_ATTEMPTS;
     up->retry_delay_ms = cfg->retry_delay_ms > 0 ? cfg->retry_delay_ms : DEFAULT_RETRY_DELAY_MS;
     up->connect_timeout_ms = cfg->connect_timeout_ms;
-    up->rng = (uint64_t)now_ms() * 0x9E3779B97F4A7C15ull | 1;
+    up->rng = (uint64_t)upstream_now_ms() * 0x9E3779B97F4A7C15ull | 1;
     return up;
 fail:
     upstream_free(up);
@@ -1159,18 +585,8 @@ void upstream_free(struct upstream *up)
     if (!up)
         return;
     while (up->reqs)
-        req_free(up->reqs);
-    while (up->fetches) {
-        struct token_fetch *f = up->fetches;
-        up->fetches = f->next;
-        httpc_cancel(f->req);
-        fetch_free(f);
-    }
-    while (up->tokens) {
-        struct token_entry *e = up->tokens;
-        up->tokens = e->next;
-        token_entry_free(e);
-    }
+        upstream_cancel(up->reqs);
+    upstream_tokens_free(up);
     if (up->basic) {
         OPENSSL_cleanse(up->basic, strlen(up->basic));
         free(up->basic);
@@ -1242,6 +658,7 @@ struct upstream_req *upstream_fetch(struct upstream *up, const char *method, con
     if (!r)
         return NULL;
     r->up = up;
+    r->refs = 1;
     r->cb = *cb;
     r->ctx = ctx;
     r->head = head;
@@ -1249,7 +666,7 @@ struct upstream_req *upstream_fetch(struct upstream *up, const char *method, con
     r->attempt = 1;
     r->retry_after_s = -1;
     r->repo = strdup(name);
-    r->scope = concat("repository:", name, ":pull");
+    r->scope = upstream_concat("repository:", name, ":pull");
     size_t un = strlen(up->remoteurl) + strlen(name) + strlen(path_suffix) + 6;
     r->url0 = malloc(un);
     r->headers = calloc(nh + 1, sizeof(char *));
@@ -1273,16 +690,16 @@ struct upstream_req *upstream_fetch(struct upstream *up, const char *method, con
 
     int rc;
     if (up->realm) {
-        rc = acquire_token(r, up->realm, up->service);
+        rc = upstream_acquire_token(r, up->realm, up->service);
     } else {
         if (up->basic_wanted) {
-            set_auth(r, strdup(up->basic), NULL);
+            upstream_set_auth(r, strdup(up->basic), NULL);
             r->auth_fresh = true; /* Basic credentials do not go stale */
         }
-        rc = attempt_start(r);
+        rc = upstream_attempt_start(r);
     }
     if (rc != 0) {
-        req_free(r);
+        req_unref(r);
         return NULL;
     }
     return r;
@@ -1316,14 +733,14 @@ void upstream_cancel(struct upstream_req *r)
 {
     if (!r || r->finished || r->cancelled)
         return;
-    if (r->busy) {
-        /* A caller callback for r is on the stack: free when it returns. */
-        r->cancelled = true;
-        waiter_unlink(r);
-        if (r->cur)
-            httpc_cancel(r->cur);
-        r->cur = NULL;
-        return;
-    }
-    req_free(r);
+    /* Stop everything now; a callback for r still on the stack keeps the memory until it
+     * returns. */
+    r->cancelled = true;
+    upstream_waiter_unlink(r);
+    if (r->cur)
+        httpc_cancel(r->cur);
+    r->cur = NULL;
+    if (r->retry_ev)
+        event_del(r->retry_ev);
+    req_unref(r);
 }
