@@ -94,7 +94,9 @@ static void bh_on_done(struct upstream_req *r, void *ctx, const struct upstream_
         proxy_client_error(&c, proxy_outcome_error(o, true), o->retry_after_s, o->message);
         return;
     }
-    /* The upstream has the blob in this repository: link the stored copy and serve it. */
+    /* The upstream has the blob in this repository: link the stored copy and serve it. The
+     * link job takes the request's abort slot. */
+    http_req_on_abort(c.req, NULL, NULL);
     b->linked = false;
     b->refs++;
     proxy_ref(px);
