@@ -679,7 +679,7 @@ static void blookup_work(void *arg)
     struct blookup *l = arg;
     struct registry *reg = l->px->reg;
     /* A GET from local storage opens the data right away: serving it needs no second look. */
-    if (!l->head && offload_inline(l->px->offload))
+    if (!l->head && registry_is_local(l->px->reg))
         l->linked = registry_blob_open(reg, l->t.rt.name, &l->d, &l->fd, &l->size) == REG_OK;
     else
         l->linked = registry_blob_stat(reg, l->t.rt.name, &l->d, &l->size) == REG_OK;

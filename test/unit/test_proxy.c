@@ -3,8 +3,9 @@
  * thread's loop (server, proxy, upstream client, a filesystem store in a temporary
  * directory); a fake upstream registry answers on a thread of its own with scripted faults
  * (held, slow, cut or corrupted bodies), and clients on threads read at their own pace or
- * hang up. Every scenario runs with storage work inline (the filesystem path) and on worker
- * threads with a separate spool (the remote-store path). ASan and LeakSanitizer check the
+ * hang up. Every scenario runs with storage work inline on a local store (the filesystem
+ * path) and on worker threads with the store wrapped as remote, so blobs are spooled apart and
+ * imported (the OSS path). ASan and LeakSanitizer check the
  * lifetimes: every party cancelled at every step leaves nothing behind.
  */
 #include <setjmp.h>
@@ -36,6 +37,7 @@
 #include "registry.h"
 #include "server.h"
 #include "storage.h"
+#include "storage_wrap.h"
 
 #define BLOB_SIZE (3u * 1024 * 1024 + 17)
 #define NAME "lib/app"
@@ -212,6 +214,13 @@ static void mirror_start(struct mirror *m, unsigned threads, int maxfetches)
     m->ol = offload_new(m->base, threads);
     snprintf(dir, sizeof(dir), "%s/store", m->root);
     m->st = storage_fs_new(dir);
+    if (threads > 0) {
+        /* A remote store, as the proxy sees it: blobs are spooled apart, then imported. */
+        struct storage_wrap *w = storage_wrap_new(m->st, sizeof(*w), NULL, NULL);
+        assert_non_null(w);
+        w->base.local = false;
+        m->st = &w->base;
+    }
     struct registry_opts opts = {.delete_enabled = true};
     m->reg = registry_new(m->st, &opts);
     m->px = proxy_new(m->base, &m->cfg, m->reg, m->hc, m->ol);
@@ -400,9 +409,9 @@ static void test_one_fetch_then_stored(void **state)
         assert_int_equal(c.status, 200);
         assert_true(c.correct);
         assert_true(blob_stored(&m));
-        /* Stored: the next GET reads the store, the upstream sees nothing more. With workers
-         * the store would be remote, read in a stream the filesystem driver does not offer:
-         * the stored file is checked only. */
+        /* Stored: the next GET reads the store, the upstream sees nothing more. The wrapped
+         * store reads as a remote one would, by a stream the filesystem driver does not offer:
+         * there the stored file is checked only. */
         if (variants[v] == 0) {
             client_init(&c);
             client_go(&c, &m);
