@@ -33,6 +33,7 @@
 #include "httpc.h"
 #include "log.h"
 #include "offload.h"
+#include "peer.h"
 #include "proxy.h"
 #include "registry.h"
 #include "server.h"
@@ -63,18 +64,6 @@ static unsigned char *blob;
 static char blob_digest[DIGEST_STR_MAX];
 static struct fake fake;
 
-static void send_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n > 0) {
-        ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
-        if (k <= 0)
-            return;
-        c += k;
-        n -= (size_t)k;
-    }
-}
-
 static void fake_answer(int fd)
 {
     char req[4096];
@@ -95,14 +84,14 @@ static void fake_answer(int fd)
                          "Content-Type: application/json\r\n\r\n{}";
         if (strcmp(path, "/v2/") == 0)
             nf = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
-        send_all(fd, nf, strlen(nf));
+        peer_send_all(fd, nf, strlen(nf));
         return;
     }
     int len = snprintf(hdr, sizeof(hdr),
                        "HTTP/1.1 200 OK\r\nContent-Length: %u\r\nDocker-Content-Digest: %s\r\n"
                        "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
                        BLOB_SIZE, blob_digest);
-    send_all(fd, hdr, (size_t)len);
+    peer_send_all(fd, hdr, (size_t)len);
     if (head)
         return;
     atomic_fetch_add(&fake.blob_gets, 1);
@@ -119,7 +108,7 @@ static void fake_answer(int fd)
         memcpy(piece, blob + off, k);
         if (corrupt >= 0 && (size_t)corrupt >= off && (size_t)corrupt < off + k)
             piece[corrupt - (long)off] ^= 0xff;
-        send_all(fd, piece, k);
+        peer_send_all(fd, piece, k);
         off += k;
         if (cut >= 0 && off >= (size_t)cut)
             return;
@@ -146,30 +135,6 @@ static void *fake_thread(void *arg)
     return NULL;
 }
 
-/* One connection at a time is enough: the proxy fetches each digest once. Accepts time out
- * so the thread sees stop. */
-static int listen_any(int *port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof(a);
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(fd, 64) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &al) != 0)
-        return -1;
-    *port = ntohs(a.sin_port);
-    return fd;
-}
-
-static int free_port(void)
-{
-    int port = 0;
-    int fd = listen_any(&port);
-    close(fd);
-    return port;
-}
-
 /* ---- the mirror, on this thread's loop ---- */
 
 struct mirror {
@@ -189,7 +154,7 @@ static void mirror_start(struct mirror *m, unsigned threads, int maxfetches)
 {
     snprintf(m->root, sizeof(m->root), "/tmp/regmirror-test-proxy-XXXXXX");
     assert_non_null(mkdtemp(m->root));
-    m->port = free_port();
+    m->port = peer_free_port();
     char yaml[1024];
     snprintf(yaml, sizeof(yaml),
              "version: 0.1\n"
@@ -295,7 +260,7 @@ static void *client_thread(void *arg)
                      "Connection: close\r\n\r\n",
                      blob_digest, c->range ? "Range: " : "", c->range ? c->range : "",
                      c->range ? "\r\n" : "");
-    send_all(fd, req, (size_t)n);
+    peer_send_all(fd, req, (size_t)n);
     if (c->hangup_after == 0)
         goto out;
     size_t cap = BLOB_SIZE + 65536, len = 0;
@@ -609,9 +574,11 @@ static int setup(void **state)
     if (digest_compute(DIGEST_SHA256, blob, BLOB_SIZE, &d) != 0)
         return -1;
     digest_str(&d, blob_digest);
-    fake.lfd = listen_any(&fake.port);
+    fake.lfd = peer_listen(&fake.port);
     if (fake.lfd < 0)
         return -1;
+    /* One connection at a time is enough: the proxy fetches each digest once. Accepts time
+     * out so the thread sees stop. */
     struct timeval tv = {0, 100000};
     setsockopt(fake.lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     script_reset();
