@@ -298,7 +298,7 @@ void api_blob_serve(const struct api *api, struct http_req *req, const struct ap
                     int64_t linked_size, int fd)
 {
     bool head = http_req_method(req) == HTTP_HEAD;
-    bool local = offload_inline(api->offload);
+    bool local = registry_is_local(api->reg);
     if (linked_size >= 0 && fd >= 0) {
         answer_blob(api, req, rt, false, (uint64_t)linked_size, fd);
         return;

@@ -1,5 +1,6 @@
 #include "http.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -1910,6 +1911,7 @@ const char *http_req_remote_addr(const struct http_req *req)
 
 void http_req_on_abort(struct http_req *req, http_abort_cb cb, void *ctx)
 {
+    assert(!cb || !req->on_abort);
     req->on_abort = cb;
     req->abort_ctx = ctx;
 }

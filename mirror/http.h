@@ -136,6 +136,11 @@ const char *http_req_remote_addr(const struct http_req *req);
  * req is gone: release everything tied to it, and do not call http_resp_* on it.
  */
 typedef void (*http_abort_cb)(struct http_req *req, void *ctx);
+/*
+ * The request has one abort slot, held by whoever owns the pending request. Taking it (cb
+ * not NULL) asserts that it is free: an owner hands the request over by giving the slot up
+ * (cb NULL) first, so no callback is ever lost by being overwritten.
+ */
 void http_req_on_abort(struct http_req *req, http_abort_cb cb, void *ctx);
 
 /*

@@ -49,9 +49,9 @@ void offload_run(struct offload *o, offload_work_fn work, offload_done_fn done, 
 int offload_post(struct offload *o, offload_done_fn fn, void *arg);
 
 /*
- * The same for work on behalf of req: takes req's abort callback for the duration (the caller
- * sets its own again in done if it needs one) and hands done req, or NULL when the request
- * was aborted meanwhile.
+ * The same for work on behalf of req: takes req's abort slot for the duration (the caller
+ * must hold none then, see http_req_on_abort, and sets its own again in done if it needs one)
+ * and hands done req, or NULL when the request was aborted meanwhile.
  */
 void offload_req(struct offload *o, struct http_req *req, offload_work_fn work,
                  offload_req_done_fn done, void *arg);

@@ -438,7 +438,7 @@ struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struc
     px->trim_timer = evtimer_new(base, trim_timer_cb, px);
     if (!px->wait_timer || !px->trim_timer)
         goto fail;
-    if (!offload_inline(ol) && spool_open(px, cfg->proxy.spooldir) != 0)
+    if (!registry_is_local(reg) && spool_open(px, cfg->proxy.spooldir) != 0)
         goto fail;
     /* On the filesystem the store is the spool: remove what a killed instance left there
      * (not in read-only mode, which writes nothing). */

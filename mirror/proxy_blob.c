@@ -94,7 +94,9 @@ static void bh_on_done(struct upstream_req *r, void *ctx, const struct upstream_
         proxy_client_error(&c, proxy_outcome_error(o, true), o->retry_after_s, o->message);
         return;
     }
-    /* The upstream has the blob in this repository: link the stored copy and serve it. */
+    /* The upstream has the blob in this repository: link the stored copy and serve it. The
+     * link job takes the request's abort slot. */
+    http_req_on_abort(c.req, NULL, NULL);
     b->linked = false;
     b->refs++;
     proxy_ref(px);
@@ -677,7 +679,7 @@ static void blookup_work(void *arg)
     struct blookup *l = arg;
     struct registry *reg = l->px->reg;
     /* A GET from local storage opens the data right away: serving it needs no second look. */
-    if (!l->head && offload_inline(l->px->offload))
+    if (!l->head && registry_is_local(l->px->reg))
         l->linked = registry_blob_open(reg, l->t.rt.name, &l->d, &l->fd, &l->size) == REG_OK;
     else
         l->linked = registry_blob_stat(reg, l->t.rt.name, &l->d, &l->size) == REG_OK;

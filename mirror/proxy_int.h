@@ -52,8 +52,8 @@ struct proxy {
     struct registry *reg;
     struct httpc *httpc;
     struct offload *offload;
-    /* With a remote store (threaded pool) blobs are spooled in a registry of their own on
-     * the local disk, then imported; NULL on the filesystem, where the store is the spool. */
+    /* With a remote store blobs are spooled in a registry of their own on the local disk,
+     * then imported; NULL on the filesystem, where the store is the spool. */
     struct storage *spool_st;
     struct registry *spool;
     int spool_lock; /* flock'd spool directory, or -1 */

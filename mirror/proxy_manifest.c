@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "buf.h"
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
@@ -115,8 +116,7 @@ struct mfetch {
     char want[API_REF_MAX]; /* reference of the running GET */
     struct upstream_req *ureq;
     struct slot slot;
-    char *body;
-    size_t len, cap;
+    struct buf body; /* capped at REGISTRY_MANIFEST_MAX */
     int64_t expect;  /* the GET's Content-Length, -1 when not given */
     size_t reserved; /* of MBODY_BUDGET, for a body over MBODY_FREE */
     bool mbody_queued;
@@ -221,7 +221,7 @@ static void mfetch_unref(struct mfetch *f)
     assert(f->refs > 0);
     if (--f->refs > 0)
         return;
-    free(f->body);
+    buf_free(&f->body);
     mbody_release(f);
     proxy_slot_release(f->px, &f->slot);
     free(f);
@@ -285,28 +285,15 @@ static int m_on_response(struct upstream_req *r, void *ctx, long status,
 static int m_on_data(struct upstream_req *r, void *ctx, const char *data, size_t len)
 {
     struct mfetch *f = ctx;
-    if (f->len + len > REGISTRY_MANIFEST_MAX)
-        return -1;
-    size_t size = f->expect >= 0 ? (size_t)f->expect : f->len + len;
+    size_t size = f->expect >= 0 ? (size_t)f->expect : f->body.len + len;
     if (size > MBODY_FREE && !f->reserved && !mbody_reserve(f, mbody_need(f)))
         return UPSTREAM_PAUSE;
-    if (f->len + len > f->cap) {
-        /* The announced size at once; without one, doubling up to the limit. */
-        size_t cap = f->expect >= 0 && (size_t)f->expect >= f->len + len ? (size_t)f->expect
-                     : f->cap                                            ? f->cap
-                                                                         : 16384;
-        while (cap < f->len + len)
-            cap *= 2;
-        if (cap > REGISTRY_MANIFEST_MAX)
-            cap = REGISTRY_MANIFEST_MAX;
-        char *nb = realloc(f->body, cap);
-        if (!nb)
-            return -1;
-        f->body = nb;
-        f->cap = cap;
-    }
-    memcpy(f->body + f->len, data, len);
-    f->len += len;
+    /* The announced size at once; without one, the buffer doubles up to the limit. */
+    if (f->expect > 0 && (size_t)f->expect > f->body.len &&
+        buf_reserve(&f->body, (size_t)f->expect - f->body.len) != BUF_OK)
+        return -1;
+    if (buf_append(&f->body, data, len) != BUF_OK)
+        return -1;
     return 0;
 }
 
@@ -333,7 +320,7 @@ static void mfetch_work(void *arg)
         registry_proxy_tag_touch(reg, f->name, f->ref);
         return;
     }
-    f->stored = registry_manifest_store(reg, f->name, NULL, f->body, f->len, &f->got);
+    f->stored = registry_manifest_store(reg, f->name, NULL, f->body.p, f->body.len, &f->got);
     if (f->stored == REG_OK)
         registry_proxy_pulled(reg, f->name, &f->got, true);
     if (f->stored == REG_OK && f->by_tag) {
@@ -381,7 +368,7 @@ static void mfetch_store(struct mfetch *f)
     struct digest want, got;
     bool have_want = digest_parse(f->want, strlen(f->want), &want) == 0 ||
                      digest_parse(f->hdr_digest, strlen(f->hdr_digest), &want) == 0;
-    if (digest_compute(have_want ? want.algo : DIGEST_SHA256, f->body ? f->body : "", f->len,
+    if (digest_compute(have_want ? want.algo : DIGEST_SHA256, buf_cstr(&f->body), f->body.len,
                        &got) != 0) {
         mfetch_fail(f, REG_ERR_INTERNAL, -1, "out of memory");
         return;
@@ -394,7 +381,7 @@ static void mfetch_store(struct mfetch *f)
     struct manifest m;
     char err[256];
     const char *ct = f->content_type[0] ? f->content_type : NULL;
-    enum regerr result = manifest_parse(f->body ? f->body : "", f->len, ct, &m, err, sizeof(err));
+    enum regerr result = manifest_parse(buf_cstr(&f->body), f->body.len, ct, &m, err, sizeof(err));
     if (result != REG_OK) {
         char why[300];
         snprintf(why, sizeof(why), "the upstream sent an invalid manifest: %s", err);
@@ -438,7 +425,7 @@ static void mfetch_start(struct mfetch *f)
     const char *name = f->name;
     if (!f->rm->main)
         name = strchr(f->name, '/') + 1;
-    f->len = 0;
+    buf_clear(&f->body);
     f->ureq =
         upstream_fetch(f->rm->up, f->head ? "HEAD" : "GET", name, suffix, manifest_accept, &cb, f);
     if (!f->ureq)
@@ -489,6 +476,7 @@ static void manifest_join(struct proxy *px, const struct target *t, struct clien
         f->head = have_cached;
         f->expect = -1;
         f->refs = 1;
+        f->body = BUF_INIT(REGISTRY_MANIFEST_MAX);
         f->next = px->mfetches;
         px->mfetches = f;
         w->f = f;

@@ -148,6 +148,11 @@ bool registry_delete_enabled(const struct registry *reg)
     return reg->opts.delete_enabled;
 }
 
+bool registry_is_local(const struct registry *reg)
+{
+    return storage_is_local(reg->st);
+}
+
 /* ---- links ---- */
 
 static enum regerr read_link(struct registry *reg, const char *path, struct digest *out)

@@ -50,6 +50,8 @@ struct registry_opts {
 struct registry *registry_new(struct storage *st, const struct registry_opts *opts);
 void registry_free(struct registry *reg);
 bool registry_delete_enabled(const struct registry *reg);
+/* Whether the store is this host's filesystem (storage_is_local): its blobs can be opened. */
+bool registry_is_local(const struct registry *reg);
 
 /* ---- blobs ---- */
 /* Size of a blob linked into repository name; BLOB_UNKNOWN when not linked or absent. */

@@ -31,6 +31,7 @@
 
 #include "cache.h"
 #include "log.h"
+#include "peer.h"
 
 #define REDIS_BIN "/usr/bin/redis-server"
 
@@ -56,19 +57,6 @@ static void live_set(pid_t old, pid_t pid)
             return;
         }
     }
-}
-
-static int free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    port = ntohs(a.sin_port);
-    close(fd);
-    return port;
 }
 
 static redisContext *sync_connect(const struct server *s)
@@ -304,7 +292,7 @@ static int teardown(void **state)
 
 static void test_roundtrip_and_layout(void **state)
 {
-    struct server s = {.port = free_port()};
+    struct server s = {.port = peer_free_port()};
     struct cache *c;
     struct cache_desc got, d1 = mkdesc(1, 4242, "application/vnd.oci.image.layer.v1.tar+gzip");
     char dstr[DIGEST_STR_MAX], key[512];
@@ -365,7 +353,7 @@ static void test_roundtrip_and_layout(void **state)
 
 static void test_registry2_entries_and_garbage(void **state)
 {
-    struct server s = {.port = free_port()};
+    struct server s = {.port = peer_free_port()};
     struct cache *c;
     struct cache_desc got;
     struct digest d2 = mkdigest(2), d3 = mkdigest(3), d4 = mkdigest(4), d5 = mkdigest(5);
@@ -403,7 +391,7 @@ static void test_registry2_entries_and_garbage(void **state)
 
 static void test_flushed(void **state)
 {
-    struct server s = {.port = free_port()};
+    struct server s = {.port = peer_free_port()};
     struct cache *c;
     struct cache_desc d = mkdesc(6, 6, "x");
     redisReply *r;
@@ -422,7 +410,7 @@ static void test_flushed(void **state)
 
 static void test_down_then_up(void **state)
 {
-    struct server s = {.port = free_port()};
+    struct server s = {.port = peer_free_port()};
     struct cache *c = new_cache(&s, NULL, 0);
     struct cache_desc d = mkdesc(7, 7, "x");
     int64_t t0 = mono_ms();
@@ -460,7 +448,7 @@ static const char *repo_of(unsigned i)
 
 static void test_kill_restart_loop(void **state)
 {
-    struct server s = {.port = free_port()};
+    struct server s = {.port = peer_free_port()};
     struct cache *c;
     struct truth t;
     struct res res[NBLOBS];
@@ -554,7 +542,7 @@ static void test_kill_restart_loop(void **state)
  * (which survives, the server was only stopped) must not be served. */
 static void test_forget_survives_outage(void **state)
 {
-    struct server s = {.port = free_port()};
+    struct server s = {.port = peer_free_port()};
     struct cache *c;
     struct cache_desc d = mkdesc(8, 8, "x");
 
@@ -578,7 +566,7 @@ static void test_forget_survives_outage(void **state)
 
 static void test_password_and_db(void **state)
 {
-    struct server s = {.port = free_port(), .password = "s3cret pass"};
+    struct server s = {.port = peer_free_port(), .password = "s3cret pass"};
     struct cache *c, *bad;
     struct cache_desc d = mkdesc(9, 99, "x");
     char dstr[DIGEST_STR_MAX], key[128];
@@ -618,7 +606,7 @@ static void test_password_and_db(void **state)
 
 static void test_slow_server(void **state)
 {
-    struct server s = {.port = free_port()};
+    struct server s = {.port = peer_free_port()};
     struct cache *c;
     struct cache_desc d = mkdesc(10, 10, "x");
     int64_t t0;
@@ -664,7 +652,7 @@ static void test_slow_server(void **state)
 
 static void test_cancel_and_free(void **state)
 {
-    struct server s = {.port = free_port()};
+    struct server s = {.port = peer_free_port()};
     struct cache *c;
     struct cache_desc d = mkdesc(11, 11, "x");
     struct res r1, r2, r3;
@@ -720,7 +708,7 @@ static int clients(const struct server *s)
 
 static void test_pending_cap_and_idle(void **state)
 {
-    struct server s = {.port = free_port()};
+    struct server s = {.port = peer_free_port()};
     struct cache_redis_config rc = {0};
     struct cache *c;
     struct cache_desc d = mkdesc(13, 13, "x");
@@ -771,7 +759,7 @@ static void test_pending_cap_and_idle(void **state)
 
 static void test_hostname_and_bad_addr(void **state)
 {
-    struct server s = {.port = free_port()};
+    struct server s = {.port = peer_free_port()};
     struct cache_redis_config rc = {0};
     struct cache *c;
     struct cache_desc d = mkdesc(12, 12, "x");

@@ -33,6 +33,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "peer.h"
 
 #define STREAM_PIECE (64 * 1024)
 
@@ -292,33 +293,14 @@ static void on_request(struct http_req *req, void *arg)
 
 /* ---- client side ---- */
 
-static int cl_connect_port(int p)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    struct timeval tv = {5, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    return fd;
-}
-
 static int cl_connect(void)
 {
-    return cl_connect_port(port);
+    return peer_connect(port);
 }
 
 static void cl_send(int fd, const char *s, size_t n)
 {
-    while (n > 0) {
-        ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
-        assert_true(w > 0);
-        s += w;
-        n -= (size_t)w;
-    }
+    assert_true(peer_send_all(fd, s, n));
 }
 
 static void cl_sends(int fd, const char *s)
@@ -1249,11 +1231,11 @@ static void t_timeouts(void **state)
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     /* nothing sent: closed silently */
-    struct rd *r = rd_new(cl_connect_port(port_short));
+    struct rd *r = rd_new(peer_connect(port_short));
     assert_true(rd_eof(r));
     rd_free(r);
     /* a header that never ends: 408 */
-    r = rd_new(cl_connect_port(port_short));
+    r = rd_new(peer_connect(port_short));
     cl_sends(r->fd, "GET / HTTP/1.1\r\nHost: slow\r\n");
     struct resp resp = {0};
     assert_int_equal(read_response(r, &resp, false), 0);
@@ -1261,20 +1243,20 @@ static void t_timeouts(void **state)
     assert_true(rd_eof(r));
     rd_free(r);
     /* idle after a request */
-    r = rd_new(cl_connect_port(port_short));
+    r = rd_new(peer_connect(port_short));
     cl_sends(r->fd, req_get);
     expect_echo(r, want_get);
     assert_true(rd_eof(r));
     rd_free(r);
     /* a body that stops arriving: aborted */
     int before = aborts;
-    r = rd_new(cl_connect_port(port_short));
+    r = rd_new(peer_connect(port_short));
     cl_sends(r->fd, "POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
     assert_true(rd_eof(r));
     wait_aborts(before + 1);
     rd_free(r);
     /* a slow reader that keeps reading is never cut (send timeout is 300 ms) */
-    int fd = cl_connect_port(port_short);
+    int fd = peer_connect(port_short);
     int small = 16 * 1024;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     r = rd_new(fd);

@@ -3,8 +3,9 @@
  * thread's loop (server, proxy, upstream client, a filesystem store in a temporary
  * directory); a fake upstream registry answers on a thread of its own with scripted faults
  * (held, slow, cut or corrupted bodies), and clients on threads read at their own pace or
- * hang up. Every scenario runs with storage work inline (the filesystem path) and on worker
- * threads with a separate spool (the remote-store path). ASan and LeakSanitizer check the
+ * hang up. Every scenario runs with storage work inline on a local store (the filesystem
+ * path) and on worker threads with the store wrapped as remote, so blobs are spooled apart and
+ * imported (the OSS path). ASan and LeakSanitizer check the
  * lifetimes: every party cancelled at every step leaves nothing behind.
  */
 #include <setjmp.h>
@@ -32,10 +33,12 @@
 #include "httpc.h"
 #include "log.h"
 #include "offload.h"
+#include "peer.h"
 #include "proxy.h"
 #include "registry.h"
 #include "server.h"
 #include "storage.h"
+#include "storage_wrap.h"
 
 #define BLOB_SIZE (3u * 1024 * 1024 + 17)
 #define NAME "lib/app"
@@ -61,18 +64,6 @@ static unsigned char *blob;
 static char blob_digest[DIGEST_STR_MAX];
 static struct fake fake;
 
-static void send_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n > 0) {
-        ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
-        if (k <= 0)
-            return;
-        c += k;
-        n -= (size_t)k;
-    }
-}
-
 static void fake_answer(int fd)
 {
     char req[4096];
@@ -93,14 +84,14 @@ static void fake_answer(int fd)
                          "Content-Type: application/json\r\n\r\n{}";
         if (strcmp(path, "/v2/") == 0)
             nf = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
-        send_all(fd, nf, strlen(nf));
+        peer_send_all(fd, nf, strlen(nf));
         return;
     }
     int len = snprintf(hdr, sizeof(hdr),
                        "HTTP/1.1 200 OK\r\nContent-Length: %u\r\nDocker-Content-Digest: %s\r\n"
                        "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
                        BLOB_SIZE, blob_digest);
-    send_all(fd, hdr, (size_t)len);
+    peer_send_all(fd, hdr, (size_t)len);
     if (head)
         return;
     atomic_fetch_add(&fake.blob_gets, 1);
@@ -117,7 +108,7 @@ static void fake_answer(int fd)
         memcpy(piece, blob + off, k);
         if (corrupt >= 0 && (size_t)corrupt >= off && (size_t)corrupt < off + k)
             piece[corrupt - (long)off] ^= 0xff;
-        send_all(fd, piece, k);
+        peer_send_all(fd, piece, k);
         off += k;
         if (cut >= 0 && off >= (size_t)cut)
             return;
@@ -144,30 +135,6 @@ static void *fake_thread(void *arg)
     return NULL;
 }
 
-/* One connection at a time is enough: the proxy fetches each digest once. Accepts time out
- * so the thread sees stop. */
-static int listen_any(int *port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof(a);
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(fd, 64) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &al) != 0)
-        return -1;
-    *port = ntohs(a.sin_port);
-    return fd;
-}
-
-static int free_port(void)
-{
-    int port = 0;
-    int fd = listen_any(&port);
-    close(fd);
-    return port;
-}
-
 /* ---- the mirror, on this thread's loop ---- */
 
 struct mirror {
@@ -187,7 +154,7 @@ static void mirror_start(struct mirror *m, unsigned threads, int maxfetches)
 {
     snprintf(m->root, sizeof(m->root), "/tmp/regmirror-test-proxy-XXXXXX");
     assert_non_null(mkdtemp(m->root));
-    m->port = free_port();
+    m->port = peer_free_port();
     char yaml[1024];
     snprintf(yaml, sizeof(yaml),
              "version: 0.1\n"
@@ -212,6 +179,13 @@ static void mirror_start(struct mirror *m, unsigned threads, int maxfetches)
     m->ol = offload_new(m->base, threads);
     snprintf(dir, sizeof(dir), "%s/store", m->root);
     m->st = storage_fs_new(dir);
+    if (threads > 0) {
+        /* A remote store, as the proxy sees it: blobs are spooled apart, then imported. */
+        struct storage_wrap *w = storage_wrap_new(m->st, sizeof(*w), NULL, NULL);
+        assert_non_null(w);
+        w->base.local = false;
+        m->st = &w->base;
+    }
     struct registry_opts opts = {.delete_enabled = true};
     m->reg = registry_new(m->st, &opts);
     m->px = proxy_new(m->base, &m->cfg, m->reg, m->hc, m->ol);
@@ -286,7 +260,7 @@ static void *client_thread(void *arg)
                      "Connection: close\r\n\r\n",
                      blob_digest, c->range ? "Range: " : "", c->range ? c->range : "",
                      c->range ? "\r\n" : "");
-    send_all(fd, req, (size_t)n);
+    peer_send_all(fd, req, (size_t)n);
     if (c->hangup_after == 0)
         goto out;
     size_t cap = BLOB_SIZE + 65536, len = 0;
@@ -400,9 +374,9 @@ static void test_one_fetch_then_stored(void **state)
         assert_int_equal(c.status, 200);
         assert_true(c.correct);
         assert_true(blob_stored(&m));
-        /* Stored: the next GET reads the store, the upstream sees nothing more. With workers
-         * the store would be remote, read in a stream the filesystem driver does not offer:
-         * the stored file is checked only. */
+        /* Stored: the next GET reads the store, the upstream sees nothing more. The wrapped
+         * store reads as a remote one would, by a stream the filesystem driver does not offer:
+         * there the stored file is checked only. */
         if (variants[v] == 0) {
             client_init(&c);
             client_go(&c, &m);
@@ -600,9 +574,11 @@ static int setup(void **state)
     if (digest_compute(DIGEST_SHA256, blob, BLOB_SIZE, &d) != 0)
         return -1;
     digest_str(&d, blob_digest);
-    fake.lfd = listen_any(&fake.port);
+    fake.lfd = peer_listen(&fake.port);
     if (fake.lfd < 0)
         return -1;
+    /* One connection at a time is enough: the proxy fetches each digest once. Accepts time
+     * out so the thread sees stop. */
     struct timeval tv = {0, 100000};
     setsockopt(fake.lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     script_reset();
