@@ -1,6 +1,7 @@
 #include "buf.h"
 
 #include <stdio.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,14 +12,14 @@ void buf_init(struct buf *b, size_t max)
     *b = BUF_INIT(max);
 }
 
-enum buf_rc buf_reserve(struct buf *b, size_t extra)
+static enum buf_rc reserve(struct buf *b, size_t extra, bool exact)
 {
     if (extra > b->max || b->len > b->max - extra)
         return BUF_TOO_BIG;
     size_t need = b->len + extra;
     if (b->p && need <= b->cap)
         return BUF_OK;
-    size_t cap = b->cap < BUF_MIN ? BUF_MIN : b->cap;
+    size_t cap = exact ? need : b->cap < BUF_MIN ? BUF_MIN : b->cap;
     while (cap < need)
         cap = cap > b->max / 2 ? b->max : cap * 2;
     if (cap > b->max)
@@ -31,6 +32,16 @@ enum buf_rc buf_reserve(struct buf *b, size_t extra)
     b->p = p;
     b->cap = cap;
     return BUF_OK;
+}
+
+enum buf_rc buf_reserve(struct buf *b, size_t extra)
+{
+    return reserve(b, extra, false);
+}
+
+enum buf_rc buf_reserve_exact(struct buf *b, size_t extra)
+{
+    return reserve(b, extra, true);
 }
 
 void buf_commit(struct buf *b, size_t n)

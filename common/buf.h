@@ -38,6 +38,9 @@ struct buf {
 void buf_init(struct buf *b, size_t max);
 /* Makes room for extra more bytes without changing len. */
 enum buf_rc buf_reserve(struct buf *b, size_t extra);
+/* The same without doubling: room for exactly len + extra, for a buffer whose size the
+ * caller plans (one flushed at a threshold). */
+enum buf_rc buf_reserve_exact(struct buf *b, size_t extra);
 enum buf_rc buf_append(struct buf *b, const void *p, size_t n);
 enum buf_rc buf_append_str(struct buf *b, const char *s);
 enum buf_rc buf_putc(struct buf *b, char c);

@@ -220,7 +220,8 @@ static void write_start(struct upload_ctx *ctx)
  */
 static int gather(struct upload_ctx *ctx, const char *data, size_t len)
 {
-    if (ctx->buf.cap == 0 && buf_reserve(&ctx->buf, UPLOAD_BUF) != BUF_OK)
+    size_t room = ctx->buf.cap == 0 && len < UPLOAD_BUF ? UPLOAD_BUF : len;
+    if (buf_reserve_exact(&ctx->buf, room) != BUF_OK)
         return -1;
     return buf_append(&ctx->buf, data, len) == BUF_OK ? 0 : -1;
 }

@@ -62,6 +62,18 @@ static void test_reserve_commit_consume_clear(void **state)
     assert_string_equal(buf_cstr(&b), "");
     assert_int_equal(buf_append(&b, NULL, 0), BUF_OK);
     buf_free(&b);
+    /* Exact: no doubling, also when growing. */
+    assert_int_equal(buf_reserve_exact(&b, 5000), BUF_OK);
+    assert_int_equal(b.cap, 5000);
+    buf_commit(&b, 4000);
+    assert_int_equal(buf_reserve_exact(&b, 1500), BUF_OK);
+    assert_int_equal(b.cap, 5500);
+    assert_int_equal(buf_reserve_exact(&b, 10), BUF_OK);
+    assert_int_equal(b.cap, 5500);
+    buf_free(&b);
+    b = BUF_INIT(100);
+    assert_int_equal(buf_reserve_exact(&b, 101), BUF_TOO_BIG);
+    buf_free(&b);
 }
 
 static void test_grow_items(void **state)
