@@ -38,9 +38,6 @@ struct chunk {
  */
 struct blob_stream {
     const struct api *api;
-    /* What the worker uses: at shutdown api may be gone before the pool. */
-    struct registry *reg;
-    struct offload *ol;
     struct http_req *req; /* NULL once the response ended or the client went away */
     struct digest d;
     uint64_t off, len;
@@ -144,7 +141,7 @@ static int stream_chunk(void *ctx, const void *data, size_t len)
     pthread_mutex_lock(&s->mu);
     while (s->queued >= STREAM_QUEUE_MAX && !s->cancel)
         pthread_cond_wait(&s->cv, &s->mu);
-    if (s->cancel || (!s->posted && offload_post(s->ol, stream_posted, s) != 0)) {
+    if (s->cancel || (!s->posted && offload_post(s->api->offload, stream_posted, s) != 0)) {
         pthread_mutex_unlock(&s->mu);
         free(c);
         return 1;
@@ -163,7 +160,7 @@ static int stream_chunk(void *ctx, const void *data, size_t len)
 static void stream_work(void *arg)
 {
     struct blob_stream *s = arg;
-    s->result = registry_blob_read(s->reg, &s->d, s->off, s->len, stream_chunk, s);
+    s->result = registry_blob_read(s->api->reg, &s->d, s->off, s->len, stream_chunk, s);
 }
 
 static void stream_done(void *arg, bool cancelled)
@@ -186,8 +183,6 @@ static void stream_blob(const struct api *api, struct http_req *req, const struc
         return;
     }
     s->api = api;
-    s->reg = api->reg;
-    s->ol = api->offload;
     s->req = req;
     s->d = *d;
     s->off = off;
@@ -261,7 +256,6 @@ static void answer_blob(const struct api *api, struct http_req *req, const struc
 /* A blob looked up in storage off the loop: its size, and for a local GET its open file. */
 struct lookup_job {
     const struct api *api;
-    struct registry *reg; /* for work: at shutdown api may be gone before the pool */
     struct api_route rt;
     bool open; /* a GET from local storage */
     uint64_t size;
@@ -274,8 +268,8 @@ static void lookup_work(void *arg)
     struct lookup_job *j = arg;
     struct digest d;
     digest_parse(j->rt.ref, strlen(j->rt.ref), &d);
-    j->result = j->open ? registry_blob_open(j->reg, j->rt.name, &d, &j->fd, &j->size)
-                        : registry_blob_stat(j->reg, j->rt.name, &d, &j->size);
+    j->result = j->open ? registry_blob_open(j->api->reg, j->rt.name, &d, &j->fd, &j->size)
+                        : registry_blob_stat(j->api->reg, j->rt.name, &d, &j->size);
 }
 
 static void lookup_done(void *arg, struct http_req *req)
@@ -313,8 +307,7 @@ void api_blob_serve(const struct api *api, struct http_req *req, const struct ap
         api_error(api, req, REG_ERR_INTERNAL, NULL);
         return;
     }
-    *j = (struct lookup_job){
-        .api = api, .reg = api->reg, .rt = *rt, .open = !head && local, .fd = -1};
+    *j = (struct lookup_job){.api = api, .rt = *rt, .open = !head && local, .fd = -1};
     offload_req(api->offload, req, lookup_work, lookup_done, j);
 }
 
@@ -322,7 +315,6 @@ void api_blob_serve(const struct api *api, struct http_req *req, const struct ap
 
 struct delete_job {
     const struct api *api;
-    struct registry *reg;
     struct api_route rt;
     struct digest d;
     enum regerr result;
@@ -331,7 +323,7 @@ struct delete_job {
 static void delete_work(void *arg)
 {
     struct delete_job *j = arg;
-    j->result = registry_blob_delete(j->reg, j->rt.name, &j->d);
+    j->result = registry_blob_delete(j->api->reg, j->rt.name, &j->d);
 }
 
 static void delete_done(void *arg, struct http_req *req)
@@ -364,7 +356,7 @@ static void delete_blob(const struct api *api, struct http_req *req, const struc
         api_error(api, req, REG_ERR_INTERNAL, NULL);
         return;
     }
-    *j = (struct delete_job){.api = api, .reg = api->reg, .rt = *rt};
+    *j = (struct delete_job){.api = api, .rt = *rt};
     digest_parse(rt->ref, strlen(rt->ref), &j->d);
     offload_req(api->offload, req, delete_work, delete_done, j);
 }

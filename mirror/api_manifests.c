@@ -63,13 +63,9 @@ static enum regerr pick_default_platform(struct registry *reg, const char *name,
     return result;
 }
 
-/*
- * A manifest GET/HEAD: read off the loop, answered on it. Work uses reg, never api: at
- * shutdown the server (and api) may be gone before the pool.
- */
+/* A manifest GET/HEAD: read off the loop, answered on it. */
 struct get_job {
     const struct api *api;
-    struct registry *reg;
     struct api_route rt;
     bool have_resolved;
     struct digest resolved;
@@ -86,14 +82,14 @@ struct get_job {
 static void get_work(void *arg)
 {
     struct get_job *j = arg;
-    j->result = j->have_resolved ? registry_manifest_get_resolved(j->reg, &j->resolved, &j->m)
-                                 : registry_manifest_get(j->reg, j->rt.name, j->rt.ref, &j->m);
+    j->result = j->have_resolved ? registry_manifest_get_resolved(j->api->reg, &j->resolved, &j->m)
+                                 : registry_manifest_get(j->api->reg, j->rt.name, j->rt.ref, &j->m);
     if (j->result != REG_OK)
         return;
     snprintf(j->stored_type, sizeof(j->stored_type), "%s", j->m.media_type);
     j->picked = REG_OK;
     if (j->pick_platform && strcmp(j->m.media_type, MANIFEST_MT_DOCKER_LIST) == 0)
-        j->picked = pick_default_platform(j->reg, j->rt.name, &j->m);
+        j->picked = pick_default_platform(j->api->reg, j->rt.name, &j->m);
 }
 
 static void get_done(void *arg, struct http_req *req)
@@ -137,7 +133,6 @@ void api_manifest_serve(const struct api *api, struct http_req *req, const struc
         return;
     }
     j->api = api;
-    j->reg = api->reg;
     j->rt = *rt;
     if (resolved) {
         j->have_resolved = true;
@@ -154,9 +149,6 @@ void api_manifest_serve(const struct api *api, struct http_req *req, const struc
 /* A manifest PUT: validated and stored off the loop. */
 struct put_job {
     const struct api *api;
-    const struct config *cfg;
-    struct registry *reg;
-    struct proxy *px; /* told when a tag may have changed; NULL without pull-through */
     struct api_route rt;
     const char *body; /* the request's buffer (inline pool) or the job's copy */
     char *copy;
@@ -171,13 +163,14 @@ struct put_job {
 static void put_work(void *arg)
 {
     struct put_job *j = arg;
-    j->result = writepolicy_tag(j->cfg, j->reg, j->rt.name, j->rt.ref, j->err, sizeof(j->err));
+    j->result =
+        writepolicy_tag(j->api->cfg, j->api->reg, j->rt.name, j->rt.ref, j->err, sizeof(j->err));
     if (j->result == REG_OK)
-        j->result =
-            registry_manifest_put(j->reg, j->rt.name, j->rt.ref, j->body, j->len, j->content_type,
-                                  &j->d, &j->has_subject, &j->subject, j->err, sizeof(j->err));
+        j->result = registry_manifest_put(j->api->reg, j->rt.name, j->rt.ref, j->body, j->len,
+                                          j->content_type, &j->d, &j->has_subject, &j->subject,
+                                          j->err, sizeof(j->err));
     if (j->result == REG_OK)
-        proxy_tags_changed(j->px);
+        proxy_tags_changed(j->api->proxy);
 }
 
 static void put_done(void *arg, struct http_req *req)
@@ -220,9 +213,6 @@ static void put_body(struct http_req *req, void *arg, const char *data, size_t l
     if (!j || (ct && !(j->content_type = strdup(ct))))
         goto oom;
     j->api = api;
-    j->cfg = api->cfg;
-    j->reg = api->reg;
-    j->px = api->proxy;
     j->rt = ctx->rt;
     j->len = len;
     j->body = data;
@@ -270,9 +260,6 @@ static void put_manifest(const struct api *api, struct http_req *req, const stru
 
 struct delete_job {
     const struct api *api;
-    const struct config *cfg;
-    struct registry *reg;
-    struct proxy *px;
     struct api_route rt;
     enum regerr result;
     char err[512];
@@ -281,11 +268,12 @@ struct delete_job {
 static void delete_work(void *arg)
 {
     struct delete_job *j = arg;
-    j->result = writepolicy_tag(j->cfg, j->reg, j->rt.name, j->rt.ref, j->err, sizeof(j->err));
+    j->result =
+        writepolicy_tag(j->api->cfg, j->api->reg, j->rt.name, j->rt.ref, j->err, sizeof(j->err));
     if (j->result == REG_OK)
-        j->result = registry_manifest_delete(j->reg, j->rt.name, j->rt.ref);
+        j->result = registry_manifest_delete(j->api->reg, j->rt.name, j->rt.ref);
     if (j->result == REG_OK)
-        proxy_tags_changed(j->px);
+        proxy_tags_changed(j->api->proxy);
 }
 
 static void delete_done(void *arg, struct http_req *req)
@@ -319,7 +307,7 @@ static void delete_manifest(const struct api *api, struct http_req *req, const s
         api_error(api, req, REG_ERR_INTERNAL, NULL);
         return;
     }
-    *j = (struct delete_job){api, api->cfg, api->reg, api->proxy, *rt, REG_OK, ""};
+    *j = (struct delete_job){api, *rt, REG_OK, ""};
     offload_req(api->offload, req, delete_work, delete_done, j);
 }
 

@@ -197,12 +197,14 @@ static void mirror_start(struct mirror *m, unsigned threads, int maxfetches)
     assert_non_null(m->srv);
 }
 
-/* The daemon's order: the server aborts its requests, then the proxy cuts its fetches. */
+/* The daemon's order: the server aborts its requests, the proxy cuts its fetches, the pool
+ * drains, then the server (and its api) goes. */
 static void mirror_stop(struct mirror *m)
 {
-    server_free(m->srv);
+    server_close(m->srv);
     proxy_free(m->px);
     offload_free(m->ol);
+    server_free(m->srv);
     httpc_free(m->hc);
     registry_free(m->reg);
     storage_free(m->st);
