@@ -20,6 +20,7 @@
 #include <event2/listener.h>
 #include <event2/util.h>
 
+#include "buf.h"
 #include "log.h"
 
 #define HTTP_MAX_LISTENERS 16
@@ -117,8 +118,7 @@ struct http_req {
     http_body_end_cb on_end;
     http_body_buffered_cb on_buffered;
     void *body_ctx;
-    char *bbuf;
-    size_t blen, bcap, bmax;
+    struct buf body; /* a buffered body (http_req_buffer_body), capped at its max */
 
     http_abort_cb on_abort;
     void *abort_ctx;
@@ -563,7 +563,7 @@ static void req_free(struct http_req *req)
     free(req->hbuf);
     if (req->file_fd >= 0)
         close(req->file_fd);
-    free(req->bbuf);
+    buf_free(&req->body);
     free(req->hdrs);
     free(req->head);
     free(req);
@@ -878,14 +878,11 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
             conn->parse_status = 431;
             return -1;
         }
-        if (req->nhdrs == req->hdrs_cap) {
-            size_t cap = req->hdrs_cap ? req->hdrs_cap * 2 : 16;
-            struct hdr *h = realloc(req->hdrs, cap * sizeof(*h));
-            if (!h)
-                return -1;
-            req->hdrs = h;
-            req->hdrs_cap = cap;
-        }
+        /* 16 at first: most requests then need no second allocation. */
+        size_t need = req->nhdrs < 16 ? 16 : req->nhdrs + 1;
+        if (buf_grow_items(&req->hdrs, &req->hdrs_cap, need, sizeof(*req->hdrs),
+                           HTTP_MAX_HEADERS) != BUF_OK)
+            return -1;
         req->hdrs[req->nhdrs].name = req->head_len;
         req->hdrs[req->nhdrs].value = SIZE_MAX;
         req->nhdrs++;
@@ -1158,12 +1155,10 @@ static bool conn_can_parse(const struct conn *conn)
 static void deliver_buffered(struct http_req *req)
 {
     /* Detached first: the callback may complete (and so free) the request. */
-    char *data = req->bbuf;
-    size_t len = req->blen;
-    req->bbuf = NULL;
-    req->blen = req->bcap = 0;
-    req->on_buffered(req, req->body_ctx, data ? data : "", len);
-    free(data);
+    struct buf body = req->body;
+    buf_init(&req->body, body.max);
+    req->on_buffered(req, req->body_ctx, buf_cstr(&body), body.len);
+    buf_free(&body);
 }
 
 /* Runs the application's end-of-body callback; req may be gone afterwards. */
@@ -1179,22 +1174,7 @@ static void reject_body(struct http_req *req);
 
 static int buffer_piece(struct http_req *req, const char *data, size_t len)
 {
-    if (len > req->bmax - req->blen)
-        return -1;
-    if (req->blen + len + 1 > req->bcap) {
-        size_t cap = req->bcap ? req->bcap : 4096;
-        while (cap < req->blen + len + 1)
-            cap *= 2;
-        char *p = realloc(req->bbuf, cap);
-        if (!p)
-            return -1;
-        req->bbuf = p;
-        req->bcap = cap;
-    }
-    memcpy(req->bbuf + req->blen, data, len);
-    req->blen += len;
-    req->bbuf[req->blen] = '\0';
-    return 0;
+    return buf_append(&req->body, data, len) == BUF_OK ? 0 : -1;
 }
 
 static void handle_event(struct conn *conn, enum parse_event ev)
@@ -1973,9 +1953,7 @@ static void reject_body(struct http_req *req)
     struct conn *conn = req->conn;
     req->body_mode = BODY_STOPPED;
     req->must_close = true;
-    free(req->bbuf);
-    req->bbuf = NULL;
-    req->blen = req->bcap = 0;
+    buf_free(&req->body);
     conn_set_read_timeout(conn, false);
     /* The buffered-body callback will never run: the abort callback releases its context. */
     http_abort_cb abort_cb = req->on_abort;
@@ -1992,7 +1970,7 @@ void http_req_buffer_body(struct http_req *req, size_t max, http_body_buffered_c
     req->body_mode = BODY_BUFFER;
     req->on_buffered = cb;
     req->body_ctx = ctx;
-    req->bmax = max;
+    buf_init(&req->body, max);
     if (req->content_length > 0 && (uint64_t)req->content_length > max) {
         reject_body(req);
         return;
@@ -2127,9 +2105,7 @@ static void resp_complete(struct http_req *req)
     /* answered before the (small) body was read: read and drop it, then the next request */
     req->body_mode = BODY_DISCARD;
     req->body_paused = false;
-    free(req->bbuf);
-    req->bbuf = NULL;
-    req->blen = req->bcap = 0;
+    buf_free(&req->body);
     conn_read_enable(conn, true);
     conn_set_read_timeout(conn, true);
     conn_kick(conn);
