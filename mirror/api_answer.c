@@ -14,6 +14,14 @@
 /* Blobs are named by their digest: what a client cached never changes. */
 #define BLOB_CACHE_CONTROL "max-age=31536000"
 
+/* d as text (ds) and as its entity tag, the text quoted (etag). */
+static void digest_tags(const struct digest *d, char ds[DIGEST_STR_MAX],
+                        char etag[DIGEST_STR_MAX + 2])
+{
+    digest_str(d, ds);
+    snprintf(etag, DIGEST_STR_MAX + 2, "\"%s\"", ds);
+}
+
 bool api_blob_span(struct http_req *req, int64_t size, struct api_span *span)
 {
     *span = (struct api_span){.start = 0, .len = size, .partial = false};
@@ -46,8 +54,7 @@ void api_blob_start(const struct api *api, struct http_req *req, const struct di
                     int64_t size, const struct api_span *span)
 {
     char ds[DIGEST_STR_MAX], etag[DIGEST_STR_MAX + 2];
-    digest_str(d, ds);
-    snprintf(etag, sizeof(etag), "\"%s\"", ds);
+    digest_tags(d, ds, etag);
     api_start(api, req, span->partial ? 206 : 200);
     http_resp_header(req, "Content-Type", "application/octet-stream");
     http_resp_header(req, "Docker-Content-Digest", ds);
@@ -72,8 +79,7 @@ void api_blob_redirect(const struct api *api, struct http_req *req, const struct
 bool api_manifest_not_modified(const struct api *api, struct http_req *req, const struct digest *d)
 {
     char ds[DIGEST_STR_MAX], etag[DIGEST_STR_MAX + 2];
-    digest_str(d, ds);
-    snprintf(etag, sizeof(etag), "\"%s\"", ds);
+    digest_tags(d, ds, etag);
     const char *inm = http_req_header(req, "If-None-Match");
     if (!inm || (strcmp(inm, etag) != 0 && strcmp(inm, ds) != 0))
         return false;
@@ -88,8 +94,7 @@ void api_manifest_answer(const struct api *api, struct http_req *req,
                          const struct registry_manifest *m)
 {
     char ds[DIGEST_STR_MAX], etag[DIGEST_STR_MAX + 2];
-    digest_str(&m->digest, ds);
-    snprintf(etag, sizeof(etag), "\"%s\"", ds);
+    digest_tags(&m->digest, ds, etag);
     api_start(api, req, 200);
     http_resp_header(req, "Content-Type", m->media_type);
     http_resp_header(req, "Docker-Content-Digest", ds);

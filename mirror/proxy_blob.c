@@ -282,15 +282,6 @@ static void reader_unlink(struct breader *rd)
     }
 }
 
-static void reader_abort(struct http_req *req, void *ctx)
-{
-    struct breader *rd = ctx;
-    struct bfetch *f = rd->f;
-    reader_unlink(rd);
-    free(rd);
-    bfetch_unref(f);
-}
-
 /* The reader is finished (its response complete or cut, so its request is gone): forget it. */
 static void reader_done(struct breader *rd)
 {
@@ -298,6 +289,11 @@ static void reader_done(struct breader *rd)
     reader_unlink(rd);
     free(rd);
     bfetch_unref(f);
+}
+
+static void reader_abort(struct http_req *req, void *ctx)
+{
+    reader_done(ctx);
 }
 
 static void reader_pump(struct breader *rd);
