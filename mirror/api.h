@@ -63,6 +63,9 @@ void api_error_headers(const struct api *api, struct http_req *req, enum regerr 
                        const char *detail, const char *const *headers);
 void api_errorf(const struct api *api, struct http_req *req, enum regerr e, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* api_error with Retry-After: retry_after seconds, sent for 429 and 503 when >= 0. */
+void api_error_retry(const struct api *api, struct http_req *req, enum regerr e, long retry_after,
+                     const char *detail);
 /* A complete JSON answer; takes the reference to body. */
 void api_json(const struct api *api, struct http_req *req, int status, json_t *body,
               const char *content_type);
@@ -93,6 +96,9 @@ void api_blob_unsatisfiable(const struct api *api, struct http_req *req, int64_t
  * Cache-Control and Content-Range; the body call that follows sets Content-Length. */
 void api_blob_start(const struct api *api, struct http_req *req, const struct digest *d,
                     int64_t size, const struct api_span *span);
+/* The complete answer to a blob HEAD (200, 206 or 416, no body). */
+void api_blob_head(const struct api *api, struct http_req *req, const struct digest *d,
+                   int64_t size);
 /* The complete 307 to a remote store's signed url. */
 void api_blob_redirect(const struct api *api, struct http_req *req, const struct digest *d,
                        const char *url);
@@ -101,6 +107,46 @@ bool api_manifest_not_modified(const struct api *api, struct http_req *req, cons
 /* The complete 200 of m (no body for a HEAD). */
 void api_manifest_answer(const struct api *api, struct http_req *req,
                          const struct registry_manifest *m);
+
+/*
+ * A blob answer whose bytes are still arriving (api_stream.c): an in-flight fetch's spool,
+ * read by every client of the fetch at its own pace. The source only says what it holds;
+ * the stream writes the answer (status and headers once the length is known, the bytes as
+ * they come, then the end, an error status while nothing has left, or a cut).
+ */
+enum api_fill_state {
+    API_FILL_WAITING, /* the length is not known yet: nothing is sent */
+    API_FILL_GROWING, /* bytes [0, have) can be read at fd; more are coming */
+    API_FILL_DONE,    /* all the bytes are in: [0, have) */
+    API_FILL_FAILED,  /* the rest will not come: err, retry_after, why */
+};
+struct api_fill {
+    enum api_fill_state state;
+    int64_t total; /* -1: the length is unknown; read when not WAITING */
+    uint64_t have;
+    int fd; /* the source's; the stream sends duplicates of it */
+    enum regerr err;
+    long retry_after;
+    const char *why;
+};
+struct api_source {
+    /* What src holds now. */
+    void (*poll)(void *src, struct api_fill *fill);
+    /* The stream is over (answered, cut, or its client gone) and forgets src: called once. */
+    void (*release)(void *src);
+};
+struct api_stream;
+/*
+ * A stream answering req (a GET of blob d in rt->name) from src. It takes req's abort slot
+ * and sends nothing until api_stream_wake. NULL: out of memory, req answered with 500 and
+ * src not released.
+ */
+struct api_stream *api_stream_new(const struct api *api, struct http_req *req,
+                                  const struct api_route *rt, const struct digest *d,
+                                  const struct api_source *ops, void *src);
+/* The source changed (or the stream is new): sends what it holds. The stream may end and
+ * release src before this returns. */
+void api_stream_wake(struct api_stream *s);
 
 /*
  * Serving from the store, also what the proxy calls once the store holds what it should

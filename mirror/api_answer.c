@@ -66,6 +66,18 @@ void api_blob_start(const struct api *api, struct http_req *req, const struct di
                           span->start, span->start + (uint64_t)span->len - 1, size);
 }
 
+void api_blob_head(const struct api *api, struct http_req *req, const struct digest *d,
+                   int64_t size)
+{
+    struct api_span span;
+    if (!api_blob_span(req, size, &span)) {
+        api_blob_unsatisfiable(api, req, size);
+        return;
+    }
+    api_blob_start(api, req, d, size, &span);
+    http_resp_no_body(req, span.len);
+}
+
 void api_blob_redirect(const struct api *api, struct http_req *req, const struct digest *d,
                        const char *url)
 {

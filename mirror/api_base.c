@@ -158,6 +158,19 @@ void api_error_headers(const struct api *api, struct http_req *req, enum regerr 
     free(text);
 }
 
+void api_error_retry(const struct api *api, struct http_req *req, enum regerr e, long retry_after,
+                     const char *detail)
+{
+    char ra[32];
+    const char *hdrs[3] = {NULL};
+    if ((e == REG_ERR_TOOMANYREQUESTS || e == REG_ERR_UNAVAILABLE) && retry_after >= 0) {
+        snprintf(ra, sizeof(ra), "%ld", retry_after);
+        hdrs[0] = "Retry-After";
+        hdrs[1] = ra;
+    }
+    api_error_headers(api, req, e, detail, hdrs);
+}
+
 void api_errorf(const struct api *api, struct http_req *req, enum regerr e, const char *fmt, ...)
 {
     char detail[512];

@@ -231,7 +231,13 @@ static void answer_blob(const struct api *api, struct http_req *req, const struc
         snprintf(cd.media_type, sizeof(cd.media_type), "application/octet-stream");
         cache_put(api->cache, rt->name, &cd);
     }
-    if (!head && fd < 0 && redirect_blob(api, req, rt, &d, size))
+    if (head) {
+        if (fd >= 0)
+            close(fd);
+        api_blob_head(api, req, &d, (int64_t)size);
+        return;
+    }
+    if (fd < 0 && redirect_blob(api, req, rt, &d, size))
         return;
     struct api_span span;
     if (!api_blob_span(req, (int64_t)size, &span)) {
@@ -241,10 +247,6 @@ static void answer_blob(const struct api *api, struct http_req *req, const struc
         return;
     }
     api_blob_start(api, req, &d, (int64_t)size, &span);
-    if (head) {
-        http_resp_no_body(req, span.len);
-        return;
-    }
     metrics_add(METRICS_BYTES_FROM_CACHE, (uint64_t)span.len);
     notify_blob(api, req, NOTIFY_PULL, rt->name, &d, (int64_t)size, NULL);
     if (fd >= 0)

@@ -43,15 +43,8 @@ enum regerr proxy_outcome_error(const struct upstream_outcome *o, bool blob)
 
 void proxy_client_error(struct client *c, enum regerr e, long retry_after, const char *detail)
 {
-    char ra[32];
-    const char *hdrs[3] = {NULL};
-    if ((e == REG_ERR_TOOMANYREQUESTS || e == REG_ERR_UNAVAILABLE) && retry_after >= 0) {
-        snprintf(ra, sizeof(ra), "%ld", retry_after);
-        hdrs[0] = "Retry-After";
-        hdrs[1] = ra;
-    }
     http_req_on_abort(c->req, NULL, NULL);
-    api_error_headers(c->api, c->req, e, detail, hdrs);
+    api_error_retry(c->api, c->req, e, retry_after, detail);
 }
 
 /* fd passes to api_blob_serve. */

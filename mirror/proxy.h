@@ -5,8 +5,9 @@
  * the local store cannot answer are fetched from the upstream, verified, stored, and served.
  * proxy.c decides where a request goes (which upstream, the local name, the fetch cap);
  * proxy_manifest.c and proxy_blob.c run the exchanges. The proxy decides where the bytes come
- * from; the status line and headers of every answer are written by the API (api.h:
- * api_blob_start, api_manifest_answer and the api_*_serve functions it calls back).
+ * from and never writes HTTP: the API writes every answer (api.h), from the store
+ * (api_blob_serve, api_manifest_serve), from an upstream HEAD (api_blob_head) or from an
+ * in-flight fetch's spool (api_stream: the proxy is its source).
  *
  * A cold blob GET, step by step:
  *   1. server.c on_request: auth, api_route_parse, write policy; api_blob (api_blobs.c)
@@ -15,16 +16,17 @@
  *      blookup_work asks the store (registry_blob_open on the filesystem, inline; stat off the
  *      loop on OSS). blookup_finish: linked -> api_blob_serve, done; stored for another
  *      repository -> blob_head (an upstream HEAD, then a link job); absent -> blob_fetch.
- *   3. blob_fetch: a fetch of that digest in px->bfetches is joined (a breader on it, late
- *      joiners read from the start); else a new bfetch takes a slot of proxy.maxfetches
+ *   3. blob_fetch: a fetch of that digest in px->bfetches is joined (reader_new: a breader
+ *      on it, the source of the client's api_stream; late joiners read from the start);
+ *      else a new bfetch takes a slot of proxy.maxfetches
  *      (proxy_slot_acquire; queued up to proxy.fetchqueuetimeout, then 503).
  *   4. bfetch_go: an upload session is the spool (registry_upload_start/open/reader, in the
  *      proxy's own spool registry on OSS), then upstream_fetch GET (upstream.c: challenge,
  *      token for repository:<name>:pull, retries, redirects).
- *   5. b_on_response: the length is known; every reader's reader_begin asks api_blob_span and
- *      api_blob_start for its status and headers and starts its stream. b_on_data writes the
- *      spool (hashed as it fills) and bfetch_pump_all moves spool bytes to every reader
- *      (reader_pump, at most PUMP_HIGH queued a connection).
+ *   5. b_on_response: the length is known; bfetch_pump_all wakes every reader's stream,
+ *      which polls its source (reader_poll) and sends its status and headers (api_stream.c:
+ *      api_blob_span, api_blob_start). b_on_data writes the spool (hashed as it fills) and
+ *      wakes the streams again; each sends the new spool bytes at its connection's pace.
  *   6. b_on_done: the digest matched -> registry_upload_commit (the blob is stored; on OSS
  *      bfetch_import stores it off the loop while readers go on from the spool), readers end
  *      their responses; a mismatch or a cut commits nothing and cuts every reader short

@@ -14,13 +14,9 @@
 #include "layout.h"
 #include "log.h"
 #include "metrics.h"
-#include "notify.h"
 #include "offload.h"
 #include "reference.h"
 #include "spools.h"
-
-/* A reader queues at most this much of the spool in its connection's output at a time. */
-#define PUMP_HIGH (1024 * 1024)
 
 /* ---- blobs: HEAD, and GET of a blob stored for another repository ---- */
 
@@ -147,13 +143,7 @@ static void bhead_done(void *arg, struct http_req *req)
         return;
     }
     http_req_on_abort(c.req, NULL, NULL);
-    struct api_span span;
-    if (!api_blob_span(c.req, size, &span)) {
-        api_blob_unsatisfiable(c.api, c.req, size);
-        return;
-    }
-    api_blob_start(c.api, c.req, &d, size, &span);
-    http_resp_no_body(c.req, span.len);
+    api_blob_head(c.api, c.req, &d, size);
 }
 
 /* The slot is granted: send the HEAD. */
@@ -205,12 +195,11 @@ static void blob_head(struct proxy *px, const struct target *t, struct client *c
 
 enum bstate { B_QUEUED, B_HEADERS, B_STREAMING, B_DONE, B_FAILED };
 
+/* One client of a fetch: the source its answer's stream reads. */
 struct breader {
     struct breader *next;
     struct bfetch *f;
-    struct client c;
-    bool started;
-    uint64_t off, end; /* end is exclusive; UINT64_MAX while the length is unknown */
+    struct api_stream *st;
 };
 
 struct bfetch {
@@ -282,95 +271,43 @@ static void reader_unlink(struct breader *rd)
     }
 }
 
-/* The reader is finished (its response complete or cut, so its request is gone): forget it. */
-static void reader_done(struct breader *rd)
+/* The reader's stream is over (its response complete or cut, or its client gone). */
+static void reader_release(void *src)
 {
+    struct breader *rd = src;
     struct bfetch *f = rd->f;
     reader_unlink(rd);
     free(rd);
     bfetch_unref(f);
 }
 
-static void reader_abort(struct http_req *req, void *ctx)
+static void reader_poll(void *src, struct api_fill *fl)
 {
-    reader_done(ctx);
+    const struct bfetch *f = ((const struct breader *)src)->f;
+    switch (f->state) {
+    case B_QUEUED:
+    case B_HEADERS:
+        fl->state = API_FILL_WAITING;
+        break;
+    case B_STREAMING:
+        fl->state = API_FILL_GROWING;
+        break;
+    case B_DONE:
+        fl->state = API_FILL_DONE;
+        break;
+    case B_FAILED:
+        fl->state = API_FILL_FAILED;
+        break;
+    }
+    fl->total = f->total;
+    fl->have = f->written;
+    fl->fd = f->fd;
+    fl->err = f->err;
+    fl->retry_after = f->retry_after;
+    fl->why = f->why;
 }
 
-static void reader_pump(struct breader *rd);
-
-static void reader_writable(struct http_req *req, void *ctx)
-{
-    reader_pump(ctx);
-}
-
-/* Sends the response head once the upstream's length is known. Returns false when the reader
- * was answered with an error and is gone. */
-static bool reader_begin(struct breader *rd)
-{
-    struct bfetch *f = rd->f;
-    struct http_req *req = rd->c.req;
-    struct api_span span;
-    if (!api_blob_span(req, f->total, &span)) {
-        http_req_on_abort(req, NULL, NULL);
-        api_blob_unsatisfiable(rd->c.api, req, f->total);
-        reader_done(rd);
-        return false;
-    }
-    rd->off = span.start;
-    rd->end = span.len < 0 ? UINT64_MAX : span.start + (uint64_t)span.len;
-    api_blob_start(rd->c.api, req, &f->d, f->total, &span);
-    rd->started = true;
-    notify_blob(rd->c.api, req, NOTIFY_PULL, rd->c.rt.name, &f->d, f->total, NULL);
-    http_resp_stream_begin(req, span.len, reader_writable, rd);
-    return true;
-}
-
-/* Moves spool bytes into the reader's connection, and ends the response when it can. */
-/* Never re-entered: http calls the writable callback from the loop only, and nothing here
- * runs the fetch's callbacks. */
-static void reader_pump(struct breader *rd)
-{
-    struct bfetch *f = rd->f;
-    if (!rd->started) {
-        if (f->state == B_FAILED) {
-            proxy_client_error(&rd->c, f->err, f->retry_after, f->why);
-            reader_done(rd);
-            return;
-        }
-        if (f->state == B_QUEUED || f->state == B_HEADERS || !reader_begin(rd))
-            return;
-    }
-    uint64_t limit = f->written < rd->end ? f->written : rd->end;
-    while (rd->off < limit && http_resp_stream_pending(rd->c.req) < PUMP_HIGH) {
-        uint64_t n = limit - rd->off;
-        if (n > PUMP_HIGH)
-            n = PUMP_HIGH;
-        int fd = dup(f->fd);
-        if (fd < 0)
-            break; /* out of descriptors: the writable callback tries again */
-        http_resp_stream_file(rd->c.req, fd, (off_t)rd->off, (off_t)n);
-        rd->off += n;
-    }
-    if (f->state == B_FAILED && http_resp_retract(rd->c.req)) {
-        /* nothing of the answer has left yet: the client gets a status instead of a cut */
-        proxy_client_error(&rd->c, f->err, f->retry_after, f->why);
-        reader_done(rd);
-        return;
-    }
-    if (f->state == B_FAILED) {
-        log_warn("proxy: cutting the response for %s: %s", rd->c.rt.ref, f->why);
-        http_req_on_abort(rd->c.req, NULL, NULL);
-        http_resp_stream_abort(rd->c.req);
-        reader_done(rd);
-        return;
-    }
-    bool complete = rd->end == UINT64_MAX ? rd->off == f->written : rd->off == rd->end;
-    if (f->state == B_DONE && complete) {
-        http_req_on_abort(rd->c.req, NULL, NULL);
-        http_resp_stream_end(rd->c.req);
-        reader_done(rd);
-    }
-}
+static const struct api_source reader_source = {reader_poll, reader_release};
 
 /* Pumps every reader. f may be gone afterwards unless the caller holds a reference. */
 static void bfetch_pump_all(struct bfetch *f)
@@ -378,8 +315,8 @@ static void bfetch_pump_all(struct bfetch *f)
     bfetch_ref(f);
     struct breader *rd = f->readers;
     while (rd) {
-        struct breader *next = rd->next; /* pumping may finish and free rd */
-        reader_pump(rd);
+        struct breader *next = rd->next; /* waking may finish and free rd */
+        api_stream_wake(rd->st);
         rd = next;
     }
     bfetch_unref(f);
@@ -606,6 +543,26 @@ static void bfetch_expire(struct slot *s)
                       QUEUE_RETRY_AFTER_S, "too many upstream fetches at once (proxy.maxfetches)");
 }
 
+/* A new reader of f answering c; NULL when c was answered (out of memory). */
+static struct breader *reader_new(struct bfetch *f, struct client *c, const struct digest *d)
+{
+    struct breader *rd = calloc(1, sizeof(*rd));
+    if (!rd) {
+        proxy_client_error(c, REG_ERR_INTERNAL, -1, NULL);
+        return NULL;
+    }
+    rd->st = api_stream_new(c->api, c->req, &c->rt, d, &reader_source, rd);
+    if (!rd->st) {
+        free(rd);
+        return NULL;
+    }
+    rd->f = f;
+    rd->next = f->readers;
+    f->readers = rd;
+    bfetch_ref(f);
+    return rd;
+}
+
 static void blob_fetch(struct proxy *px, const struct target *t, struct client *c,
                        const struct digest *d)
 {
@@ -614,26 +571,17 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
         if (f->rm == t->rm && digest_equal(&f->d, d))
             break;
     }
-    struct breader *rd = calloc(1, sizeof(*rd));
-    if (!rd) {
-        proxy_client_error(c, REG_ERR_INTERNAL, -1, NULL);
-        return;
-    }
-    rd->c = *c;
     if (f) {
         /* Joining a fetch, running or queued, takes no slot of its own. */
-        metrics_inc(METRICS_JOINED_WAITERS);
-        rd->f = f;
-        rd->next = f->readers;
-        f->readers = rd;
-        bfetch_ref(f);
-        http_req_on_abort(c->req, reader_abort, rd);
-        reader_pump(rd);
+        struct breader *rd = reader_new(f, c, d);
+        if (rd) {
+            metrics_inc(METRICS_JOINED_WAITERS);
+            api_stream_wake(rd->st);
+        }
         return;
     }
     f = calloc(1, sizeof(*f));
     if (!f) {
-        free(rd);
         proxy_client_error(c, REG_ERR_INTERNAL, -1, "cannot start the upstream fetch");
         return;
     }
@@ -644,13 +592,13 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
     f->total = -1;
     f->state = B_QUEUED;
     snprintf(f->name, sizeof(f->name), "%s", t->rt.name);
+    if (!reader_new(f, c, d)) {
+        free(f);
+        return;
+    }
     f->listed = true;
     f->next = px->bfetches;
     px->bfetches = f;
-    rd->f = f;
-    f->readers = rd;
-    bfetch_ref(f);
-    http_req_on_abort(c->req, reader_abort, rd);
     /* Last: go may fail at once, answer the reader and free f. */
     proxy_slot_acquire(px, &f->slot, bfetch_go, bfetch_expire);
 }
