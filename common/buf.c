@@ -94,6 +94,14 @@ enum buf_rc buf_printf(struct buf *b, const char *fmt, ...)
     return rc;
 }
 
+void buf_truncate(struct buf *b, size_t n)
+{
+    if (n >= b->len)
+        return;
+    b->len = n;
+    b->p[n] = '\0';
+}
+
 void buf_clear(struct buf *b)
 {
     b->len = 0;

@@ -48,6 +48,8 @@ enum buf_rc buf_printf(struct buf *b, const char *fmt, ...) __attribute__((forma
 enum buf_rc buf_vprintf(struct buf *b, const char *fmt, va_list ap);
 /* Grows len by n after the caller wrote n bytes into the room buf_reserve made. */
 void buf_commit(struct buf *b, size_t n);
+/* Keeps the first n bytes (n <= len). */
+void buf_truncate(struct buf *b, size_t n);
 /* Drops the bytes, keeps the memory. */
 void buf_clear(struct buf *b);
 /* Drops the first n bytes (a consumed prefix). */

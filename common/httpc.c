@@ -70,8 +70,7 @@ struct httpc_req {
     /* Gathered body bytes not yet passed to on_data (gather: this request gathers; acc is
      * allocated with the first bytes). */
     bool gather;
-    char *acc;
-    size_t acc_len, acc_cap;
+    struct buf acc;    /* capped at GATHER_MAX; grows only within GATHER_BUDGET */
     bool done_pending; /* curl finished while gathered bytes wait for a resume */
     CURLcode done_code;
     struct httpc_headers headers;
@@ -84,7 +83,7 @@ struct httpc {
     struct event *timer;
     struct event *work; /* deferred adds, resumes and frees, run from a clean stack */
     struct httpc_req *reqs;
-    size_t gathered; /* sum of the requests' acc_cap, within GATHER_BUDGET */
+    size_t gathered; /* sum of the requests' acc.cap, within GATHER_BUDGET */
 };
 
 /* The per-socket event curl asked us to watch. */
@@ -234,8 +233,8 @@ static void req_free(struct httpc_req *r)
     curl_easy_cleanup(r->easy);
     curl_slist_free_all(r->hdrs);
     headers_clear(&r->headers);
-    c->gathered -= r->acc_cap;
-    free(r->acc);
+    c->gathered -= r->acc.cap;
+    buf_free(&r->acc);
     free(r);
 }
 
@@ -253,22 +252,22 @@ static void req_report_done(struct httpc_req *r, CURLcode code)
 }
 
 /*
- * Passes the gathered bytes to on_data. Afterwards acc_len is 0 unless the caller declined
+ * Passes the gathered bytes to on_data. Afterwards acc is empty unless the caller declined
  * them (HTTPC_PAUSE: r->paused is set and they come again after httpc_resume). A refusal
  * sets r->forced; the request may be dead (cancelled from on_data).
  */
 static void acc_deliver(struct httpc_req *r)
 {
-    if (r->acc_len == 0 || r->paused || r->state == REQ_DEAD)
+    if (r->acc.len == 0 || r->paused || r->state == REQ_DEAD)
         return;
-    int rc = r->cb.on_data(r, r->ctx, r->acc, r->acc_len);
+    int rc = r->cb.on_data(r, r->ctx, r->acc.p, r->acc.len);
     if (r->state == REQ_DEAD)
         return;
     if (rc == HTTPC_PAUSE) {
         r->paused = true;
         return;
     }
-    r->acc_len = 0;
+    buf_clear(&r->acc);
     if (rc != 0)
         r->forced = HTTPC_ABORTED;
 }
@@ -287,7 +286,7 @@ static void acc_flush(struct httpc_req *r)
         return;
     if (r->forced == HTTPC_ABORTED)
         req_report_done(r, CURLE_WRITE_ERROR);
-    else if (r->done_pending && r->acc_len == 0)
+    else if (r->done_pending && r->acc.len == 0)
         req_report_done(r, r->done_code);
 }
 
@@ -296,7 +295,7 @@ static void flush_all(struct httpc *c)
 {
     /* Callbacks only set flags or add requests at the head: the walk stays valid. */
     for (struct httpc_req *r = c->reqs; r; r = r->next) {
-        if (r->acc_len > 0 && !r->paused)
+        if (r->acc.len > 0 && !r->paused)
             acc_flush(r);
     }
 }
@@ -304,7 +303,7 @@ static void flush_all(struct httpc *c)
 /* httpc_resume's work: gathered bytes first, then curl's held ones. */
 static void resume_gathered(struct httpc_req *r)
 {
-    if (r->acc_len > 0 || r->done_pending) {
+    if (r->acc.len > 0 || r->done_pending) {
         acc_flush(r);
         if (r->state != REQ_RUNNING || r->paused || r->done_pending)
             return;
@@ -425,15 +424,12 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *arg)
 static void acc_grow(struct httpc_req *r)
 {
     struct httpc *c = r->c;
-    size_t ncap = r->acc_cap ? r->acc_cap * 2 : GATHER_MIN;
-    if (ncap > GATHER_MAX || c->gathered - r->acc_cap + ncap > GATHER_BUDGET)
+    size_t cap = r->acc.cap;
+    size_t ncap = cap ? cap * 2 : GATHER_MIN;
+    if (c->gathered - cap + ncap > GATHER_BUDGET ||
+        buf_reserve_exact(&r->acc, ncap - r->acc.len) != BUF_OK)
         return;
-    char *nb = realloc(r->acc, ncap);
-    if (!nb)
-        return;
-    c->gathered += ncap - r->acc_cap;
-    r->acc = nb;
-    r->acc_cap = ncap;
+    c->gathered += r->acc.cap - cap;
 }
 
 static size_t write_cb(char *data, size_t size, size_t n, void *arg)
@@ -450,9 +446,9 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
         return CURL_WRITEFUNC_PAUSE;
     }
     if (r->gather) {
-        if (r->acc_len + len > r->acc_cap)
+        if (r->acc.len + len > r->acc.cap)
             acc_grow(r);
-        if (r->acc_len + len > r->acc_cap) {
+        if (r->acc.len + len > r->acc.cap) {
             acc_deliver(r);
             if (r->state == REQ_DEAD || r->forced == HTTPC_ABORTED)
                 return 0;
@@ -461,9 +457,9 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
                 return CURL_WRITEFUNC_PAUSE;
             }
         }
-        if (len <= r->acc_cap - r->acc_len) {
-            memcpy(r->acc + r->acc_len, data, len);
-            r->acc_len += len;
+        if (len <= r->acc.cap - r->acc.len) {
+            memcpy(r->acc.p + r->acc.len, data, len);
+            buf_commit(&r->acc, len);
             return len;
         }
     }
@@ -543,7 +539,7 @@ static void check_done(struct httpc *c)
         struct httpc_req *r = (struct httpc_req *)priv;
         if (!r || r->state == REQ_DEAD)
             continue; /* cancelled: the work queue frees it */
-        if (r->acc_len > 0) {
+        if (r->acc.len > 0) {
             /* the body's last bytes go first; a paused caller gets them (and the end) later */
             r->done_pending = true;
             r->done_code = msg->data.result;
@@ -771,6 +767,7 @@ struct httpc_req *httpc_start(struct httpc *c, const struct httpc_req_opts *opts
     r->c = c;
     r->cb = *cb;
     r->ctx = ctx;
+    r->acc = BUF_INIT(GATHER_MAX);
     r->follow = opts->follow_redirects;
     r->state = REQ_PENDING;
     r->easy = curl_easy_init();
@@ -799,7 +796,7 @@ void httpc_resume(struct httpc_req *r)
     if (r->state == REQ_DEAD || !r->paused)
         return;
     r->paused = false;
-    if (r->curl_paused || r->acc_len > 0 || r->done_pending)
+    if (r->curl_paused || r->acc.len > 0 || r->done_pending)
         schedule_work(r->c);
 }
 

@@ -28,6 +28,8 @@
 #define HTTP_MAX_RESP_HEADER_BYTES (64 * 1024)
 /* First size of the response header buffer: a manifest answer's headers are about 1 KiB. */
 #define HTTP_RESP_HEADERS_FIRST 2048
+/* The first allocation of a request's head. */
+#define HTTP_HEAD_FIRST 512
 /* One read event takes up to this much: large reads cost far less CPU per byte. */
 #define HTTP_READ_SIZE (256 * 1024)
 /* The first recv() of a read event on a plain connection: a request head fits. */
@@ -98,8 +100,9 @@ struct http_req {
     struct conn *conn;
 
     /* The request head: url, names and values as NUL-terminated strings. */
-    char *head;
-    size_t head_len, head_cap;
+    /* The request target, header names and values, each NUL-ended; bounded by the header
+     * limits (count_head), so uncapped here. */
+    struct buf head;
     struct hdr *hdrs;
     size_t nhdrs, hdrs_cap;
     size_t url_off;
@@ -127,8 +130,7 @@ struct http_req {
     /* The response. */
     enum resp_state resp;
     int status;
-    char *hbuf; /* the application's header lines, "Name: value\r\n" each */
-    size_t hlen, hcap;
+    struct buf hbuf; /* the application's header lines, "Name: value\r\n" each */
     bool close_after, chunked_out, raw_out, has_held;
     char held;        /* last byte of a Content-Length stream, sent by stream_end */
     int64_t out_left; /* body bytes a Content-Length stream may still queue */
@@ -552,6 +554,8 @@ static struct http_req *req_new(struct conn *conn)
     req->content_length = -1;
     req->status = 200;
     req->file_fd = -1;
+    req->head = BUF_INIT(BUF_UNCAPPED);
+    req->hbuf = BUF_INIT(HTTP_MAX_RESP_HEADER_BYTES);
     clock_gettime(CLOCK_MONOTONIC, &req->started);
     return req;
 }
@@ -560,29 +564,21 @@ static void req_free(struct http_req *req)
 {
     if (!req)
         return;
-    free(req->hbuf);
+    buf_free(&req->hbuf);
     if (req->file_fd >= 0)
         close(req->file_fd);
     buf_free(&req->body);
     free(req->hdrs);
-    free(req->head);
+    buf_free(&req->head);
     free(req);
 }
 
-/* Makes room for len more bytes; the callers have bounded the total by the header limits. */
+/* Makes room for len more bytes (512 at first: most heads need no second allocation). */
 static int head_reserve(struct http_req *req, size_t len)
 {
-    if (req->head_len + len + 1 > req->head_cap) {
-        size_t cap = req->head_cap ? req->head_cap : 512;
-        while (cap < req->head_len + len + 1)
-            cap *= 2;
-        char *p = realloc(req->head, cap);
-        if (!p)
-            return -1;
-        req->head = p;
-        req->head_cap = cap;
-    }
-    return 0;
+    if (!req->head.p && len < HTTP_HEAD_FIRST)
+        len = HTTP_HEAD_FIRST;
+    return buf_reserve(&req->head, len) == BUF_OK ? 0 : -1;
 }
 
 /* data may point into req->head only when head_reserve made room first. */
@@ -590,8 +586,8 @@ static int head_append(struct http_req *req, const char *data, size_t len)
 {
     if (head_reserve(req, len) < 0)
         return -1;
-    memcpy(req->head + req->head_len, data, len);
-    req->head_len += len;
+    memcpy(req->head.p + req->head.len, data, len);
+    buf_commit(&req->head, len);
     return 0;
 }
 
@@ -608,11 +604,12 @@ static int head_end_value(struct http_req *req)
         /* "Name:" with an empty value: the parser never called on_header_value */
         if (head_terminate(req) < 0)
             return -1;
-        h->value = req->head_len;
+        h->value = req->head.len;
     }
-    while (req->head_len > h->value &&
-           (req->head[req->head_len - 1] == ' ' || req->head[req->head_len - 1] == '\t'))
-        req->head_len--;
+    size_t end = req->head.len;
+    while (end > h->value && (req->head.p[end - 1] == ' ' || req->head.p[end - 1] == '\t'))
+        end--;
+    buf_truncate(&req->head, end);
     return head_terminate(req);
 }
 
@@ -799,7 +796,7 @@ static size_t frame_budget(const struct conn *conn, size_t avail)
     const struct http_req *req = conn->req;
     if (!req || !req->url_done) {
         size_t url = !req                                 ? 0
-                     : req->head_len < lim->max_url_bytes ? req->head_len
+                     : req->head.len < lim->max_url_bytes ? req->head.len
                                                           : lim->max_url_bytes;
         if (lim->max_url_bytes - url + 1 < left)
             left = lim->max_url_bytes - url + 1;
@@ -848,7 +845,7 @@ static int on_url(http_parser *p, const char *at, size_t len)
 {
     struct conn *conn = p->data;
     struct http_req *req = conn->req;
-    if (req->head_len + len > conn->srv->limits.max_url_bytes) {
+    if (req->head.len + len > conn->srv->limits.max_url_bytes) {
         conn->parse_status = 414;
         return -1;
     }
@@ -883,7 +880,7 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
         if (buf_grow_items(&req->hdrs, &req->hdrs_cap, need, sizeof(*req->hdrs),
                            HTTP_MAX_HEADERS) != BUF_OK)
             return -1;
-        req->hdrs[req->nhdrs].name = req->head_len;
+        req->hdrs[req->nhdrs].name = req->head.len;
         req->hdrs[req->nhdrs].value = SIZE_MAX;
         req->nhdrs++;
         req->in_field = true;
@@ -905,7 +902,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     if (req->in_field) {
         if (head_terminate(req) < 0)
             return -1;
-        req->hdrs[req->nhdrs - 1].value = req->head_len;
+        req->hdrs[req->nhdrs - 1].value = req->head.len;
         req->in_field = false;
     }
     return head_append(req, at, len);
@@ -914,7 +911,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
 /* Splits the request target into path and query, copied after the headers in head. */
 static int split_target(struct conn *conn, struct http_req *req)
 {
-    const char *url = req->head + req->url_off;
+    const char *url = req->head.p + req->url_off;
     size_t url_len = strlen(url);
     size_t path_at = 0, path_len, query_at = 0, query_len = 0;
     if (url[0] == '/' || strcmp(url, "*") == 0) {
@@ -941,17 +938,17 @@ static int split_target(struct conn *conn, struct http_req *req)
     /* the copies come from head itself: reserve first so it does not move under them */
     if (head_reserve(req, path_len + query_len + 3) < 0)
         return -1;
-    size_t p_off = req->head_len;
+    size_t p_off = req->head.len;
     if (path_len == 0)
         head_append(req, "/", 1);
     else
-        head_append(req, req->head + req->url_off + path_at, path_len);
-    size_t q_off = req->head_len + 1;
+        head_append(req, req->head.p + req->url_off + path_at, path_len);
+    size_t q_off = req->head.len + 1;
     head_terminate(req);
-    head_append(req, req->head + req->url_off + query_at, query_len);
+    head_append(req, req->head.p + req->url_off + query_at, query_len);
     head_terminate(req);
-    req->path = req->head + p_off;
-    req->query = req->head + q_off;
+    req->path = req->head.p + p_off;
+    req->query = req->head.p + q_off;
     return 0;
 }
 
@@ -1866,10 +1863,10 @@ const char *http_req_header_n(const struct http_req *req, const char *name, size
 {
     for (size_t i = 0; i < req->nhdrs; i++) {
         const struct hdr *h = &req->hdrs[i];
-        if (h->value == SIZE_MAX || strcasecmp(req->head + h->name, name) != 0)
+        if (h->value == SIZE_MAX || strcasecmp(req->head.p + h->name, name) != 0)
             continue;
         if (idx-- == 0)
-            return req->head + h->value;
+            return req->head.p + h->value;
     }
     return NULL;
 }
@@ -2045,7 +2042,7 @@ static void resp_write_head(struct http_req *req, int64_t content_length, bool c
     const char *date = http_date(conn->srv);
     size_t reason_len = strlen(reason), date_len = strlen(date);
     /* "HTTP/1.1 200 " reason CRLF "Date: " date CRLF, headers, framing, connection, CRLF */
-    size_t need = 13 + reason_len + 2 + 6 + date_len + 2 + req->hlen + 48 + 24 + 2 + body_len;
+    size_t need = 13 + reason_len + 2 + 6 + date_len + 2 + req->hbuf.len + 48 + 24 + 2 + body_len;
     struct evbuffer_iovec v;
     if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) != 1 || v.iov_len < need) {
         log_error("http: out of memory for the response to %s", http_req_path(req));
@@ -2061,8 +2058,8 @@ static void resp_write_head(struct http_req *req, int64_t content_length, bool c
     p = PUT_LIT(p, "\r\nDate: ");
     p = put_bytes(p, date, date_len);
     p = PUT_LIT(p, "\r\n");
-    if (req->hlen > 0)
-        p = put_bytes(p, req->hbuf, req->hlen);
+    if (req->hbuf.len > 0)
+        p = put_bytes(p, req->hbuf.p, req->hbuf.len);
     if (chunked) {
         p = PUT_LIT(p, "Transfer-Encoding: chunked\r\n");
     } else if (content_length >= 0) {
@@ -2186,26 +2183,20 @@ void http_resp_header(struct http_req *req, const char *name, const char *value)
         return;
     }
     size_t len = name_len + value_len + 4;
-    if (req->hlen + len > HTTP_MAX_RESP_HEADER_BYTES) {
+    enum buf_rc rc = buf_reserve(
+        &req->hbuf, !req->hbuf.p && len < HTTP_RESP_HEADERS_FIRST ? HTTP_RESP_HEADERS_FIRST : len);
+    if (rc == BUF_TOO_BIG) {
         log_warn("http: response headers too large, %s dropped", name);
         return;
     }
-    if (req->hlen + len > req->hcap) {
-        size_t cap = req->hcap ? req->hcap : HTTP_RESP_HEADERS_FIRST;
-        while (cap < req->hlen + len)
-            cap *= 2;
-        char *nb = realloc(req->hbuf, cap);
-        if (!nb)
-            return;
-        req->hbuf = nb;
-        req->hcap = cap;
-    }
-    char *p = req->hbuf + req->hlen;
+    if (rc != BUF_OK)
+        return;
+    char *p = req->hbuf.p + req->hbuf.len;
     p = put_bytes(p, name, name_len);
     p = PUT_LIT(p, ": ");
     p = put_bytes(p, value, value_len);
     p = PUT_LIT(p, "\r\n");
-    req->hlen = (size_t)(p - req->hbuf);
+    buf_commit(&req->hbuf, (size_t)(p - (req->hbuf.p + req->hbuf.len)));
 }
 
 void http_resp_headerf(struct http_req *req, const char *name, const char *fmt, ...)
@@ -2495,9 +2486,8 @@ bool http_resp_retract(struct http_req *req)
         return false;
     conn->out_added = req->out_head;
     conn_cork(conn, false);
-    free(req->hbuf);
-    req->hbuf = NULL;
-    req->hlen = req->hcap = 0;
+    buf_free(&req->hbuf);
+    req->hbuf = BUF_INIT(HTTP_MAX_RESP_HEADER_BYTES);
     req->resp = RESP_NONE;
     req->status = 200;
     req->close_after = req->chunked_out = req->raw_out = req->has_held = false;

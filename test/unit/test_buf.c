@@ -76,6 +76,22 @@ static void test_reserve_commit_consume_clear(void **state)
     buf_free(&b);
 }
 
+static void test_truncate(void **state)
+{
+    (void)state;
+    struct buf b = BUF_INIT(64);
+    buf_truncate(&b, 0); /* nothing allocated yet */
+    assert_int_equal(buf_append_str(&b, "value \t "), BUF_OK);
+    buf_truncate(&b, 5);
+    assert_int_equal(b.len, 5);
+    assert_string_equal(buf_cstr(&b), "value");
+    buf_truncate(&b, 9); /* longer than len: unchanged */
+    assert_string_equal(buf_cstr(&b), "value");
+    assert_int_equal(buf_putc(&b, '\0'), BUF_OK);
+    assert_int_equal(b.len, 6);
+    buf_free(&b);
+}
+
 static void test_grow_items(void **state)
 {
     int *v = NULL;
@@ -101,6 +117,7 @@ int main(void)
         cmocka_unit_test(test_append_and_take),
         cmocka_unit_test(test_cap_is_exact_and_failure_keeps_contents),
         cmocka_unit_test(test_reserve_commit_consume_clear),
+        cmocka_unit_test(test_truncate),
         cmocka_unit_test(test_grow_items),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
