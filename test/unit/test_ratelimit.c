@@ -14,7 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
+
 #include "config.h"
+#include "metrics.h"
 #include "ratelimit.h"
 
 /* ---- the parser ---- */
@@ -217,6 +220,50 @@ static void test_log_once_per_window(void **state)
     assert_true(ratelimit_log_due(&rl, RATELIMIT_BLOCKED, t + 13001));
 }
 
+/* ---- the gauges ---- */
+
+static char *render(void)
+{
+    struct evbuffer *out = evbuffer_new();
+    metrics_render(out);
+    size_t n = evbuffer_get_length(out);
+    char *text = malloc(n + 1);
+    evbuffer_remove(out, text, n);
+    text[n] = '\0';
+    evbuffer_free(out);
+    return text;
+}
+
+static void test_gauges_by_upstream(void **state)
+{
+    struct ratelimit hub = {0}, other = {0};
+    struct metrics_upstream mh = {.name = "docker.io", .rl = &hub};
+    struct metrics_upstream mo = {.name = "odd\"name", .rl = &other};
+    metrics_upstream_add(&mh);
+    metrics_upstream_add(&mo);
+    char *text = render();
+    /* declared, but no sample before a budget is known */
+    assert_non_null(strstr(text, "# TYPE regmirror_upstream_ratelimit_limit gauge\n"));
+    assert_non_null(strstr(text, "# TYPE regmirror_upstream_ratelimit_remaining gauge\n"));
+    assert_null(strstr(text, "regmirror_upstream_ratelimit_limit{"));
+    free(text);
+    assert_true(ratelimit_note(&hub, "100;w=21600", "76;w=21600", NULL, 1));
+    assert_true(ratelimit_note(&other, "5000", "4999", NULL, 1));
+    text = render();
+    assert_non_null(
+        strstr(text, "regmirror_upstream_ratelimit_limit{upstream=\"docker.io\"} 100\n"));
+    assert_non_null(
+        strstr(text, "regmirror_upstream_ratelimit_remaining{upstream=\"docker.io\"} 76\n"));
+    assert_non_null(
+        strstr(text, "regmirror_upstream_ratelimit_remaining{upstream=\"odd\\\"name\"} 4999\n"));
+    free(text);
+    metrics_upstream_remove(&mo);
+    metrics_upstream_remove(&mh);
+    text = render();
+    assert_null(strstr(text, "regmirror_upstream_ratelimit_limit{"));
+    free(text);
+}
+
 /* ---- proxy.ratelimitreserve ---- */
 
 static const char base_yaml[] = "version: 0.1\n"
@@ -324,6 +371,7 @@ int main(void)
         cmocka_unit_test(test_window_fallbacks_and_source),
         cmocka_unit_test(test_429_blocks_until_reset),
         cmocka_unit_test(test_log_once_per_window),
+        cmocka_unit_test(test_gauges_by_upstream),
         cmocka_unit_test(test_config_reserve),
         cmocka_unit_test(test_config_reserve_env_and_print),
         cmocka_unit_test(test_config_reserve_errors),
