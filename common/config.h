@@ -120,6 +120,12 @@ struct config_file_check {
     int threshold;
 };
 
+/* A count, or a percentage of a total known elsewhere ("20" or "10%"). */
+struct config_amount {
+    int64_t value;
+    bool percent; /* value is 0..100 percent */
+};
+
 /* proxy.remotes: one more upstream, chosen by containerd's ?ns=<host> (a regmirror key). */
 struct config_proxy_remote {
     char *host; /* the registry host clients name, e.g. "ghcr.io" */
@@ -351,6 +357,10 @@ struct config {
          * request waits in a queue at most fetchqueuetimeout (default 60s), then gets 503. */
         int maxfetches;
         int64_t fetchqueuetimeout_ms;
+        /* regmirror key: while an upstream's announced pull budget (ratelimit-remaining) is
+         * at or under this, cached tags are served without the upstream check (default 0:
+         * only once the budget is used up). */
+        struct config_amount ratelimitreserve;
         struct config_proxy_remote *remotes;
         size_t nremotes;
     } proxy;

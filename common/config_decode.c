@@ -319,6 +319,10 @@ static void expected_form(const struct field *f, char *buf, size_t len)
     case T_DUR:
         snprintf(buf, len, "a duration like \"%s\"", f->hint ? f->hint : "10s");
         break;
+    case T_AMOUNT:
+        snprintf(buf, len, "a count from %lld to %lld or a percentage like \"%s\"", f->min, f->max,
+                 f->hint ? f->hint : "10%");
+        break;
     case T_ENUM: {
         const struct enum_name *e = f->sub;
         size_t o = (size_t)snprintf(buf, len, "one of");
@@ -582,6 +586,30 @@ static void decode_duration(struct ctx *c, const struct field *f, const struct n
     *AT(base, f->off, int64_t) = (int64_t)((ns + 999999) / 1000000);
 }
 
+/* "N" (a count in [min, max]) or "N%" (0 to 100): digits only, no sign, no space. */
+static void decode_amount(struct ctx *c, const struct field *f, const struct node *n,
+                          const char *path, void *base)
+{
+    const char *s = n->text;
+    size_t len = strlen(s);
+    bool percent = len > 0 && s[len - 1] == '%';
+    size_t digits = percent ? len - 1 : len;
+    long long v = 0;
+    bool ok = digits > 0 && digits <= 18;
+    for (size_t i = 0; ok && i < digits; i++) {
+        ok = s[i] >= '0' && s[i] <= '9';
+        v = v * 10 + (s[i] - '0');
+    }
+    ok = ok && (percent ? v <= 100 : v >= f->min && v <= f->max);
+    if (!ok) {
+        char form[256], got[128];
+        expected_form(f, form, sizeof(form));
+        ERR(c, n, "%s: expected %s, got %s", path, form, config_describe(n, got, sizeof(got)));
+        return;
+    }
+    *AT(base, f->off, struct config_amount) = (struct config_amount){(int64_t)v, percent};
+}
+
 static void decode_enum(struct ctx *c, const struct field *f, const struct node *n,
                         const char *path, void *base)
 {
@@ -643,6 +671,9 @@ static void decode_value(struct ctx *c, const struct field *f, const struct node
         break;
     case T_DUR:
         decode_duration(c, f, n, path, base, is_default);
+        break;
+    case T_AMOUNT:
+        decode_amount(c, f, n, path, base);
         break;
     case T_ENUM:
         decode_enum(c, f, n, path, base);

@@ -112,6 +112,7 @@ enum ftype {
     T_INT,     /* int, in [min, max] */
     T_I64,     /* int64_t, in [min, max] */
     T_DUR,     /* int64_t milliseconds */
+    T_AMOUNT,  /* struct config_amount: a count in [min, max], or a percentage "N%" */
     T_ENUM,    /* an enum, through int; sub is a NULL-terminated struct enum_name[] */
     T_STRLIST, /* char ** at off, size_t at noff */
     T_HEADERS, /* struct config_header * at off, size_t at noff */

@@ -220,6 +220,12 @@ static void print_field(struct printer *p, const struct field *f, const void *ba
         put_key(p, indent, f->key);
         fprintf(p->f, " %s\n", buf);
         return;
+    case T_AMOUNT: {
+        const struct config_amount *a = CAT(base, f->off, struct config_amount);
+        put_key(p, indent, f->key);
+        fprintf(p->f, " %lld%s\n", (long long)a->value, a->percent ? "%" : "");
+        return;
+    }
     case T_ENUM: {
         int v = *CAT(base, f->off, int);
         int variant = (f->flags & F_VARIANT) ? *CAT(base, f->noff, bool) : 0;

@@ -36,6 +36,10 @@
     {                                                                                              \
         .key = k, .type = T_DUR, .off = o, __VA_ARGS__                                             \
     }
+#define AMOUNT(k, o, lo, hi, ...)                                                                  \
+    {                                                                                              \
+        .key = k, .type = T_AMOUNT, .off = o, .min = lo, .max = hi, __VA_ARGS__                    \
+    }
 #define ENUM(k, o, names, ...)                                                                     \
     {                                                                                              \
         .key = k, .type = T_ENUM, .off = o, .sub = names, __VA_ARGS__                              \
@@ -557,6 +561,7 @@ static const struct field proxy_fields[] = {
     INT("maxfetches", C(proxy.maxfetches), 1, 100000, .def = "64"),
     DUR("fetchqueuetimeout", C(proxy.fetchqueuetimeout_ms), .def = "60s", .flags = F_ZERODEF,
         .hint = "60s"),
+    AMOUNT("ratelimitreserve", C(proxy.ratelimitreserve), 0, 1000000000, .def = "0", .hint = "10%"),
     SECTIONS("remotes", C(proxy.remotes), C(proxy.nremotes), remote_schema),
 };
 SCHEMA(proxy_schema, proxy_fields, 0, 0, on_proxy, NULL);

@@ -15,6 +15,7 @@
 #include "layout.h"
 #include "log.h"
 #include "maintenance_int.h"
+#include "metrics.h"
 #include "offload.h"
 
 /* Units and blobs per job on a worker, each checked against the proxy on the loop before. */
@@ -742,6 +743,7 @@ static void evict_run(struct evict *e, int64_t budget_us)
                 }
                 if (p->overflow)
                     storage_watch_overflow(e->w);
+                metrics_set(METRICS_GAUGE_PROXIED_BYTES, p->left);
                 evict_phase(e, E_UNITS);
             }
         } else if (ps->phase == E_UNITS) {
@@ -854,6 +856,7 @@ struct evict *evict_new(struct event_base *base, const struct config *cfg, struc
     /* Workers start taking jobs only once the loop runs, after this. */
     storage_watch_set_gated(w, e->threaded);
     maintenance_schedule(e->ev, PAUSE_MIN_US);
+    metrics_set(METRICS_GAUGE_MAXSIZE, (uint64_t)cfg->proxy.maxsize);
     log_info("eviction: proxy.ttl %" PRId64 " ms, proxy.maxsize %" PRId64 " bytes (0: none)",
              cfg->proxy.ttl_ms, cfg->proxy.maxsize);
     return e;

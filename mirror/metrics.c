@@ -7,6 +7,7 @@
 #include <event2/buffer.h>
 
 #include "http.h"
+#include "ratelimit.h"
 #include "storage.h"
 #include "storage_wrap.h"
 
@@ -269,6 +270,30 @@ void metrics_remove_collector(metrics_collector_fn fn, void *ctx)
     }
 }
 
+/* ---- upstream budgets ---- */
+
+static struct metrics_upstream *upstreams;
+
+void metrics_upstream_add(struct metrics_upstream *m)
+{
+    m->prev = NULL;
+    m->next = upstreams;
+    if (upstreams)
+        upstreams->prev = m;
+    upstreams = m;
+}
+
+void metrics_upstream_remove(struct metrics_upstream *m)
+{
+    if (m->prev)
+        m->prev->next = m->next;
+    else if (upstreams == m)
+        upstreams = m->next;
+    if (m->next)
+        m->next->prev = m->prev;
+    m->prev = m->next = NULL;
+}
+
 /* ---- exposition ---- */
 
 void metrics_escape_label(struct evbuffer *out, const char *value)
@@ -404,6 +429,36 @@ static void render_cache(struct evbuffer *out)
            "429 answers from an upstream registry or its token realm.", METRICS_UPSTREAM_429);
 }
 
+static void render_upstream_errors(struct evbuffer *out)
+{
+    static const struct {
+        const char *result;
+        enum metrics_counter c;
+    } rows[] = {
+        {"unavailable", METRICS_UPSTREAM_UNAVAILABLE},
+        {"unauthorized", METRICS_UPSTREAM_UNAUTHORIZED},
+        {"rejected", METRICS_UPSTREAM_REJECTED},
+    };
+    family(out, "regmirror_upstream_errors_total", "counter",
+           "Upstream registry requests that failed, by result (after retries; not-found is not "
+           "counted, 429s are in regmirror_upstream_rate_limited_total).");
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+        evbuffer_add_printf(out, "regmirror_upstream_errors_total{result=\"%s\"} %" PRIu64 "\n",
+                            rows[i].result, metrics_counters[rows[i].c]);
+}
+
+static void render_budget(struct evbuffer *out, const char *name, const char *help, bool limit)
+{
+    family(out, name, "gauge", help);
+    for (const struct metrics_upstream *m = upstreams; m; m = m->next) {
+        if (!m->rl->known)
+            continue;
+        evbuffer_add_printf(out, "%s{upstream=\"", name);
+        metrics_escape_label(out, m->name);
+        evbuffer_add_printf(out, "\"} %ld\n", limit ? m->rl->limit : m->rl->remaining);
+    }
+}
+
 static void render_storage(struct evbuffer *out)
 {
     family(out, "regmirror_storage_errors_total", "counter",
@@ -411,12 +466,25 @@ static void render_storage(struct evbuffer *out)
     for (size_t i = 0; i < METRICS_OP__COUNT; i++)
         evbuffer_add_printf(out, "regmirror_storage_errors_total{op=\"%s\"} %" PRIu64 "\n",
                             storage_op_names[i], storage_errors[i]);
+    simple(out, "regmirror_proxy_stored_bytes", "gauge",
+           "Bytes of proxied content in the store, as the last eviction pass counted them.",
+           METRICS_GAUGE_PROXIED_BYTES);
+    simple(out, "regmirror_proxy_maxsize_bytes", "gauge",
+           "proxy.maxsize: the bound on the proxied bytes (0: none).", METRICS_GAUGE_MAXSIZE);
 }
 
 void metrics_render(struct evbuffer *out)
 {
     render_requests(out);
     render_cache(out);
+    render_upstream_errors(out);
+    render_budget(
+        out, "regmirror_upstream_ratelimit_limit",
+        "Pulls the upstream allows per window (its ratelimit-limit header), as last seen.", true);
+    render_budget(out, "regmirror_upstream_ratelimit_remaining",
+                  "Pulls left in the upstream's window (its ratelimit-remaining header), as last "
+                  "seen.",
+                  false);
     render_storage(out);
     for (size_t i = 0; i < METRICS_COLLECTORS_MAX; i++) {
         if (collectors[i].fn)

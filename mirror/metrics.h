@@ -41,6 +41,12 @@ enum metrics_counter {
     METRICS_GAUGE_FETCH_QUEUE,       /* gauge: proxy fetches waiting for a slot */
     METRICS_FETCHES_QUEUED,          /* proxy fetches that had to wait for a slot */
     METRICS_FETCH_QUEUE_TIMEOUTS,    /* ... and gave up after proxy.fetchqueuetimeout */
+    METRICS_UPSTREAM_UNAVAILABLE,    /* upstream requests that ended unavailable */
+    METRICS_UPSTREAM_UNAUTHORIZED,   /* ... refused (401 after the token, 403) */
+    METRICS_UPSTREAM_REJECTED,       /* ... with another 4xx or an unusable 3xx */
+    METRICS_GAUGE_PROXIED_BYTES,     /* gauge: proxied bytes in the store at the last eviction
+                                        pass */
+    METRICS_GAUGE_MAXSIZE,           /* gauge: proxy.maxsize (0: none) */
     METRICS__COUNT
 };
 
@@ -82,6 +88,10 @@ static inline void metrics_inc(enum metrics_counter c)
 {
     __atomic_fetch_add(&metrics_counters[c], 1, __ATOMIC_RELAXED);
 }
+static inline void metrics_set(enum metrics_counter c, uint64_t v)
+{
+    __atomic_store_n(&metrics_counters[c], v, __ATOMIC_RELAXED);
+}
 static inline void metrics_dec(enum metrics_counter c)
 {
     if (metrics_counters[c])
@@ -116,6 +126,21 @@ struct storage *metrics_storage_wrap(struct storage *inner);
 typedef void (*metrics_collector_fn)(struct evbuffer *out, void *ctx);
 int metrics_add_collector(metrics_collector_fn fn, void *ctx);
 void metrics_remove_collector(metrics_collector_fn fn, void *ctx);
+
+/*
+ * One upstream's pull budget in the exposition (regmirror_upstream_ratelimit_limit and
+ * _remaining, labelled upstream="<name>", once the budget is known). The owner embeds it,
+ * fills name and rl (both must outlive the registration), adds it, and removes it before
+ * either goes away. Loop thread only.
+ */
+struct ratelimit;
+struct metrics_upstream {
+    const char *name;
+    const struct ratelimit *rl;
+    struct metrics_upstream *prev, *next;
+};
+void metrics_upstream_add(struct metrics_upstream *m);
+void metrics_upstream_remove(struct metrics_upstream *m);
 
 /* Appends the whole exposition (every family and every collector) to out. */
 void metrics_render(struct evbuffer *out);

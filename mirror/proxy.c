@@ -345,7 +345,8 @@ bool proxy_begin(struct proxy *px, const struct api *api, struct http_req *req,
 static int add_remote(struct proxy *px, const char *host, const char *url, const char *user,
                       const char *password, bool main_remote)
 {
-    struct upstream_config uc = {.remoteurl = url, .username = user, .password = password};
+    struct upstream_config uc = {
+        .remoteurl = url, .username = user, .password = password, .name = host};
     struct remote *rm = &px->remotes[px->nremotes];
     rm->host = strdup(host);
     rm->up = upstream_new(px->httpc, &uc);

@@ -38,8 +38,9 @@
  *      api_manifest_serve. Else mlookup_work resolves the tag in the store and reads its
  *      marker (registry_proxy_tag_checked).
  *   3. mlookup_finish: a pushed tag (no marker), or a proxied one younger than
- *      proxy.tagfreshness -> api_manifest_serve. Else manifest_join: one mfetch per
- *      reference; with a cached copy it starts as an upstream HEAD (the re-check).
+ *      proxy.tagfreshness or whose upstream's pull budget holds it (upstream_hold:
+ *      proxy.ratelimitreserve reached, or after a 429) -> api_manifest_serve. Else manifest_join:
+ * one mfetch per reference; with a cached copy it starts as an upstream HEAD (the re-check).
  *   4. m_on_done: the HEAD's digest is the cached one -> mfetch_job touches the marker;
  *      changed -> a GET by digest; mfetch_store checks the digest and parses the manifest,
  *      then the job stores and tags it (registry_manifest_store, registry_proxy_tag_set).

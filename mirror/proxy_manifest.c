@@ -515,6 +515,14 @@ static void mlookup_work(void *arg)
                  registry_proxy_tag_checked(reg, l->t.rt.name, l->t.rt.ref, &l->checked);
 }
 
+/* A proxied tag due for its check: the upstream's pull budget is at or under
+ * proxy.ratelimitreserve, or a 429 asked us to wait; the cached copy is served as if fresh. */
+static bool budget_holds(struct proxy *px, const struct target *t)
+{
+    const struct config_amount *reserve = &px->cfg->proxy.ratelimitreserve;
+    return upstream_hold(t->rm->up, reserve->value, reserve->percent) != RATELIMIT_OPEN;
+}
+
 static bool mfetch_running(const struct proxy *px, const struct target *t)
 {
     for (const struct mfetch *f = px->mfetches; f; f = f->next) {
@@ -534,8 +542,9 @@ static bool mlookup_finish(struct mlookup *l)
     bool serve = l->cached;
     if (serve && !strchr(l->t.rt.ref, ':')) {
         int64_t fresh_ms = px->cfg->proxy.tagfreshness_ms;
-        serve =
-            !l->proxied || (fresh_ms > 0 && (int64_t)(time(NULL) - l->checked) * 1000 < fresh_ms);
+        serve = !l->proxied ||
+                (fresh_ms > 0 && (int64_t)(time(NULL) - l->checked) * 1000 < fresh_ms) ||
+                budget_holds(px, &l->t);
     }
     if (!serve && l->seq != px->mseq && l->tries < LOOKUP_TRIES && !mfetch_running(px, &l->t))
         return false;

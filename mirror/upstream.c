@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <stdarg.h>
 #include <curl/curl.h>
+#include <inttypes.h>
 #include <event2/event.h>
 #include <openssl/evp.h>
 #include <stdint.h>
@@ -259,6 +260,26 @@ static void req_unref(struct upstream_req *r)
         req_dispose(r);
 }
 
+static void count_result(enum upstream_result res)
+{
+    switch (res) {
+    case UPSTREAM_UNAVAILABLE:
+        metrics_inc(METRICS_UPSTREAM_UNAVAILABLE);
+        break;
+    case UPSTREAM_UNAUTHORIZED:
+        metrics_inc(METRICS_UPSTREAM_UNAUTHORIZED);
+        break;
+    case UPSTREAM_REJECTED:
+        metrics_inc(METRICS_UPSTREAM_REJECTED);
+        break;
+    case UPSTREAM_TOOMANYREQUESTS: /* METRICS_UPSTREAM_429 counts the answers */
+    case UPSTREAM_OK:
+    case UPSTREAM_NOT_FOUND:
+    case UPSTREAM_ABORTED:
+        break;
+    }
+}
+
 void upstream_finish(struct upstream_req *r, enum upstream_result res, long retry_after_s,
                      const char *fmt, ...)
 {
@@ -270,6 +291,7 @@ void upstream_finish(struct upstream_req *r, enum upstream_result res, long retr
 
     struct upstream_outcome o = {res, r->status, retry_after_s, msg};
     r->finished = true;
+    count_result(res);
     if (res != UPSTREAM_OK && res != UPSTREAM_ABORTED) {
         const char *fields[] = {"repo", r->repo, "result", upstream_result_name(res), NULL};
         log_kv(LOG_DEBUG, fields, "upstream %s: %s", r->up->host, msg);
@@ -321,6 +343,17 @@ static void log_ratelimit(struct upstream_req *r, const struct httpc_headers *h,
     log_kv(lv, fields, "upstream %s: %s", r->up->host, what);
 }
 
+void upstream_note_budget(struct upstream *up, long status, const struct httpc_headers *h,
+                          long retry_after_s)
+{
+    int64_t now = upstream_now_ms();
+    ratelimit_note(&up->ratelimit, httpc_header_get(h, "ratelimit-limit"),
+                   httpc_header_get(h, "ratelimit-remaining"),
+                   httpc_header_get(h, "docker-ratelimit-source"), now);
+    if (status == 429)
+        ratelimit_note_429(&up->ratelimit, retry_after_s, now);
+}
+
 static bool is_redirect(long status)
 {
     return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
@@ -347,6 +380,9 @@ static int on_att_headers(struct httpc_req *hr, void *ctx, long status,
     } else {
         r->pass = (status >= 200 && status < 300) || status == 304;
     }
+    /* A CDN's answer says nothing about the upstream's budget. */
+    if (!r->cross_origin)
+        upstream_note_budget(r->up, status, h, r->retry_after_s);
     return 0;
 }
 
@@ -574,6 +610,13 @@ struct upstream *upstream_new(struct httpc *c, const struct upstream_config *cfg
     up->retry_delay_ms = cfg->retry_delay_ms > 0 ? cfg->retry_delay_ms : DEFAULT_RETRY_DELAY_MS;
     up->connect_timeout_ms = cfg->connect_timeout_ms;
     up->rng = (uint64_t)upstream_now_ms() * 0x9E3779B97F4A7C15ull | 1;
+    if (upstream_nonempty(cfg->name)) {
+        up->name = strdup(cfg->name);
+        if (!up->name)
+            goto fail;
+        up->metrics = (struct metrics_upstream){.name = up->name, .rl = &up->ratelimit};
+        metrics_upstream_add(&up->metrics);
+    }
     return up;
 fail:
     upstream_free(up);
@@ -587,6 +630,9 @@ void upstream_free(struct upstream *up)
     while (up->reqs)
         upstream_cancel(up->reqs);
     upstream_tokens_free(up);
+    if (up->name)
+        metrics_upstream_remove(&up->metrics);
+    free(up->name);
     if (up->basic) {
         OPENSSL_cleanse(up->basic, strlen(up->basic));
         free(up->basic);
@@ -603,6 +649,29 @@ void upstream_free(struct upstream *up)
 const char *upstream_credentials_rule(const struct upstream *up)
 {
     return up->basic ? up->cred_rule : "";
+}
+
+const struct ratelimit *upstream_ratelimit(const struct upstream *up)
+{
+    return &up->ratelimit;
+}
+
+enum ratelimit_hold upstream_hold(struct upstream *up, int64_t reserve, bool percent)
+{
+    struct ratelimit *rl = &up->ratelimit;
+    int64_t now = upstream_now_ms();
+    enum ratelimit_hold hold = ratelimit_hold(rl, reserve, percent, now);
+    if (!ratelimit_log_due(rl, hold, now))
+        return hold;
+    if (hold == RATELIMIT_BLOCKED)
+        log_warn("upstream %s: rate limited (429): cached tags are served without asking it for "
+                 "the next %" PRId64 " s",
+                 up->host, (rl->blocked_until_ms - now + 999) / 1000);
+    else
+        log_warn("upstream %s: pull budget %ld of %ld left (proxy.ratelimitreserve %" PRId64
+                 "%s): cached tags are served without asking it until the window resets",
+                 up->host, rl->remaining, rl->limit, reserve, percent ? "%" : "");
+    return hold;
 }
 
 bool upstream_is_docker_hub(const struct upstream *up)

@@ -22,6 +22,9 @@
  *  - 429 ends the request with UPSTREAM_TOOMANYREQUESTS and the Retry-After value; it and
  *    Docker Hub's ratelimit-limit / ratelimit-remaining headers are logged (at debug on every
  *    manifest GET, as a warning on a 429).
+ *  - The pull budget: every answer of the upstream's origin or its token realm that carries
+ *    ratelimit-limit / ratelimit-remaining updates the client's record (ratelimit.h), and a
+ *    429 starts a block until the window resets; upstream_hold reads them.
  *
  * Callback contract, the same shape as httpc's: no callback runs inside upstream_fetch,
  * upstream_pause, upstream_resume or upstream_cancel. For one request: on_response at most
@@ -33,6 +36,9 @@
  */
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "ratelimit.h"
 
 struct httpc;
 struct httpc_headers;
@@ -49,6 +55,8 @@ struct upstream_config {
     int attempts;                    /* tries for connection errors and 5xx; 0: 3 */
     long retry_delay_ms;             /* first backoff, x4 per try, +0..50% jitter; 0: 100 */
     long connect_timeout_ms;         /* 0: httpc's default */
+    /* The upstream's label in metrics (regmirror_upstream_ratelimit_*); NULL: not exported. */
+    const char *name;
 };
 
 /*
@@ -81,6 +89,16 @@ bool upstream_is_docker_hub(const struct upstream *u);
  * fit in cap bytes (buf is then "").
  */
 int upstream_repo_name(const struct upstream *u, const char *name, char *buf, size_t cap);
+
+/* The pull budget the upstream's answers announced; owned by u, valid as long as it. */
+const struct ratelimit *upstream_ratelimit(const struct upstream *u);
+
+/*
+ * Whether a cached tag that is due for its upstream check should be served without asking:
+ * the remaining budget is at or under the reserve (reserve pulls, or reserve percent of the
+ * limit when percent is set), or a 429's block runs. A hold is logged once per window.
+ */
+enum ratelimit_hold upstream_hold(struct upstream *u, int64_t reserve, bool percent);
 
 enum upstream_result {
     UPSTREAM_OK = 0,          /* 2xx or 304: on_response ran and the body went to on_data */

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "metrics.h"
+#include "ratelimit.h"
 #include "upstream.h"
 #include "wwwauth.h"
 
@@ -40,6 +42,10 @@ struct upstream {
      * for getting none. */
     char cred_rule[320];
     char *refused_realm;
+    /* The pull budget (ratelimit.h) and its place in the metrics. */
+    struct ratelimit ratelimit;
+    char *name;
+    struct metrics_upstream metrics;
 };
 
 enum upstream_challenge { UPSTREAM_CH_NONE, UPSTREAM_CH_BEARER, UPSTREAM_CH_BASIC };
@@ -99,6 +105,10 @@ bool upstream_nonempty(const char *s);
 char *upstream_origin_of(const char *url, char **host_out, bool *has_userinfo);
 /* Retry-After: delta-seconds or an HTTP-date; -1 when absent or unreadable. */
 long upstream_parse_retry_after(const char *v);
+/* An answer's headers (status) from the upstream or its token realm: the pull budget they
+ * announce, and a 429's block (retry_after_s as parsed, -1 when absent). */
+void upstream_note_budget(struct upstream *up, long status, const struct httpc_headers *h,
+                          long retry_after_s);
 
 /* ---- request life (upstream.c) ---- */
 

@@ -317,6 +317,7 @@ static int on_tok_headers(struct httpc_req *hr, void *ctx, long status,
         metrics_inc(METRICS_UPSTREAM_429);
     if (status == 429)
         f->retry_after_s = upstream_parse_retry_after(httpc_header_get(h, "Retry-After"));
+    upstream_note_budget(f->up, status, h, status == 429 ? f->retry_after_s : -1);
     return 0;
 }
 

@@ -386,13 +386,16 @@ class CountingProxy:
             self._faults.append(f)
         return f
 
-    def fail(self, status=500, count=1, retry_after=None, **kw):
+    def fail(self, status=500, count=1, retry_after=None, window=21600, **kw):
         """The next `count` matching requests (None: all) get `status` without reaching the
-        upstream. 429 carries Retry-After (default 10) and Docker Hub's ratelimit-limit /
-        ratelimit-remaining headers."""
+        upstream. 429 carries Retry-After (default 10; "" for none) and Docker Hub's
+        ratelimit-limit / ratelimit-remaining headers ("100;w=<window>", "0;w=<window>")."""
         if status == 429 and retry_after is None:
             retry_after = 10
-        return self.add_fault("fail", status=status, count=count, retry_after=retry_after, **kw)
+        if retry_after == "":
+            retry_after = None
+        return self.add_fault("fail", status=status, count=count, retry_after=retry_after,
+                              window=window, **kw)
 
     def stall(self, seconds, count=1, drop=False, **kw):
         return self.add_fault("stall", seconds=seconds, count=count, drop=drop, **kw)
@@ -449,21 +452,28 @@ class CountingProxy:
         with self._lock:
             self._redirect = bool(on)
 
-    def hub_ratelimit(self, limit=100, remaining=100):
+    def hub_ratelimit(self, limit=100, remaining=100, window=21600, heads=False,
+                      source="127.0.0.1"):
         """Manifest GETs carry Docker Hub's ratelimit-limit / ratelimit-remaining headers
-        (remaining counts down with each GET); None turns it off."""
+        ("N;w=<window>"; remaining counts down with each GET); with heads=True manifest HEADs
+        carry them too, without counting down (as Docker Hub does). None turns it off."""
         with self._lock:
-            self._ratelimit = None if limit is None else {"limit": limit, "remaining": remaining}
+            self._ratelimit = None if limit is None else {
+                "limit": limit, "remaining": remaining, "window": window, "heads": heads,
+                "source": source}
 
     def _ratelimit_headers(self, rec):
         with self._lock:
             rl = self._ratelimit
-            if rl is None or rec["kind"] != "manifest" or rec["method"] != "GET":
+            if rl is None or rec["kind"] != "manifest" or rec["status"] >= 300:
                 return []
-            rl["remaining"] = max(0, rl["remaining"] - 1)
-            return [("ratelimit-limit", "%d;w=21600" % rl["limit"]),
-                    ("ratelimit-remaining", "%d;w=21600" % rl["remaining"]),
-                    ("docker-ratelimit-source", "127.0.0.1")]
+            if rec["method"] == "GET":
+                rl["remaining"] = max(0, rl["remaining"] - 1)
+            elif not (rec["method"] == "HEAD" and rl["heads"]):
+                return []
+            return [("ratelimit-limit", "%d;w=%d" % (rl["limit"], rl["window"])),
+                    ("ratelimit-remaining", "%d;w=%d" % (rl["remaining"], rl["window"])),
+                    ("docker-ratelimit-source", rl["source"])]
 
     def _new_cdn_key(self, path, headers):
         key = secrets.token_urlsafe(18)
@@ -603,8 +613,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             if f.params.get("retry_after") is not None:
                 headers.append(("Retry-After", str(f.params["retry_after"])))
             if status == 429:
-                headers += [("ratelimit-limit", "100;w=21600"),
-                            ("ratelimit-remaining", "0;w=21600"),
+                w = int(f.params.get("window", 21600))
+                headers += [("ratelimit-limit", "100;w=%d" % w),
+                            ("ratelimit-remaining", "0;w=%d" % w),
                             ("docker-ratelimit-source", "127.0.0.1")]
             rec["status"] = status
             rec["bytes"] = self._send_simple(status, f.params.get("body") or _error_body(status),
