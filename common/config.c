@@ -594,6 +594,14 @@ static void finish(struct ctx *c, struct node *root, struct config *cfg)
         ERR(c, config_tree_at(root, "proxy.remoteurl"),
             "proxy.remoteurl: expected a URL like \"https://registry-1.docker.io\", got %s",
             config_quote_msg(cfg->proxy.remoteurl, got, sizeof(got)));
+    if (cfg->cluster.advertise[0] && !is_http_url(cfg->cluster.advertise))
+        ERR(c, config_tree_at(root, "cluster.advertise"),
+            "cluster.advertise: expected a URL like \"http://10.0.0.5:5000\", got %s",
+            config_quote_msg(cfg->cluster.advertise, got, sizeof(got)));
+    else if (cfg->cluster.advertise[0] && (!cfg->redis.addr[0] || !cfg->http.secret[0]))
+        ERR(c, config_tree_at(root, "cluster.advertise"),
+            "cluster.advertise: needs redis.addr (the nodes meet there) and http.secret (they "
+            "prove themselves to each other with it)");
     /* Without client auth no request has a user: a list of pushers would refuse everyone. */
     if (cfg->proxy.npushusers && cfg->auth.type != CONFIG_AUTH_HTPASSWD)
         ERR(c, config_tree_at(root, "proxy.pushusers"),

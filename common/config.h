@@ -365,6 +365,13 @@ struct config {
         size_t nremotes;
     } proxy;
 
+    /* regmirror keys: several nodes on one store and one Redis act as one mirror. */
+    struct {
+        /* The URL other nodes reach this one at (its fetches in flight are read through it);
+         * empty: no cross-node fetch sharing. Needs redis.addr and http.secret. */
+        char *advertise;
+    } cluster;
+
     struct {
         struct {
             bool enabled;

@@ -565,6 +565,14 @@ static const struct field proxy_fields[] = {
     SECTIONS("remotes", C(proxy.remotes), C(proxy.nremotes), remote_schema),
 };
 SCHEMA(proxy_schema, proxy_fields, 0, 0, on_proxy, NULL);
+static bool on_cluster(const void *b)
+{
+    return ((const struct config *)b)->cluster.advertise[0] != '\0';
+}
+static const struct field cluster_fields[] = {
+    STR("advertise", C(cluster.advertise), .hint = "a URL like \"http://10.0.0.5:5000\""),
+};
+SCHEMA(cluster_schema, cluster_fields, 0, 0, on_cluster, NULL);
 static const struct field schema1_fields[] = {
     STR("signingkeyfile", C(compatibility.schema1.signingkeyfile), .env = "TRUSTKEY"),
     BOOL("enabled", C(compatibility.schema1.enabled)),
@@ -625,6 +633,7 @@ static const struct field root_fields[] = {
     SECTION("catalog", catalog_schema),
     SECTION("tags", tags_schema),
     SECTION("proxy", proxy_schema),
+    SECTION("cluster", cluster_schema),
     SECTION("compatibility", compatibility_schema),
     SECTION("validation", validation_schema),
     SECTION("policy", policy_schema),

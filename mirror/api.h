@@ -119,6 +119,7 @@ enum api_fill_state {
     API_FILL_GROWING, /* bytes [0, have) can be read at fd; more are coming */
     API_FILL_DONE,    /* all the bytes are in: [0, have) */
     API_FILL_FAILED,  /* the rest will not come: err, retry_after, why */
+    API_FILL_STORED,  /* nothing here, but the store has the blob now: answer from there */
 };
 struct api_fill {
     enum api_fill_state state;
@@ -136,6 +137,8 @@ struct api_source {
     void (*release)(void *src);
 };
 struct api_stream;
+/* A client's pull (a notification goes out), or another node of the cluster reading. */
+enum api_stream_kind { API_STREAM_PULL, API_STREAM_PEER };
 /*
  * A stream answering req (a GET of blob d in rt->name) from src. It takes req's abort slot
  * and sends nothing until api_stream_wake. NULL: out of memory, req answered with 500 and
@@ -143,7 +146,8 @@ struct api_stream;
  */
 struct api_stream *api_stream_new(const struct api *api, struct http_req *req,
                                   const struct api_route *rt, const struct digest *d,
-                                  const struct api_source *ops, void *src);
+                                  enum api_stream_kind kind, const struct api_source *ops,
+                                  void *src);
 /* The source changed (or the stream is new): sends what it holds. The stream may end and
  * release src before this returns. */
 void api_stream_wake(struct api_stream *s);

@@ -20,6 +20,7 @@ struct api_stream {
     struct http_req *req;
     struct api_route rt;
     struct digest d;
+    enum api_stream_kind kind;
     const struct api_source *ops;
     void *src;
     bool started;      /* the status line and headers are out */
@@ -47,7 +48,8 @@ static void stream_writable(struct http_req *req, void *ctx)
 
 struct api_stream *api_stream_new(const struct api *api, struct http_req *req,
                                   const struct api_route *rt, const struct digest *d,
-                                  const struct api_source *ops, void *src)
+                                  enum api_stream_kind kind, const struct api_source *ops,
+                                  void *src)
 {
     struct api_stream *s = calloc(1, sizeof(*s));
     if (!s) {
@@ -58,6 +60,7 @@ struct api_stream *api_stream_new(const struct api *api, struct http_req *req,
     s->req = req;
     s->rt = *rt;
     s->d = *d;
+    s->kind = kind;
     s->ops = ops;
     s->src = src;
     http_req_on_abort(req, stream_gone, s);
@@ -86,7 +89,8 @@ static bool stream_begin(struct api_stream *s, const struct api_fill *fl)
     s->end = span.len < 0 ? UINT64_MAX : span.start + (uint64_t)span.len;
     api_blob_start(s->api, s->req, &s->d, fl->total, &span);
     s->started = true;
-    notify_blob(s->api, s->req, NOTIFY_PULL, s->rt.name, &s->d, fl->total, NULL);
+    if (s->kind == API_STREAM_PULL)
+        notify_blob(s->api, s->req, NOTIFY_PULL, s->rt.name, &s->d, fl->total, NULL);
     http_resp_stream_begin(s->req, span.len, stream_writable, s);
     return true;
 }
@@ -98,6 +102,15 @@ void api_stream_wake(struct api_stream *s)
     struct api_fill fl;
     s->ops->poll(s->src, &fl);
     if (!s->started) {
+        if (fl.state == API_FILL_STORED) {
+            const struct api *api = s->api;
+            struct http_req *req = s->req;
+            struct api_route rt = s->rt;
+            http_req_on_abort(req, NULL, NULL);
+            stream_close(s);
+            api_blob_serve(api, req, &rt, -1, -1);
+            return;
+        }
         if (fl.state == API_FILL_FAILED) {
             stream_fail(s, &fl);
             return;

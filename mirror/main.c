@@ -7,6 +7,7 @@
 #include <event2/event.h>
 
 #include "cache.h"
+#include "cluster.h"
 #include "config.h"
 #include "httpc.h"
 #include "gc.h"
@@ -135,6 +136,7 @@ static int serve(const char *path)
     struct registry *reg = NULL;
     struct server *srv = NULL;
     struct proxy *px = NULL;
+    struct cluster *cl = NULL;
     struct notify *nt = NULL;
     struct health *hl = NULL;
     struct maintenance *mt = NULL;
@@ -178,6 +180,10 @@ static int serve(const char *path)
         px = proxy_new(base, &cfg, reg, hc, ol);
         if (!px)
             goto out;
+        cl = cluster_new(base, &cfg);
+        if (cfg.cluster.advertise[0] && !cl)
+            goto out;
+        proxy_set_cluster(px, cl);
     }
     nt = notify_new(base, &cfg, hc);
     hl = health_new(base, &cfg, st, hc, ol);
@@ -208,6 +214,7 @@ out:
     /* Before what its jobs use: the api, the registry, the storage, the cache. Every job's
      * done has run when it returns. */
     offload_free(ol);
+    cluster_free(cl); /* after the jobs: an import's done gives up its lease */
     server_free(srv);
     notify_free(nt);
     /* Last of the network users: each one above cancelled its own requests. */

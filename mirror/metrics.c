@@ -408,6 +408,17 @@ static void render_cache(struct evbuffer *out)
     simple(out, "regmirror_proxy_joined_waiters_total", "counter",
            "Client requests that joined an upstream fetch already running for the same content.",
            METRICS_JOINED_WAITERS);
+    simple(out, "regmirror_cluster_leases_taken_total", "counter",
+           "Blob fetch leases this node took: it fetched for the whole cluster.",
+           METRICS_CLUSTER_LEASES_TAKEN);
+    simple(out, "regmirror_cluster_leases_waited_total", "counter",
+           "Blob fetches that read another node's spool instead of the upstream.",
+           METRICS_CLUSTER_LEASES_WAITED);
+    simple(out, "regmirror_cluster_leases_taken_over_total", "counter",
+           "Blob fetches whose lease holder went away, so this node fetched instead.",
+           METRICS_CLUSTER_TAKEN_OVER);
+    simple(out, "regmirror_cluster_peer_bytes_total", "counter",
+           "Blob bytes read from other nodes' spools.", METRICS_CLUSTER_PEER_BYTES);
     simple(out, "regmirror_upstream_requests_total", "counter",
            "Registry requests sent to an upstream (retries and redirects not counted).",
            METRICS_UPSTREAM_REQUESTS);

@@ -47,6 +47,10 @@ enum metrics_counter {
     METRICS_GAUGE_PROXIED_BYTES,     /* gauge: proxied bytes in the store at the last eviction
                                         pass */
     METRICS_GAUGE_MAXSIZE,           /* gauge: proxy.maxsize (0: none) */
+    METRICS_CLUSTER_LEASES_TAKEN,    /* blob fetch leases this node took (cluster.advertise) */
+    METRICS_CLUSTER_LEASES_WAITED,   /* fetches that read another node's spool instead */
+    METRICS_CLUSTER_TAKEN_OVER,      /* ... whose holder went away, so this node fetched */
+    METRICS_CLUSTER_PEER_BYTES,      /* blob bytes read from other nodes' spools */
     METRICS__COUNT
 };
 

@@ -400,6 +400,11 @@ static int spool_open(struct proxy *px, const char *dir)
     return 0;
 }
 
+void proxy_set_cluster(struct proxy *px, struct cluster *cl)
+{
+    px->cluster = cl;
+}
+
 struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struct registry *reg,
                         struct httpc *hc, struct offload *ol)
 {

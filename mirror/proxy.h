@@ -78,6 +78,7 @@
 #include "api.h"
 
 struct proxy;
+struct cluster;
 struct httpc;
 struct offload;
 
@@ -87,6 +88,9 @@ struct offload;
 struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struct registry *reg,
                         struct httpc *hc, struct offload *ol);
 void proxy_free(struct proxy *px);
+/* cluster.advertise: blob fetches take a lease in Redis first (cluster.h), so one node of the
+ * cluster fetches and the others read its spool. cl is borrowed and outlives px. */
+void proxy_set_cluster(struct proxy *px, struct cluster *cl);
 
 /* Answers a manifest GET/HEAD: from the store once it holds what should be served
  * (api_manifest_serve), else from the upstream's answer. */
@@ -96,6 +100,13 @@ void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *re
  * linked (api_blob_serve), from the spool of the fetch in flight, or from an upstream HEAD. */
 void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
                 const struct api_route *rt);
+/* Where the other nodes read a fetch in flight here: PROXY_PEER_PATH<digest>, with the
+ * X-Regmirror-Peer header (cluster_peer_token). */
+#define PROXY_PEER_PATH "/_regmirror/spool/"
+/* Answers another node's read of d's spool (ref, the path's rest): the bytes as they arrive,
+ * 404 when no fetch of d runs here, 401 without a valid token. */
+void proxy_blob_peer(struct proxy *px, const struct api *api, struct http_req *req,
+                     const char *ref);
 
 /*
  * Whether d is in flight: a blob fetched from an upstream (not committed yet) or looked up

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cache.h"
+#include "cluster.h"
 #include "httpc.h"
 #include "layout.h"
 #include "log.h"
@@ -193,7 +194,8 @@ static void blob_head(struct proxy *px, const struct target *t, struct client *c
 
 /* ---- blobs: one fetch per digest, every client reading the spool ---- */
 
-enum bstate { B_QUEUED, B_HEADERS, B_STREAMING, B_DONE, B_FAILED };
+/* B_STORED: another node stored the blob while this one asked for the lease. */
+enum bstate { B_QUEUED, B_HEADERS, B_STREAMING, B_DONE, B_FAILED, B_STORED };
 
 /* One client of a fetch: the source its answer's stream reads. */
 struct breader {
@@ -228,6 +230,15 @@ struct bfetch {
     enum regerr imported;
     /* The upstream's answer was refused (502), not lost. */
     bool bad_answer;
+    /* Cluster (cluster.h): the lease question while it is asked; whether this node holds
+     * d's lease (dropped when the fetch ends); the other node's spool being read instead of
+     * the upstream, how often its holder was missing, and the pause before asking again. */
+    struct cluster_op *lease_op;
+    bool leased;
+    struct httpc_req *peer;
+    long peer_status;
+    int peer_misses;
+    struct event *retry;
 };
 
 static void bfetch_unlist(struct bfetch *f)
@@ -258,6 +269,8 @@ static void bfetch_unref(struct bfetch *f)
     proxy_slot_release(f->px, &f->slot); /* still queued: nobody wants it any more */
     if (f->fd >= 0)
         close(f->fd);
+    if (f->retry)
+        event_free(f->retry);
     free(f);
 }
 
@@ -298,6 +311,9 @@ static void reader_poll(void *src, struct api_fill *fl)
     case B_FAILED:
         fl->state = API_FILL_FAILED;
         break;
+    case B_STORED:
+        fl->state = API_FILL_STORED;
+        break;
     }
     fl->total = f->total;
     fl->have = f->written;
@@ -322,15 +338,20 @@ static void bfetch_pump_all(struct bfetch *f)
     bfetch_unref(f);
 }
 
-static int b_on_response(struct upstream_req *r, void *ctx, long status,
-                         const struct httpc_headers *h)
+/* Where f's bytes come from, for messages. */
+static const char *bfetch_from(const struct bfetch *f)
 {
-    struct bfetch *f = ctx;
+    return f->peer ? "the node holding the fetch" : "the upstream";
+}
+
+/* The answer's head is in: the length, when it is given. -1: refused (f->why says why). */
+static int bfetch_headers(struct bfetch *f, const struct httpc_headers *h)
+{
     const char *cl = httpc_header_get(h, "Content-Length");
     uint64_t n;
     if (cl && (reference_parse_uint(cl, &n) != 0 || n > INT64_MAX)) {
         f->bad_answer = true;
-        snprintf(f->why, sizeof(f->why), "the upstream sent an unreadable Content-Length");
+        snprintf(f->why, sizeof(f->why), "%s sent an unreadable Content-Length", bfetch_from(f));
         return -1;
     }
     f->total = cl ? (int64_t)n : -1;
@@ -339,11 +360,11 @@ static int b_on_response(struct upstream_req *r, void *ctx, long status,
     return 0;
 }
 
-static int b_on_data(struct upstream_req *r, void *ctx, const char *data, size_t len)
+/* Body bytes into the spool, then to the readers. -1: refused (f->err, f->why). */
+static int bfetch_data(struct bfetch *f, const char *data, size_t len)
 {
-    struct bfetch *f = ctx;
     if (f->total >= 0 && f->written + len > (uint64_t)f->total) {
-        snprintf(f->why, sizeof(f->why), "the upstream sent more bytes than announced");
+        snprintf(f->why, sizeof(f->why), "%s sent more bytes than announced", bfetch_from(f));
         f->err = REG_ERR_BAD_GATEWAY;
         return -1;
     }
@@ -353,9 +374,29 @@ static int b_on_data(struct upstream_req *r, void *ctx, const char *data, size_t
         return -1;
     }
     f->written += len;
-    metrics_add(METRICS_BYTES_FROM_UPSTREAM, len);
+    metrics_add(f->peer ? METRICS_CLUSTER_PEER_BYTES : METRICS_BYTES_FROM_UPSTREAM, len);
     bfetch_pump_all(f);
     return 0;
+}
+
+static int b_on_response(struct upstream_req *r, void *ctx, long status,
+                         const struct httpc_headers *h)
+{
+    return bfetch_headers(ctx, h);
+}
+
+static int b_on_data(struct upstream_req *r, void *ctx, const char *data, size_t len)
+{
+    return bfetch_data(ctx, data, len);
+}
+
+/* Gives up d's lease, if this node holds it; stored: other nodes find the blob stored. */
+static void bfetch_unlease(struct bfetch *f, bool stored)
+{
+    if (!f->leased)
+        return;
+    f->leased = false;
+    cluster_lease_drop(f->px->cluster, &f->d, stored);
 }
 
 /* Removes the imported spool file (readers hold it open) and its link. */
@@ -386,6 +427,7 @@ static void bimport_done(void *arg, bool cancelled)
     digest_str(&f->d, ds);
     f->importing = false;
     spool_drop(f);
+    bfetch_unlease(f, f->imported == REG_OK);
     if (px->closing) {
         bfetch_unref(f);
         proxy_unref(px);
@@ -417,29 +459,34 @@ static void bfetch_import(struct bfetch *f)
     offload_run(f->px->offload, bimport_work, bimport_done, f);
 }
 
-static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_outcome *o)
+/*
+ * The transfer ended: result is the transport's verdict (REG_OK: the whole answer arrived).
+ * Commits what verifies, or fails every reader.
+ */
+static void bfetch_end(struct bfetch *f, enum regerr result, long retry_after, const char *msg)
 {
-    struct bfetch *f = ctx;
     struct proxy *px = f->px;
     struct registry *sreg = proxy_spool_reg(px);
+    bool from_peer = f->peer != NULL;
     char ds[DIGEST_STR_MAX];
     digest_str(&f->d, ds);
     f->ureq = NULL;
+    f->peer = NULL;
     proxy_slot_release(px, &f->slot);
     if (!px->spool)
         bfetch_unlist(f);
-    enum regerr result = proxy_outcome_error(o, true);
     if (result == REG_OK && f->total >= 0 && f->written != (uint64_t)f->total) {
         result = REG_ERR_BAD_GATEWAY;
-        snprintf(f->why, sizeof(f->why), "the upstream sent %" PRIu64 " of %" PRId64 " bytes",
-                 f->written, f->total);
+        snprintf(f->why, sizeof(f->why), "%s sent %" PRIu64 " of %" PRId64 " bytes",
+                 from_peer ? "the node holding the fetch" : "the upstream", f->written, f->total);
     }
     if (result == REG_OK) {
         struct registry_upload *up = f->up;
         f->up = NULL;
         result = registry_upload_commit(up, &f->d);
         if (result == REG_ERR_DIGEST_INVALID)
-            snprintf(f->why, sizeof(f->why), "the upstream sent bytes that do not match %s", ds);
+            snprintf(f->why, sizeof(f->why), "%s sent bytes that do not match %s",
+                     from_peer ? "the node holding the fetch" : "the upstream", ds);
         else if (result != REG_OK)
             snprintf(f->why, sizeof(f->why), "storing the blob failed");
         if (result != REG_OK) {
@@ -448,22 +495,32 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
         }
     } else {
         if (f->err != REG_OK) {
-            result = f->err; /* b_on_data stopped the transfer */
+            result = f->err; /* bfetch_data stopped the transfer */
         } else if (f->bad_answer) {
             result = REG_ERR_BAD_GATEWAY;
         } else if (result == REG_ERR_UNAVAILABLE && f->total >= 0 &&
                    f->written < (uint64_t)f->total) {
             result = REG_ERR_BAD_GATEWAY;
-            snprintf(f->why, sizeof(f->why), "the upstream sent %" PRIu64 " of %" PRId64 " bytes",
-                     f->written, f->total);
+            snprintf(f->why, sizeof(f->why), "%s sent %" PRIu64 " of %" PRId64 " bytes",
+                     from_peer ? "the node holding the fetch" : "the upstream", f->written,
+                     f->total);
         }
         if (!f->why[0])
-            snprintf(f->why, sizeof(f->why), "%s", o->message);
+            snprintf(f->why, sizeof(f->why), "%s", msg);
         registry_upload_close(f->up);
         f->up = NULL;
         registry_upload_cancel(sreg, f->name, f->id);
     }
     spools_drop(px->spools, f->id);
+    if (result == REG_OK && px->spool && from_peer) {
+        /* The holder stores the blob: this copy only served this node's readers. */
+        f->state = B_DONE;
+        bfetch_pump_all(f);
+        spool_drop(f);
+        bfetch_unlist(f);
+        bfetch_unref(f); /* the exchange's */
+        return;
+    }
     if (result == REG_OK && px->spool) {
         /* Readers finish from the spool while the import runs. */
         f->state = B_DONE;
@@ -472,6 +529,7 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
         bfetch_unref(f); /* the exchange's */
         return;
     }
+    bfetch_unlease(f, result == REG_OK);
     if (result == REG_OK) {
         proxy_note_pulled(px, f->name, &f->d, true);
         f->state = B_DONE;
@@ -480,11 +538,16 @@ static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_o
         bfetch_unlist(f);
         f->state = B_FAILED;
         f->err = result;
-        f->retry_after = o->retry_after_s;
+        f->retry_after = retry_after;
         log_warn("proxy: fetching %s for %s failed: %s", ds, f->name, f->why);
     }
     bfetch_pump_all(f);
     bfetch_unref(f); /* the exchange's */
+}
+
+static void b_on_done(struct upstream_req *r, void *ctx, const struct upstream_outcome *o)
+{
+    bfetch_end(ctx, proxy_outcome_error(o, true), o->retry_after_s, o->message);
 }
 
 /* A fetch that could not start (or waited too long): its readers get the error. */
@@ -499,6 +562,7 @@ static void bfetch_fail_early(struct bfetch *f, enum regerr e, long retry_after,
         spools_drop(f->px->spools, f->id);
     }
     bfetch_unlist(f);
+    bfetch_unlease(f, false);
     proxy_slot_release(f->px, &f->slot);
     f->state = B_FAILED;
     f->err = e;
@@ -507,10 +571,153 @@ static void bfetch_fail_early(struct bfetch *f, enum regerr e, long retry_after,
     bfetch_pump_all(f); /* last: the readers leaving may free f */
 }
 
-/* The slot is granted: open the spool and start the upstream GET. */
-static void bfetch_go(struct slot *s)
+/* Starts the upstream GET into the open spool. */
+static void bfetch_upstream(struct bfetch *f)
 {
     static const struct upstream_callbacks cb = {b_on_response, b_on_data, b_on_done};
+    char suffix[API_REF_MAX + 8], ds[DIGEST_STR_MAX];
+    snprintf(suffix, sizeof(suffix), "blobs/%s", digest_str(&f->d, ds));
+    const char *name = f->rm->main ? f->name : strchr(f->name, '/') + 1;
+    f->state = B_HEADERS;
+    /* No callback runs before upstream_fetch returns (they set f->ureq to NULL). */
+    f->ureq = upstream_fetch(f->rm->up, "GET", name, suffix, NULL, &cb, f);
+    if (f->ureq) {
+        bfetch_ref(f); /* the exchange's, until b_on_done */
+        return;
+    }
+    bfetch_fail_early(f, REG_ERR_INTERNAL, -1, "cannot start the upstream fetch");
+}
+
+static void bfetch_source(struct bfetch *f);
+
+/* ---- the cluster: one node fetches, the others read its spool ---- */
+
+/* The holder had no such fetch (finished, or gone with its lease not expired yet): ask again
+ * after a pause, until its lease expires and this node takes it, or the blob is stored. */
+#define PEER_RETRY_MS 500
+#define PEER_MISSES_MAX 30
+
+static void on_peer_retry(evutil_socket_t fd, short what, void *arg)
+{
+    struct bfetch *f = arg;
+    bfetch_source(f);
+    bfetch_unref(f); /* the timer's */
+}
+
+static int p_on_headers(struct httpc_req *r, void *ctx, long status, const struct httpc_headers *h)
+{
+    struct bfetch *f = ctx;
+    f->peer_status = status;
+    return status == 200 ? bfetch_headers(f, h) : -1;
+}
+
+static int p_on_data(struct httpc_req *r, void *ctx, const char *data, size_t len)
+{
+    return bfetch_data(ctx, data, len);
+}
+
+static void p_on_done(struct httpc_req *r, void *ctx, enum httpc_result res, const char *errmsg)
+{
+    struct bfetch *f = ctx;
+    if (f->state == B_HEADERS && !f->bad_answer) {
+        /* Nothing arrived: the holder is not (or no longer) fetching it. Ask again. */
+        f->peer = NULL;
+        log_debug("proxy: the node holding the fetch did not serve it (%s, status %ld); asking "
+                  "again",
+                  errmsg[0] ? errmsg : httpc_result_name(res), f->peer_status);
+        struct timeval tv = {0, PEER_RETRY_MS * 1000};
+        if (++f->peer_misses <= PEER_MISSES_MAX && evtimer_add(f->retry, &tv) == 0)
+            return; /* the exchange's reference passes to the timer */
+        bfetch_fail_early(f, REG_ERR_UNAVAILABLE, 1, "the node fetching this blob does not answer");
+        bfetch_unref(f);
+        return;
+    }
+    enum regerr result = res == HTTPC_OK ? REG_OK : REG_ERR_UNAVAILABLE;
+    char why[160];
+    snprintf(why, sizeof(why), "reading the spool of the node holding the fetch: %s",
+             errmsg[0] ? errmsg : httpc_result_name(res));
+    bfetch_end(f, result, -1, why);
+}
+
+/* Reads the spool of the node at holder, which fetches d from the upstream. */
+static void bfetch_peer(struct bfetch *f, const char *holder)
+{
+    static const struct httpc_callbacks cb = {p_on_headers, p_on_data, p_on_done};
+    struct proxy *px = f->px;
+    char ds[DIGEST_STR_MAX], url[1024], token[CLUSTER_TOKEN_MAX], hdr[CLUSTER_TOKEN_MAX + 32];
+    size_t hl = strlen(holder);
+    while (hl > 0 && holder[hl - 1] == '/')
+        hl--;
+    snprintf(url, sizeof(url), "%.*s%s%s", (int)hl, holder, PROXY_PEER_PATH, digest_str(&f->d, ds));
+    cluster_peer_token(px->cfg->http.secret, &f->d, time(NULL), token);
+    snprintf(hdr, sizeof(hdr), "X-Regmirror-Peer: %s", token);
+    const char *hdrs[] = {hdr, NULL};
+    struct httpc_req_opts o = {.url = url, .headers = hdrs, .connect_timeout_ms = 2000};
+    f->state = B_HEADERS;
+    f->peer_status = 0;
+    f->peer = httpc_start(px->httpc, &o, &cb, f);
+    if (!f->peer) {
+        bfetch_fail_early(f, REG_ERR_INTERNAL, -1, "cannot read the spool of another node");
+        return;
+    }
+    bfetch_ref(f); /* the exchange's, until p_on_done */
+}
+
+static void on_lease(void *ctx, enum cluster_lease r, const char *holder)
+{
+    struct bfetch *f = ctx;
+    f->lease_op = NULL;
+    switch (r) {
+    case CLUSTER_OURS:
+        f->leased = true;
+        if (f->peer_misses)
+            metrics_inc(METRICS_CLUSTER_TAKEN_OVER);
+        bfetch_upstream(f);
+        break;
+    case CLUSTER_ALONE:
+        bfetch_upstream(f);
+        break;
+    case CLUSTER_HELD:
+        if (!f->peer_misses)
+            metrics_inc(METRICS_CLUSTER_LEASES_WAITED);
+        bfetch_peer(f, holder);
+        break;
+    case CLUSTER_STORED:
+        /* Readers are answered from the store; nothing was fetched here. */
+        if (f->up)
+            registry_upload_close(f->up);
+        f->up = NULL;
+        registry_upload_cancel(proxy_spool_reg(f->px), f->name, f->id);
+        spools_drop(f->px->spools, f->id);
+        bfetch_unlist(f);
+        proxy_slot_release(f->px, &f->slot);
+        f->state = B_STORED;
+        bfetch_pump_all(f);
+        break;
+    }
+    bfetch_unref(f); /* the question's */
+}
+
+/* The spool is open: fetch from the upstream, or, in a cluster, ask who does. */
+static void bfetch_source(struct bfetch *f)
+{
+    struct cluster *cl = f->px->cluster;
+    if (!cl) {
+        bfetch_upstream(f);
+        return;
+    }
+    f->state = B_HEADERS;
+    f->lease_op = cluster_lease_take(cl, &f->d, on_lease, f);
+    if (!f->lease_op) {
+        bfetch_upstream(f);
+        return;
+    }
+    bfetch_ref(f); /* the question's, until on_lease */
+}
+
+/* The slot is granted: open the spool, then find the source. */
+static void bfetch_go(struct slot *s)
+{
     struct bfetch *f = PROXY_CONTAINER(s, struct bfetch, slot);
     /* The spool is local (see spool_reg): these are a few syscalls on the loop. */
     struct registry *sreg = proxy_spool_reg(f->px);
@@ -521,18 +728,14 @@ static void bfetch_go(struct slot *s)
         result = registry_upload_open(sreg, f->name, f->id, &f->up);
     if (result == REG_OK)
         result = registry_upload_reader(sreg, f->name, f->id, &f->fd);
+    if (result == REG_OK && f->px->cluster && !f->retry) {
+        f->retry = evtimer_new(f->px->base, on_peer_retry, f);
+        if (!f->retry)
+            result = REG_ERR_INTERNAL;
+    }
     if (result == REG_OK) {
-        char suffix[API_REF_MAX + 8], ds[DIGEST_STR_MAX];
-        snprintf(suffix, sizeof(suffix), "blobs/%s", digest_str(&f->d, ds));
-        const char *name = f->rm->main ? f->name : strchr(f->name, '/') + 1;
-        f->state = B_HEADERS;
-        /* No callback runs before upstream_fetch returns (they set f->ureq to NULL). */
-        f->ureq = upstream_fetch(f->rm->up, "GET", name, suffix, NULL, &cb, f);
-        if (f->ureq) {
-            bfetch_ref(f); /* the exchange's, until b_on_done */
-            return;
-        }
-        result = REG_ERR_INTERNAL;
+        bfetch_source(f);
+        return;
     }
     bfetch_fail_early(f, result, -1, "cannot start the upstream fetch");
 }
@@ -544,14 +747,15 @@ static void bfetch_expire(struct slot *s)
 }
 
 /* A new reader of f answering c; NULL when c was answered (out of memory). */
-static struct breader *reader_new(struct bfetch *f, struct client *c, const struct digest *d)
+static struct breader *reader_new(struct bfetch *f, struct client *c, const struct digest *d,
+                                  enum api_stream_kind kind)
 {
     struct breader *rd = calloc(1, sizeof(*rd));
     if (!rd) {
         proxy_client_error(c, REG_ERR_INTERNAL, -1, NULL);
         return NULL;
     }
-    rd->st = api_stream_new(c->api, c->req, &c->rt, d, &reader_source, rd);
+    rd->st = api_stream_new(c->api, c->req, &c->rt, d, kind, &reader_source, rd);
     if (!rd->st) {
         free(rd);
         return NULL;
@@ -573,7 +777,7 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
     }
     if (f) {
         /* Joining a fetch, running or queued, takes no slot of its own. */
-        struct breader *rd = reader_new(f, c, d);
+        struct breader *rd = reader_new(f, c, d, API_STREAM_PULL);
         if (rd) {
             metrics_inc(METRICS_JOINED_WAITERS);
             api_stream_wake(rd->st);
@@ -592,7 +796,7 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
     f->total = -1;
     f->state = B_QUEUED;
     snprintf(f->name, sizeof(f->name), "%s", t->rt.name);
-    if (!reader_new(f, c, d)) {
+    if (!reader_new(f, c, d, API_STREAM_PULL)) {
         free(f);
         return;
     }
@@ -601,6 +805,41 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
     px->bfetches = f;
     /* Last: go may fail at once, answer the reader and free f. */
     proxy_slot_acquire(px, &f->slot, bfetch_go, bfetch_expire);
+}
+
+void proxy_blob_peer(struct proxy *px, const struct api *api, struct http_req *req, const char *ref)
+{
+    struct digest d;
+    if (http_req_method(req) != HTTP_GET) {
+        api_error(api, req, REG_ERR_UNSUPPORTED, "only GET reads a spool");
+        return;
+    }
+    if (digest_parse(ref, strlen(ref), &d) != 0) {
+        api_error(api, req, REG_ERR_DIGEST_INVALID, NULL);
+        return;
+    }
+    if (!cluster_peer_check(px->cfg->http.secret, &d, http_req_header(req, "X-Regmirror-Peer"),
+                            time(NULL))) {
+        api_error(api, req, REG_ERR_UNAUTHORIZED, "a node of this cluster's (http.secret)");
+        return;
+    }
+    struct bfetch *f;
+    for (f = px->bfetches; f; f = f->next) {
+        /* A node that reads another's spool does not pass it on: one holder per lease. */
+        if (digest_equal(&f->d, &d) && f->leased)
+            break;
+    }
+    if (!f) {
+        api_error(api, req, REG_ERR_BLOB_UNKNOWN, "no fetch of this blob runs on this node");
+        return;
+    }
+    struct client c = {.api = api, .req = req, .manifest = false};
+    c.rt.kind = API_ROUTE_BLOB;
+    snprintf(c.rt.name, sizeof(c.rt.name), "%s", f->name);
+    snprintf(c.rt.ref, sizeof(c.rt.ref), "%s", ref);
+    struct breader *rd = reader_new(f, &c, &d, API_STREAM_PEER);
+    if (rd)
+        api_stream_wake(rd->st);
 }
 
 /* What the store says about a pulled blob. */
@@ -753,6 +992,21 @@ void proxy_blob_close(struct proxy *px)
             bfetch_unref(f);     /* the exchange's */
         }
         f->ureq = NULL;
+        if (f->peer) {
+            httpc_cancel(f->peer);
+            f->peer = NULL;
+            bfetch_unref(f); /* the exchange's */
+        }
+        if (f->lease_op) {
+            cluster_op_cancel(f->lease_op);
+            f->lease_op = NULL;
+            bfetch_unref(f); /* the question's */
+        }
+        if (f->retry && evtimer_pending(f->retry, NULL)) {
+            evtimer_del(f->retry);
+            bfetch_unref(f); /* the timer's */
+        }
+        bfetch_unlease(f, false);
         if (f->up)
             registry_upload_close(f->up);
         f->up = NULL;

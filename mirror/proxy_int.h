@@ -51,6 +51,7 @@ struct proxy {
     const struct config *cfg;
     struct registry *reg;
     struct httpc *httpc;
+    struct cluster *cluster; /* NULL: this node fetches on its own (proxy_set_cluster) */
     struct offload *offload;
     /* With a remote store blobs are spooled in a registry of their own on the local disk,
      * then imported; NULL on the filesystem, where the store is the spool. */

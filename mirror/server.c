@@ -10,6 +10,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "proxy.h"
 #include "tls.h"
 #include "writepolicy.h"
 
@@ -77,6 +78,13 @@ static void on_request(struct http_req *req, void *arg)
     struct server *srv = arg;
     if (strcmp(http_req_path(req), "/healthz") == 0) { /* for probes: before auth and prefix */
         health_serve_healthz(srv->health, req);
+        return;
+    }
+    /* Another node of the cluster reads a fetch in flight: its own token, not client auth. */
+    if (srv->api.proxy &&
+        strncmp(http_req_path(req), PROXY_PEER_PATH, sizeof(PROXY_PEER_PATH) - 1) == 0) {
+        proxy_blob_peer(srv->api.proxy, &srv->api, req,
+                        http_req_path(req) + sizeof(PROXY_PEER_PATH) - 1);
         return;
     }
     const char *path = strip_prefix(srv->api.cfg, http_req_path(req));

@@ -1,0 +1,410 @@
+/*
+ * Fetch leases in Redis (see cluster.h): one hiredis connection on the loop, reconnected
+ * after a pause when it drops; each question has its own deadline, since hiredis 0.14 has
+ * none for async commands.
+ */
+#include "cluster.h"
+
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "log.h"
+#include "metrics.h"
+
+#define LEASE_TTL_MS 6000
+#define RENEW_EVERY_MS 2000
+/* How long "stored" stays: longer than a lookup that began before the blob was stored. */
+#define STORED_TTL_MS 30000
+/* A question Redis has not answered by then is answered CLUSTER_ALONE. */
+#define ANSWER_MS 500
+#define RECONNECT_MS 1000
+#define TOKEN_LIFETIME_S 300
+#define KEY_MAX (16 + DIGEST_STR_MAX)
+#define MAX_HELD 4096
+
+/* The lease is free: take it (nil), else who has it (the value). */
+static const char TAKE[] = "local v = redis.call('GET', KEYS[1]) "
+                           "if v then return v end "
+                           "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return false";
+static const char RENEW[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                            "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+/* ARGV[3] "stored": leave the word for a while; else free the key. */
+static const char DROP[] = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
+                           "if ARGV[3] == 'stored' then "
+                           "redis.call('SET', KEYS[1], 'stored', 'PX', ARGV[2]) "
+                           "else redis.call('DEL', KEYS[1]) end return 1";
+
+struct held {
+    struct digest d;
+};
+
+struct cluster {
+    struct event_base *base;
+    char host[256];
+    int port;
+    char *username, *password;
+    int db;
+    char value[512]; /* "<advertise> <nonce>": what our leases hold */
+    redisAsyncContext *ac;
+    bool connected;
+    bool closing;
+    struct event *reconnect;
+    struct event *renew;
+    struct held *held;
+    size_t nheld, held_cap;
+};
+
+struct cluster_op {
+    struct cluster *c;
+    struct digest d;
+    cluster_lease_cb cb;
+    void *ctx;
+    struct event *timer;
+    bool in_redis; /* hiredis holds op until its reply (or the disconnect) comes */
+    bool answered; /* cb ran, or the owner cancelled */
+};
+
+static void lease_key(char out[KEY_MAX], const struct digest *d)
+{
+    char ds[DIGEST_STR_MAX];
+    snprintf(out, KEY_MAX, "regmirror:lease:%s", digest_str(d, ds));
+}
+
+static void cluster_connect(struct cluster *c);
+
+static void on_reconnect(evutil_socket_t fd, short what, void *arg)
+{
+    cluster_connect(arg);
+}
+
+static void connection_lost(struct cluster *c, const char *why)
+{
+    if (c->connected || !c->ac)
+        log_warn("cluster: redis %s:%d: %s; fetching without leases until it is back", c->host,
+                 c->port, why);
+    c->ac = NULL;
+    c->connected = false;
+    if (!c->closing) {
+        struct timeval tv = {RECONNECT_MS / 1000, (RECONNECT_MS % 1000) * 1000};
+        evtimer_add(c->reconnect, &tv);
+    }
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct cluster *c = ac->data;
+    if (!c)
+        return;
+    if (status != REDIS_OK) {
+        connection_lost(c, ac->errstr[0] ? ac->errstr : "cannot connect");
+        return;
+    }
+    if (!c->connected)
+        log_info("cluster: redis %s:%d connected", c->host, c->port);
+    c->connected = true;
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct cluster *c = ac->data;
+    if (c)
+        connection_lost(c, ac->errstr[0] ? ac->errstr : "connection closed");
+}
+
+static void cluster_connect(struct cluster *c)
+{
+    redisAsyncContext *ac = redisAsyncConnect(c->host, c->port);
+    if (!ac || ac->err || redisLibeventAttach(ac, c->base) != REDIS_OK) {
+        char why[160];
+        snprintf(why, sizeof(why), "%s", ac && ac->err ? ac->errstr : "cannot connect");
+        if (ac)
+            redisAsyncFree(ac);
+        connection_lost(c, why);
+        return;
+    }
+    ac->data = c;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    c->ac = ac;
+    /* Queued until the connection is up; a failure shows as failed commands. */
+    if (c->password[0] && c->username[0])
+        redisAsyncCommand(ac, NULL, NULL, "AUTH %s %s", c->username, c->password);
+    else if (c->password[0])
+        redisAsyncCommand(ac, NULL, NULL, "AUTH %s", c->password);
+    if (c->db)
+        redisAsyncCommand(ac, NULL, NULL, "SELECT %d", c->db);
+}
+
+/* Sends a script; fn gets privdata back. false: not connected or hiredis refused. */
+static bool eval(struct cluster *c, redisCallbackFn *fn, void *privdata, const char *script,
+                 const struct digest *d, const char *arg1, int64_t ms, const char *arg3)
+{
+    if (!c->ac)
+        return false; /* hiredis queues what is sent while it connects */
+    char key[KEY_MAX], msbuf[24];
+    lease_key(key, d);
+    snprintf(msbuf, sizeof(msbuf), "%" PRId64, ms);
+    const char *argv[] = {"EVAL", script, "1", key, arg1, msbuf, arg3};
+    int argc = arg3 ? 7 : 6;
+    return redisAsyncCommandArgv(c->ac, fn, privdata, argc, argv, NULL) == REDIS_OK;
+}
+
+/* ---- held leases, renewed while their fetch runs ---- */
+
+static void on_renewed(redisAsyncContext *ac, void *r, void *privdata)
+{
+    const redisReply *reply = r;
+    struct cluster *c = ac->data;
+    if (c && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0)
+        log_warn("cluster: a fetch lease was lost (expired while Redis was away); another node "
+                 "may fetch the same blob");
+}
+
+static void on_renew(evutil_socket_t fd, short what, void *arg)
+{
+    struct cluster *c = arg;
+    for (size_t i = 0; i < c->nheld; i++)
+        eval(c, on_renewed, NULL, RENEW, &c->held[i].d, c->value, LEASE_TTL_MS, NULL);
+    struct timeval tv = {RENEW_EVERY_MS / 1000, (RENEW_EVERY_MS % 1000) * 1000};
+    evtimer_add(c->renew, &tv);
+}
+
+static void held_add(struct cluster *c, const struct digest *d)
+{
+    /* Past the cap (or out of memory) the lease goes unrenewed and expires: at worst a
+     * second fetch of that blob. */
+    if (buf_grow_items(&c->held, &c->held_cap, c->nheld + 1, sizeof(*c->held), MAX_HELD) != BUF_OK)
+        return;
+    c->held[c->nheld++].d = *d;
+}
+
+static bool held_remove(struct cluster *c, const struct digest *d)
+{
+    for (size_t i = 0; i < c->nheld; i++) {
+        if (digest_equal(&c->held[i].d, d)) {
+            c->held[i] = c->held[--c->nheld];
+            return true;
+        }
+    }
+    return false;
+}
+
+/* ---- questions ---- */
+
+static void op_answer(struct cluster_op *op, enum cluster_lease r, const char *holder)
+{
+    if (op->answered)
+        return;
+    op->answered = true;
+    evtimer_del(op->timer);
+    if (r == CLUSTER_OURS) {
+        held_add(op->c, &op->d);
+        metrics_inc(METRICS_CLUSTER_LEASES_TAKEN);
+    }
+    op->cb(op->ctx, r, holder);
+}
+
+static void op_free(struct cluster_op *op)
+{
+    event_free(op->timer);
+    free(op);
+}
+
+static void on_taken(redisAsyncContext *ac, void *r, void *privdata)
+{
+    const redisReply *reply = r;
+    struct cluster_op *op = privdata;
+    op->in_redis = false;
+    if (op->c->closing || op->answered) {
+        /* Answered (ALONE) at its deadline: a lease taken since then expires unrenewed. */
+        op_free(op);
+        return;
+    }
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        op_answer(op, CLUSTER_ALONE, NULL);
+    } else if (reply->type == REDIS_REPLY_NIL) {
+        op_answer(op, CLUSTER_OURS, NULL);
+    } else if (reply->type == REDIS_REPLY_STRING && strcmp(reply->str, "stored") == 0) {
+        op_answer(op, CLUSTER_STORED, NULL);
+    } else if (reply->type == REDIS_REPLY_STRING) {
+        char holder[512];
+        snprintf(holder, sizeof(holder), "%s", reply->str);
+        char *sp = strchr(holder, ' ');
+        if (sp)
+            *sp = '\0';
+        op_answer(op, CLUSTER_HELD, holder);
+    } else {
+        op_answer(op, CLUSTER_ALONE, NULL);
+    }
+    op_free(op);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct cluster_op *op = arg;
+    op_answer(op, CLUSTER_ALONE, NULL);
+    if (!op->in_redis)
+        op_free(op);
+}
+
+struct cluster_op *cluster_lease_take(struct cluster *c, const struct digest *d,
+                                      cluster_lease_cb cb, void *ctx)
+{
+    struct cluster_op *op = calloc(1, sizeof(*op));
+    if (!op)
+        return NULL;
+    op->c = c;
+    op->d = *d;
+    op->cb = cb;
+    op->ctx = ctx;
+    op->timer = evtimer_new(c->base, on_deadline, op);
+    if (!op->timer) {
+        free(op);
+        return NULL;
+    }
+    op->in_redis = eval(c, on_taken, op, TAKE, d, c->value, LEASE_TTL_MS, NULL);
+    struct timeval tv = {0, op->in_redis ? ANSWER_MS * 1000 : 0};
+    evtimer_add(op->timer, &tv);
+    return op;
+}
+
+void cluster_op_cancel(struct cluster_op *op)
+{
+    if (!op)
+        return;
+    op->answered = true;
+    evtimer_del(op->timer);
+    if (!op->in_redis)
+        op_free(op);
+}
+
+void cluster_lease_drop(struct cluster *c, const struct digest *d, bool stored)
+{
+    if (!c || !held_remove(c, d))
+        return;
+    eval(c, NULL, NULL, DROP, d, c->value, STORED_TTL_MS, stored ? "stored" : "free");
+}
+
+/* ---- life cycle ---- */
+
+static bool parse_addr(const char *addr, char *host, size_t hostlen, int *port)
+{
+    const char *colon = strrchr(addr, ':');
+    if (!colon || colon == addr)
+        return false;
+    const char *h = addr;
+    size_t n = (size_t)(colon - addr);
+    if (h[0] == '[' && n >= 2 && h[n - 1] == ']') {
+        h++;
+        n -= 2;
+    }
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (n == 0 || n >= hostlen || *end || p <= 0 || p > 65535)
+        return false;
+    memcpy(host, h, n);
+    host[n] = '\0';
+    *port = (int)p;
+    return true;
+}
+
+struct cluster *cluster_new(struct event_base *base, const struct config *cfg)
+{
+    if (!cfg->cluster.advertise[0])
+        return NULL;
+    struct cluster *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->base = base;
+    c->username = cfg->redis.username;
+    c->password = cfg->redis.password;
+    c->db = cfg->redis.db;
+    unsigned char nonce[8];
+    if (!parse_addr(cfg->redis.addr, c->host, sizeof(c->host), &c->port) ||
+        RAND_bytes(nonce, sizeof(nonce)) != 1) {
+        log_error("cluster: cannot use redis.addr %s", cfg->redis.addr);
+        free(c);
+        return NULL;
+    }
+    int n = snprintf(c->value, sizeof(c->value), "%s ", cfg->cluster.advertise);
+    for (size_t i = 0; i < sizeof(nonce) && n > 0 && (size_t)n + 3 < sizeof(c->value); i++)
+        n += snprintf(c->value + n, sizeof(c->value) - (size_t)n, "%02x", nonce[i]);
+    c->reconnect = evtimer_new(base, on_reconnect, c);
+    c->renew = evtimer_new(base, on_renew, c);
+    if (!c->reconnect || !c->renew) {
+        cluster_free(c);
+        return NULL;
+    }
+    struct timeval tv = {RENEW_EVERY_MS / 1000, (RENEW_EVERY_MS % 1000) * 1000};
+    evtimer_add(c->renew, &tv);
+    cluster_connect(c);
+    log_info("cluster: this node is %s; fetch leases in redis %s:%d", cfg->cluster.advertise,
+             c->host, c->port);
+    return c;
+}
+
+void cluster_free(struct cluster *c)
+{
+    if (!c)
+        return;
+    c->closing = true;
+    if (c->ac) {
+        redisAsyncContext *ac = c->ac;
+        c->ac = NULL;
+        ac->data = NULL;
+        redisAsyncFree(ac); /* pending replies come now, with NULL: their ops are freed */
+    }
+    if (c->reconnect)
+        event_free(c->reconnect);
+    if (c->renew)
+        event_free(c->renew);
+    free(c->held);
+    free(c);
+}
+
+/* ---- peers ---- */
+
+static void token_mac(const char *secret, const struct digest *d, long long t, char hex[65])
+{
+    char ds[DIGEST_STR_MAX], msg[DIGEST_STR_MAX + 32];
+    int n = snprintf(msg, sizeof(msg), "%s\n%lld", digest_str(d, ds), t);
+    unsigned char mac[32];
+    unsigned int len = sizeof(mac);
+    HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)msg, (size_t)n, mac,
+         &len);
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+}
+
+void cluster_peer_token(const char *secret, const struct digest *d, time_t now,
+                        char out[CLUSTER_TOKEN_MAX])
+{
+    char hex[65];
+    token_mac(secret, d, (long long)now, hex);
+    snprintf(out, CLUSTER_TOKEN_MAX, "%lld.%s", (long long)now, hex);
+}
+
+bool cluster_peer_check(const char *secret, const struct digest *d, const char *token, time_t now)
+{
+    if (!secret[0] || !token)
+        return false;
+    char *end;
+    long long t = strtoll(token, &end, 10);
+    if (end == token || *end != '.' || strlen(end + 1) != 64)
+        return false;
+    if (t < (long long)now - TOKEN_LIFETIME_S || t > (long long)now + TOKEN_LIFETIME_S)
+        return false;
+    char hex[65];
+    token_mac(secret, d, t, hex);
+    return CRYPTO_memcmp(hex, end + 1, 64) == 0;
+}
