@@ -94,7 +94,8 @@ INTEGRATION_ENV := REGMIRROR_BIN=$(abspath $(B))/asan/regmirror \
 OSS_SUITES := test_conformance_blobs.py test_conformance_manifests.py \
 	test_conformance_discovery.py test_conformance_management.py test_badinput.py \
 	test_skopeo.py test_proxy.py test_cache.py test_oss_stream.py \
-	test_proxy_push.py test_proxy_early.py test_upstream_hardening.py test_answer_headers.py
+	test_proxy_push.py test_proxy_early.py test_upstream_hardening.py test_answer_headers.py \
+	test_cluster_fetch.py
 integration: release asan
 	@rc=0; $(MAKE) --no-print-directory integration-fs || rc=1; \
 	  $(MAKE) --no-print-directory integration-oss || rc=1; exit $$rc

@@ -1,0 +1,191 @@
+"""Cluster: three regmirror nodes on one store (a shared filesystem root, or one OSS prefix in
+the OSS pass) and one redis-server, each with its own cluster.advertise. A cold blob costs the
+upstream one GET whichever nodes its clients ask; the nodes that do not hold the fetch lease
+read the holder's spool. Without Redis each node fetches on its own, never wrongly."""
+
+import concurrent.futures
+import hashlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+from helpers import Registry, free_port, herd_get, wait_until
+
+pytestmark = pytest.mark.regmirror_only("cross-node fetch leases are regmirror's own")
+
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+SECRET = "cluster-test-secret-4f9d"
+
+
+class RedisServer:
+    def __init__(self, workdir):
+        self.workdir = str(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.workdir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._up, timeout=10)
+
+    def _up(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def kill(self):
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+class Node(Registry):
+    """A regmirror whose cluster.advertise names its own port (known only at start)."""
+
+    def render(self):
+        return super().render() + "cluster:\n  advertise: http://127.0.0.1:%d\n" % self.port
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    if not os.access(REDIS, os.X_OK):
+        pytest.skip("redis-server is not installed")
+    r = RedisServer(tmp_path / "redis")
+    yield r
+    r.kill()
+
+
+@pytest.fixture
+def nodes(tmp_path, redis_server, upstream, _started):
+    root = tmp_path / "shared-root"
+    extra = (upstream.proxy_yaml(username="alice") +
+             "redis:\n  addr: 127.0.0.1:%d\n" % redis_server.port)
+    made = []
+    for i in range(3):
+        n = Node("regmirror", tmp_path / ("node%d" % i), rootdir=root, extra_yaml=extra,
+                 env={"REGISTRY_HTTP_SECRET": SECRET})
+        made.append(n)
+        _started.append(n)
+        n.start()
+    yield made
+    for n in made:
+        n.stop()
+        if n in _started:
+            _started.remove(n)
+
+
+def herd_over(nodes, repo, digest, per_node):
+    """per_node concurrent GETs on every node at once: every (status, length, sha256)."""
+    with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
+        parts = list(pool.map(lambda n: herd_get(n, repo, digest, per_node), nodes))
+    return [r for part in parts for r in part]
+
+
+def get_digest(node, repo, digest):
+    """One GET: (status, bytes read, sha256 of them); a cut body shows as fewer bytes."""
+    h = hashlib.sha256()
+    n = 0
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=120)
+    try:
+        try:
+            conn.request("GET", "/v2/%s/blobs/%s" % (repo, digest))
+            resp = conn.getresponse()
+        except (http.client.HTTPException, ConnectionError):
+            return 0, 0, None  # the node went away before it answered
+        try:
+            while True:
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+        except (http.client.IncompleteRead, ConnectionError):
+            pass
+        return resp.status, n, "sha256:" + h.hexdigest()
+    finally:
+        conn.close()
+
+
+def test_herd_over_three_nodes_costs_one_upstream_get(nodes, upstream, seeded):
+    img = seeded.big
+    layer = img.layers[0]
+    upstream.proxy.reset()
+    upstream.proxy.throttle(20 * 1024 * 1024)  # every node's clients arrive while it runs
+    results = herd_over(nodes, img.repo, layer.digest, 10)
+    upstream.proxy.wait_idle()
+    assert len(results) == 30
+    for status, n, got in results:
+        assert (status, n, got) == (200, layer.size, layer.digest)
+    assert upstream.proxy.blob_gets(layer.digest) == 1
+    # Every node serves it from the store afterwards, with no upstream GET.
+    upstream.proxy.reset()
+    for n in nodes:
+        assert get_digest(n, img.repo, layer.digest) == (200, layer.size, layer.digest)
+    upstream.proxy.wait_idle()
+    assert upstream.proxy.blob_gets() == 0
+
+
+def test_holder_killed_mid_fetch(nodes, upstream, seeded):
+    img = seeded.big
+    layer = img.layers[0]
+    size = layer.size
+    upstream.proxy.reset()
+    upstream.proxy.throttle(8 * 1024 * 1024, count=1)  # the first fetch is slow, later ones not
+    holder, others = nodes[0], nodes[1:]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        first = pool.submit(get_digest, holder, img.repo, layer.digest)
+        wait_until(lambda: upstream.proxy.bytes(method="GET", kind="blob") > 0, timeout=20)
+        late = [pool.submit(get_digest, n, img.repo, layer.digest) for n in others for _ in (0, 1)]
+        wait_until(lambda: upstream.proxy.bytes(method="GET", kind="blob") > size * 0.3,
+                   timeout=30, every=0.02)
+        holder.proc.send_signal(signal.SIGKILL)
+        holder.proc.wait()
+        cut = [f.result() for f in [first] + late]
+    for status, n, got in cut:
+        # A cut response is short (the client retries), never complete and wrong.
+        assert n < size or got == layer.digest, (status, n, got)
+    # The others take over: their clients now get the whole blob.
+    for node in others:
+        assert get_digest(node, img.repo, layer.digest) == (200, size, layer.digest)
+    upstream.proxy.wait_idle()
+    assert upstream.proxy.blob_gets(layer.digest) <= 2
+    holder.proc = None
+    holder.start()
+    assert get_digest(holder, img.repo, layer.digest) == (200, size, layer.digest)
+
+
+def test_redis_down_each_node_fetches_alone(nodes, upstream, seeded, redis_server):
+    img = seeded.big
+    layer = img.layers[0]
+    redis_server.kill()
+    upstream.proxy.reset()
+    upstream.proxy.throttle(40 * 1024 * 1024)
+    started = time.monotonic()
+    results = herd_over(nodes, img.repo, layer.digest, 4)
+    for status, n, got in results:
+        assert (status, n, got) == (200, layer.size, layer.digest)
+    upstream.proxy.wait_idle()
+    assert 1 <= upstream.proxy.blob_gets(layer.digest) <= 3
+    assert time.monotonic() - started < 60
+
+
+def test_peer_endpoint_refuses_strangers(nodes, seeded):
+    layer = seeded.big.layers[0]
+    url = nodes[0].url("/_regmirror/spool/" + layer.digest)
+    r = requests.get(url, timeout=10)
+    assert r.status_code == 401, r.text
+    r = requests.get(url, headers={"X-Regmirror-Peer": "%d.%s" % (time.time(), "0" * 64)},
+                     timeout=10)
+    assert r.status_code == 401, r.text
+    r = requests.get(nodes[0].url("/_regmirror/spool/sha256:nothex"), timeout=10)
+    assert r.status_code == 400, r.text
