@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import yaml
 
 import clients
 import helpers
@@ -503,3 +504,25 @@ def _wait_port(port, timeout=20):
         except OSError:
             time.sleep(0.1)
     raise AssertionError("nothing listens on %d" % port)
+
+
+# ---------------------------------------------------------------------------
+# the compose example
+
+def test_compose_example_config():
+    """docker-compose.yml's regmirror service: the image's default config with the service's
+    environment is valid and uses the redis service."""
+    with open(os.path.join(shipping.ROOT, "docker-compose.yml")) as f:
+        compose = yaml.safe_load(f)
+    svc = compose["services"]["registry"]
+    assert svc["image"] == "regmirror:latest"
+    assert "5000:5000" in svc["ports"]
+    assert any(v.endswith(":/var/lib/registry") for v in svc["volumes"])
+    assert "redis" in compose["services"]
+    env = dict(os.environ, **{k: str(v) for k, v in svc["environment"].items()})
+    r = subprocess.run([helpers.regmirror_bin(), "check-config"], capture_output=True,
+                       text=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "blobdescriptor: redis" in r.stdout, r.stdout
+    assert "addr: redis:6379" in r.stdout, r.stdout
+    assert "remoteurl: https://registry-1.docker.io" in r.stdout, r.stdout
