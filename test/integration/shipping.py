@@ -37,6 +37,16 @@ def docker_bin():
     return "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker"
 
 
+def make_env(base=None):
+    """The environment for a `make` the tests run: without the variables of a make that runs
+    the tests (MAKEFLAGS would carry its B= and jobserver), so the output is where the test
+    looks (build/ of the tree)."""
+    env = dict(base if base is not None else os.environ)
+    for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "B"):
+        env.pop(k, None)
+    return env
+
+
 def version():
     """The version `make image` tags with (the Makefile's VERSION)."""
     r = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,

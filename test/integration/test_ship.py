@@ -91,7 +91,8 @@ def image(tmp_path_factory, summary_line):
     try:
         t0 = time.monotonic()
         r = subprocess.run(["make", "--no-print-directory", "image"], cwd=shipping.ROOT,
-                           env=d.env, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+                           env=shipping.make_env(d.env), capture_output=True, text=True,
+                           timeout=BUILD_TIMEOUT)
         secs = time.monotonic() - t0
         assert r.returncode == 0, "make image failed:\n%s\n%s\n--- dockerd\n%s" % (
             r.stdout[-6000:], r.stderr[-6000:], d.log())
@@ -387,7 +388,8 @@ def deb(summary_line):
     _need("dpkg-buildpackage", "dh", "lintian", "systemd-analyze")
     t0 = time.monotonic()
     r = subprocess.run(["make", "--no-print-directory", "deb"], cwd=shipping.ROOT,
-                       capture_output=True, text=True, timeout=900)
+                       env=shipping.make_env(), capture_output=True, text=True,
+                       timeout=900)
     assert r.returncode == 0, "make deb failed:\n%s\n%s" % (r.stdout[-6000:], r.stderr[-6000:])
     out = os.path.join(shipping.ROOT, "build", "deb")
     debs = [f for f in os.listdir(out) if f.startswith("regmirror_") and f.endswith(".deb")]
