@@ -6,6 +6,8 @@
 #                   suites on OSS through the emulator)
 #   make fuzz       build the libFuzzer targets (clang)
 #   make bench      benchmark harness (test/bench)
+#   make image      container image regmirror:latest and regmirror:VERSION (Dockerfile)
+#   make deb        Debian package in build/deb/ (debian/)
 
 CC      ?= cc
 # Build directory; B=/tmp/mybuild keeps concurrent builds of one tree apart.
@@ -112,6 +114,19 @@ test: deps
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory fuzz-smoke
 	@$(MAKE) --no-print-directory integration
+
+# Into the daemon DOCKER_HOST names, pulling nothing: a missing debian:bookworm-slim base is
+# made with debootstrap and cached in ${XDG_CACHE_HOME:-~/.cache}/regmirror/.
+.PHONY: image deb
+image: deps
+	@bash scripts/image.sh $(VERSION)
+
+# dpkg-buildpackage in a copy of the tree, so the package and its .changes land in build/deb/.
+deb: deps
+	@rm -rf $(B)/deb && mkdir -p $(B)/deb/src
+	cp -r Makefile README.md LICENSE common mirror conf debian $(B)/deb/src/
+	cd $(B)/deb/src && dpkg-buildpackage -us -uc -b
+	@ls $(B)/deb/*.deb
 
 bench: deps release
 	REGMIRROR_BIN=$(abspath $(B))/release/regmirror BENCH_OUT=$(abspath $(B))/bench $(PYTHON) test/bench/bench.py

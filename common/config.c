@@ -723,8 +723,11 @@ void config_diag_free(struct config_diag *diag)
 /* Embedded default, the same text as conf/config.yml                                          */
 
 static const char default_yaml[] =
-    "# regmirror default configuration: the file format of the reference registry (registry:2).\n"
+    "# regmirror default configuration: a Docker Hub mirror on :5000, in the file format of the\n"
+    "# reference registry (registry:2's default config plus a proxy section).\n"
     "# Every key can be overridden from the environment, e.g. REGISTRY_HTTP_ADDR=:5001.\n"
+    "# Pushes are refused (a read-only cache, as registry:2 in proxy mode); proxy.push: true\n"
+    "# (REGISTRY_PROXY_PUSH=true) accepts them, see the README.\n"
     "version: 0.1\n"
     "log:\n"
     "  fields:\n"
@@ -744,7 +747,9 @@ static const char default_yaml[] =
     "  storagedriver:\n"
     "    enabled: true\n"
     "    interval: 10s\n"
-    "    threshold: 3\n";
+    "    threshold: 3\n"
+    "proxy:\n"
+    "  remoteurl: https://registry-1.docker.io\n";
 
 const char *config_default_yaml(void)
 {

@@ -64,6 +64,32 @@ static void on_signal(evutil_socket_t sig, short events, void *arg)
     event_base_loopexit(base, NULL);
 }
 
+static void log_from(const struct config *cfg)
+{
+    log_reset();
+    log_setup(cfg->log.level, cfg->log.formatter);
+    for (size_t i = 0; i < cfg->log.nfields; i++)
+        log_add_field(cfg->log.fields[i].key, cfg->log.fields[i].value);
+}
+
+/*
+ * SIGHUP (systemd's ExecReload): the config is read again and its log settings applied; the
+ * rest needs a restart. The htpasswd file needs no signal: auth re-reads it when it changes.
+ */
+static void on_reload(evutil_socket_t sig, short events, void *arg)
+{
+    const char *path = arg;
+    struct config cfg;
+    if (load_config(path, &cfg) != 0) {
+        log_error("reload: the configuration is not valid, nothing changed");
+        return;
+    }
+    /* before the new level, which may hide it */
+    log_info("reload: applying the log settings (other changes need a restart)");
+    log_from(&cfg);
+    config_free(&cfg);
+}
+
 /* storage.oss as the OSS driver's settings; the tuning knobs keep their defaults. */
 static void oss_config_from(struct storage_oss_config *oc, const struct config *cfg)
 {
@@ -131,7 +157,7 @@ static int serve(const char *path)
     int rc = 1;
     struct config cfg;
     struct event_base *base = NULL;
-    struct event *sigint = NULL, *sigterm = NULL;
+    struct event *sigint = NULL, *sigterm = NULL, *sighup = NULL;
     struct storage *st = NULL;
     struct registry *reg = NULL;
     struct server *srv = NULL;
@@ -146,9 +172,7 @@ static int serve(const char *path)
     int lockfd = -1;
     if (load_config(path, &cfg) != 0)
         return 1;
-    log_setup(cfg.log.level, cfg.log.formatter);
-    for (size_t i = 0; i < cfg.log.nfields; i++)
-        log_add_field(cfg.log.fields[i].key, cfg.log.fields[i].value);
+    log_from(&cfg);
     signal(SIGPIPE, SIG_IGN);
     base = event_base_new();
     if (!base)
@@ -195,7 +219,9 @@ static int serve(const char *path)
         goto out;
     sigint = evsignal_new(base, SIGINT, on_signal, base);
     sigterm = evsignal_new(base, SIGTERM, on_signal, base);
-    if (!sigint || !sigterm || evsignal_add(sigint, NULL) != 0 || evsignal_add(sigterm, NULL) != 0)
+    sighup = evsignal_new(base, SIGHUP, on_reload, (void *)path);
+    if (!sigint || !sigterm || !sighup || evsignal_add(sigint, NULL) != 0 ||
+        evsignal_add(sigterm, NULL) != 0 || evsignal_add(sighup, NULL) != 0)
         goto out;
     log_info("regmirror %s serving, storage %s", REGMIRROR_VERSION, st->ops->name);
     event_base_dispatch(base);
@@ -205,6 +231,8 @@ out:
         event_free(sigint);
     if (sigterm)
         event_free(sigterm);
+    if (sighup)
+        event_free(sighup);
     maintenance_free(mt);
     /* The server's connections first: aborting its requests detaches them from the proxy's
      * fetches, and no request can come in any more. */

@@ -9,7 +9,8 @@ pkgs=(build-essential pkg-config clang libclang-rt-14-dev
       python3 python3-pytest python3-requests python3-cryptography
       docker-registry redis-server skopeo podman docker.io containerd runc
       nginx wrk apache2-utils iproute2 curl
-      cppcheck clang-tidy clang-format)
+      cppcheck clang-tidy clang-format
+      debootstrap dpkg-dev debhelper lintian)
 
 # Node.js + npm for test/oss/sdkcheck (Aliyun's ali-oss SDK checks the OSS emulator). A
 # nodesource nodejs bundles npm and conflicts with Debian's npm package: only when npm is absent.

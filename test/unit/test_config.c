@@ -194,7 +194,8 @@ static void test_default_values(void **state)
     assert_true(cfg.health.storagedriver.enabled);
     assert_int_equal(cfg.health.storagedriver.interval_ms, 10000);
     assert_int_equal(cfg.health.storagedriver.threshold, 3);
-    assert_string_equal(cfg.proxy.remoteurl, "");
+    assert_string_equal(cfg.proxy.remoteurl, "https://registry-1.docker.io");
+    assert_false(cfg.proxy.push);
     assert_int_equal(cfg.proxy.ttl_ms, 168LL * 3600 * 1000);
     assert_string_equal(cfg.redis.addr, "");
     assert_true(cfg.validation.enabled);
