@@ -573,9 +573,15 @@ static void loop_step(struct mirror *m, int64_t until)
     loop_step((m), until_)
 
 /* Waits, without the loop, for what the clients do on their own. */
+static void wait_step(int64_t until)
+{
+    assert_true(mono_ms() < until);
+    usleep(1000);
+}
+
 #define WAIT_UNTIL(cond)                                                                           \
     for (int64_t until_ = mono_ms() + 30000; !(cond);)                                             \
-    assert_true(mono_ms() < until_ && usleep(1000) == 0)
+    wait_step(until_)
 
 /* Blob GETs the server has ended, answered or aborted (regmirror_http_requests_total). */
 static uint64_t blob_gets_ended(void)
@@ -843,10 +849,10 @@ static void served_from_store(struct mirror *m, int which)
 
 /*
  * proxy.maxfetches 1, its slot held by a fetch whose upstream body waits: fetches of another
- * digest queue. A waiter that hangs up leaves the queue at once (nobody wants its fetch);
- * those that stay get 503 with Retry-After and the registry's error once
- * proxy.fetchqueuetimeout passes. The held fetch is unaffected, and the queued digest is
- * fetched by the next request.
+ * digest queue. A waiter that hangs up leaves the queue at once (alone on its fetch, the
+ * fetch goes too; with others, only its reader); those that stay get 503 with Retry-After
+ * and the registry's error once proxy.fetchqueuetimeout passes. The held fetch is unaffected, and
+ * the queued digest is fetched by the next request.
  */
 static void test_queue_timeout(void **state)
 {
@@ -880,15 +886,27 @@ static void test_queue_timeout(void **state)
         assert_false(proxy_busy(m.px, &blobs[SECOND].d));
         assert_int_equal(metrics_counters[METRICS_FETCH_QUEUE_TIMEOUTS], timeouts);
 
-        /* All three are in before the loop runs again: they join one queued fetch. */
-        struct client cs[3];
-        for (size_t i = 0; i < 3; i++) {
+        /* All four are in before the loop runs again: they wait on one queued fetch. The
+         * last hangs up while the others stay. */
+        struct client cs[4];
+        for (size_t i = 0; i < 4; i++) {
             client_init(&cs[i]);
             cs[i].which = SECOND;
-            client_go(&cs[i], &m);
         }
+        cs[3].pause_after = 0;
+        cs[3].resume = &hangup;
+        cs[3].hangup_at_resume = true;
+        atomic_store(&hangup, 0);
+        for (size_t i = 0; i < 4; i++)
+            client_go(&cs[i], &m);
         WAIT_UNTIL(atomic_load(&cs[0].sent) && atomic_load(&cs[1].sent) &&
-                   atomic_load(&cs[2].sent));
+                   atomic_load(&cs[2].sent) && atomic_load(&cs[3].sent));
+        LOOP_UNTIL(&m, metrics_counters[METRICS_JOINED_WAITERS] == joined + 3);
+        atomic_store(&hangup, 1);
+        LOOP_UNTIL(&m, blob_gets_ended() == ended + 2);
+        pthread_join(cs[3].thread, NULL);
+        assert_int_equal(metrics_counters[METRICS_FETCH_QUEUE_TIMEOUTS], timeouts);
+        assert_true(proxy_busy(m.px, &blobs[SECOND].d));
         for (size_t i = 0; i < 3; i++) {
             client_wait(&m, &cs[i]);
             assert_int_equal(cs[i].status, 503);
@@ -896,7 +914,7 @@ static void test_queue_timeout(void **state)
             assert_string_equal(cs[i].error, "UNAVAILABLE");
         }
         assert_int_equal(metrics_counters[METRICS_FETCH_QUEUE_TIMEOUTS], timeouts + 1);
-        assert_int_equal(metrics_counters[METRICS_JOINED_WAITERS], joined + 2);
+        assert_int_equal(metrics_counters[METRICS_JOINED_WAITERS], joined + 3);
         assert_int_equal(atomic_load(&fake.gets[SECOND]), 0);
         assert_false(atomic_load(&first.done));
 
@@ -973,59 +991,62 @@ static void test_hangup_during_import(void **state)
 
 /*
  * Remote store, the import queued behind two lookups that hold both workers (held in the
- * store): the clients hang up before it starts. It runs once the lookups go on, and the
- * lookups' own fetch is served too.
+ * store): the clients hang up before it starts, every one or one of two (the other reads all
+ * of the spool meanwhile). It runs once the lookups go on, and the lookups' own fetch is
+ * served too.
  */
 static void test_hangup_while_import_queued(void **state)
 {
-    struct mirror m;
-    script_reset();
-    atomic_store(&fake.hold, 1);
-    mirror_start(&m, 2, 64);
-    uint64_t ended = blob_gets_ended();
-    atomic_int hangup = 0;
-    struct client cs[2];
-    for (size_t i = 0; i < 2; i++) {
-        client_init(&cs[i]);
-        cs[i].which = BIG;
-        cs[i].pause_after = 65536;
-        cs[i].resume = &hangup;
-        cs[i].hangup_at_resume = true;
-        client_go(&cs[i], &m);
+    for (int all = 1; all >= 0; all--) {
+        struct mirror m;
+        script_reset();
+        atomic_store(&fake.hold, 1);
+        mirror_start(&m, 2, 64);
+        uint64_t ended = blob_gets_ended();
+        atomic_int hangup = 0;
+        struct client cs[2];
+        for (size_t i = 0; i < 2; i++) {
+            client_init(&cs[i]);
+            cs[i].which = BIG;
+            cs[i].pause_after = 65536;
+            cs[i].resume = &hangup;
+            cs[i].hangup_at_resume = all || i == 0;
+            client_go(&cs[i], &m);
+        }
+        LOOP_UNTIL(&m, atomic_load(&fake.gets[BIG]) == 1);
+        gate_arm(&lookup_gate, &blobs[SECOND]);
+        struct client ls[2];
+        for (size_t i = 0; i < 2; i++) {
+            client_init(&ls[i]);
+            ls[i].which = SECOND;
+            client_go(&ls[i], &m);
+        }
+        LOOP_UNTIL(&m, atomic_load(&lookup_gate.entered) == 2); /* both workers are held */
+        atomic_store(&fake.hold, 0);
+        /* Verified into the spool: the import is queued. */
+        LOOP_UNTIL(&m, blob_in(&m, "spool", BIG) && atomic_load(&cs[0].paused) &&
+                           atomic_load(&cs[1].paused));
+        atomic_store(&hangup, 1);
+        LOOP_UNTIL(&m, blob_gets_ended() == ended + 2);
+        assert_int_equal(atomic_load(&imports_started), 0);
+        assert_true(proxy_busy(m.px, &blobs[BIG].d));
+        atomic_store(&lookup_gate.open, 1);
+        for (size_t i = 0; i < 2; i++) {
+            pthread_join(cs[i].thread, NULL);
+            assert_true(i == 1 && !all ? cs[i].correct : !cs[i].complete);
+            client_wait(&m, &ls[i]);
+            assert_int_equal(ls[i].status, 200);
+            assert_true(ls[i].correct);
+        }
+        LOOP_UNTIL(&m, !proxy_busy(m.px, &blobs[BIG].d) && !proxy_busy(m.px, &blobs[SECOND].d));
+        assert_true(blob_in(&m, "store", BIG));
+        assert_true(blob_in(&m, "store", SECOND));
+        assert_int_equal(atomic_load(&imports_started), 2);
+        served_from_store(&m, BIG);
+        assert_int_equal(atomic_load(&fake.gets[BIG]), 1);
+        assert_int_equal(atomic_load(&fake.gets[SECOND]), 1);
+        mirror_stop(&m);
     }
-    LOOP_UNTIL(&m, atomic_load(&fake.gets[BIG]) == 1);
-    gate_arm(&lookup_gate, &blobs[SECOND]);
-    struct client ls[2];
-    for (size_t i = 0; i < 2; i++) {
-        client_init(&ls[i]);
-        ls[i].which = SECOND;
-        client_go(&ls[i], &m);
-    }
-    LOOP_UNTIL(&m, atomic_load(&lookup_gate.entered) == 2); /* both workers are held */
-    atomic_store(&fake.hold, 0);
-    /* Verified into the spool: the import is queued. */
-    LOOP_UNTIL(&m, blob_in(&m, "spool", BIG) && atomic_load(&cs[0].paused) &&
-                       atomic_load(&cs[1].paused));
-    atomic_store(&hangup, 1);
-    LOOP_UNTIL(&m, blob_gets_ended() == ended + 2);
-    assert_int_equal(atomic_load(&imports_started), 0);
-    assert_true(proxy_busy(m.px, &blobs[BIG].d));
-    atomic_store(&lookup_gate.open, 1);
-    for (size_t i = 0; i < 2; i++) {
-        pthread_join(cs[i].thread, NULL);
-        assert_false(cs[i].complete);
-        client_wait(&m, &ls[i]);
-        assert_int_equal(ls[i].status, 200);
-        assert_true(ls[i].correct);
-    }
-    LOOP_UNTIL(&m, !proxy_busy(m.px, &blobs[BIG].d) && !proxy_busy(m.px, &blobs[SECOND].d));
-    assert_true(blob_in(&m, "store", BIG));
-    assert_true(blob_in(&m, "store", SECOND));
-    assert_int_equal(atomic_load(&imports_started), 2);
-    served_from_store(&m, BIG);
-    assert_int_equal(atomic_load(&fake.gets[BIG]), 1);
-    assert_int_equal(atomic_load(&fake.gets[SECOND]), 1);
-    mirror_stop(&m);
 }
 
 static int setup(void **state)
