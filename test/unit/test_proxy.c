@@ -352,7 +352,7 @@ static void mirror_stop(struct mirror *m)
 static bool blob_in(const struct mirror *m, const char *where, int which)
 {
     const struct tblob *b = &blobs[which];
-    char path[256];
+    char path[1024];
     snprintf(path, sizeof(path), "%s/%s/docker/registry/v2/blobs/sha256/%.2s/%s/data", m->root,
              where, b->digest + 7, b->digest + 7);
     struct stat sb;
