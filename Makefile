@@ -91,6 +91,7 @@ fuzz-smoke: fuzz
 # The whole suite on the filesystem, then the core and proxy suites again with the registries
 # storing on OSS (the emulator, test/oss): REGMIRROR_TEST_STORAGE=oss. test_oss_stream.py pushes
 # and reads back a 1 GiB blob (REGMIRROR_STREAM_BYTES) and measures the release build's RSS.
+# The cluster suites (test_cluster_*.py) start their OSS clusters in the filesystem pass.
 INTEGRATION_ENV := REGMIRROR_BIN=$(abspath $(B))/asan/regmirror \
 	REGMIRROR_RELEASE_BIN=$(abspath $(B))/release/regmirror
 OSS_SUITES := test_conformance_blobs.py test_conformance_manifests.py \
