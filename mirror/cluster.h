@@ -50,6 +50,20 @@ void cluster_op_cancel(struct cluster_op *op);
 /* Gives up a lease this node holds; stored: the blob is in the store now. */
 void cluster_lease_drop(struct cluster *c, const struct digest *d, bool stored);
 
+/*
+ * The events channel (Redis pub/sub, regmirror:events): a tag pushed, moved or deleted on one
+ * node makes every other node forget what it remembers of tags (cluster_announce_tags, then
+ * fn on the others); a fetch in flight on another node is "busy" there, announced while its
+ * lease lives and once more when it ends (cluster_busy: not to be evicted for a while).
+ */
+void cluster_on_tags(struct cluster *c, void (*fn)(void *ctx), void *ctx);
+void cluster_announce_tags(struct cluster *c);
+bool cluster_busy(const struct cluster *c, const struct digest *d);
+/* Whether this node runs eviction: one node of the cluster does, the one holding the leader
+ * key in Redis (renewed with the leases); true without a cluster. While Redis is away no
+ * node evicts. */
+bool cluster_evicts(const struct cluster *c);
+
 /* What a node sends to read a peer's spool of d, and what the peer checks: an HMAC with
  * http.secret over the digest and the time, good for a few minutes. */
 #define CLUSTER_TOKEN_MAX 96

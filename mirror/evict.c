@@ -814,6 +814,11 @@ static void evict_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct evict *e = arg;
     struct pass *ps = &e->pass;
+    if (ps->phase == E_IDLE && !proxy_evicts(e->px)) {
+        /* Another node of the cluster evicts (or Redis is away: nobody does for now). */
+        maintenance_schedule(e->ev, PAUSE_MIN_US);
+        return;
+    }
     if (ps->phase == E_IDLE) {
         ps->walk = gc_walk_new(e->st);
         if (!ps->walk) {

@@ -111,7 +111,8 @@ void proxy_blob_peer(struct proxy *px, const struct api *api, struct http_req *r
 /*
  * Whether d is in flight: a blob fetched from an upstream (not committed yet) or looked up
  * with a HEAD, or a cached manifest whose tag is being re-checked (served from the store when
- * the upstream answers). The maintenance never removes it then.
+ * the upstream answers), or a blob another node of the cluster announced as in use. The
+ * maintenance never removes it then.
  */
 bool proxy_busy(const struct proxy *px, const struct digest *d);
 /*
@@ -121,8 +122,11 @@ bool proxy_busy(const struct proxy *px, const struct digest *d);
 void proxy_blob_hit(struct proxy *px, const char *name, const struct digest *d);
 /*
  * A tag or manifest was written or removed outside the proxy (a push, a delete, eviction):
- * the tags the proxy resolved in memory are forgotten. Thread-safe; px may be NULL.
+ * the tags the proxy resolved in memory are forgotten, here and, before this returns, on the
+ * other nodes of the cluster (cluster_announce_tags). Thread-safe; px may be NULL.
  */
 void proxy_tags_changed(struct proxy *px);
+/* Whether eviction runs on this node: always alone, on one node in a cluster. */
+bool proxy_evicts(const struct proxy *px);
 
 #endif

@@ -16,7 +16,8 @@ import time
 import pytest
 import requests
 
-from helpers import Registry, free_port, herd_get, wait_until
+from helpers import (Registry, free_port, herd_get, make_image, pull_manifest, push_image,
+                     wait_until)
 
 pytestmark = pytest.mark.regmirror_only("cross-node fetch leases are regmirror's own")
 
@@ -66,22 +67,34 @@ def redis_server(tmp_path):
 
 
 @pytest.fixture
-def nodes(tmp_path, redis_server, upstream, _started):
-    root = tmp_path / "shared-root"
-    extra = (upstream.proxy_yaml(username="alice") +
-             "redis:\n  addr: 127.0.0.1:%d\n" % redis_server.port)
+def make_nodes(tmp_path, redis_server, upstream, _started):
+    """make_nodes(n=3, proxy_extra=""): n nodes on one store, one Redis, one http.secret."""
     made = []
-    for i in range(3):
-        n = Node("regmirror", tmp_path / ("node%d" % i), rootdir=root, extra_yaml=extra,
-                 env={"REGISTRY_HTTP_SECRET": SECRET})
-        made.append(n)
-        _started.append(n)
-        n.start()
-    yield made
-    for n in made:
-        n.stop()
-        if n in _started:
-            _started.remove(n)
+
+    def factory(n=3, proxy_extra=""):
+        root = tmp_path / "shared-root"
+        extra = (upstream.proxy_yaml(username="alice", extra=proxy_extra) +
+                 "redis:\n  addr: 127.0.0.1:%d\n" % redis_server.port)
+        group = []
+        for i in range(n):
+            node = Node("regmirror", tmp_path / ("node%d" % len(made)), rootdir=root,
+                        extra_yaml=extra, env={"REGISTRY_HTTP_SECRET": SECRET})
+            made.append(node)
+            group.append(node)
+            _started.append(node)
+            node.start()
+        return group
+
+    yield factory
+    for node in made:
+        node.stop()
+        if node in _started:
+            _started.remove(node)
+
+
+@pytest.fixture
+def nodes(make_nodes):
+    return make_nodes()
 
 
 def herd_over(nodes, repo, digest, per_node):
@@ -189,3 +202,39 @@ def test_peer_endpoint_refuses_strangers(nodes, seeded):
     assert r.status_code == 401, r.text
     r = requests.get(nodes[0].url("/_regmirror/spool/sha256:nothex"), timeout=10)
     assert r.status_code == 400, r.text
+
+
+def test_tag_pushed_on_one_node_is_seen_by_the_others_at_once(make_nodes, seeded):
+    # tagfreshness lets each node answer a fresh tag from memory; a push on one node makes
+    # the others forget it (the events channel), so the very next pull sees the new tag.
+    nodes = make_nodes(proxy_extra="  tagfreshness: 1h\n  push: true\n  shadow: true\n")
+    img = seeded.alpine
+    for node in nodes:
+        for _ in range(2):
+            assert pull_manifest(node, img.repo, img.tag).content == img.manifest
+    local = make_image()
+    push_image(nodes[0], img.repo, local, img.tag)
+    for node in nodes[1:]:
+        assert pull_manifest(node, img.repo, img.tag).content == local.manifest
+    r = nodes[1].delete("/v2/%s/manifests/%s" % (img.repo, img.tag))
+    assert r.status_code == 202, r.text
+    for node in (nodes[0], nodes[2]):
+        assert pull_manifest(node, img.repo, img.tag).content == img.manifest
+
+
+def test_one_node_evicts_for_the_cluster(make_nodes):
+    nodes = make_nodes(proxy_extra="  maxsize: 1GB\n")
+
+    def leaders():
+        return [n for n in nodes if n.alive() and
+                "this node runs the eviction" in n.log_tail(200000).split(
+                    "this node leaves the eviction")[-1]]
+    wait_until(lambda: len(leaders()) == 1, timeout=15)
+    time.sleep(3)  # the others keep waiting while it lives
+    assert len(leaders()) == 1
+    first = leaders()[0]
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    # Its key expires; another node takes the eviction over.
+    wait_until(lambda: len([n for n in leaders() if n is not first]) == 1, timeout=20)
+    first.proc = None
