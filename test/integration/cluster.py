@@ -4,7 +4,7 @@ front, every node pulling from the counting upstream (conftest_upstream.py).
 Storage is one bucket of the OSS emulator (every node rooted at the same key prefix) or one
 shared filesystem root. Every node has the same `http.secret`, a `redis` section (with
 `storage.cache.blobdescriptor: redis`), `proxy.remoteurl` at the counting upstream and its own
-`proxy.spooldir`; `cluster.advertise` is each node's own URL when the binary knows that key.
+`proxy.spooldir`; `cluster.advertise` is each node's own URL (regmirror).
 nginx: `proxy_buffering off`, `proxy_request_buffering off`, `client_max_body_size 0`, one
 worker, so requests go to the nodes in turn (1, 2, 3, 1, ...) and every answer says which node
 gave it (`X-Cluster-Node: 127.0.0.1:<port>`, see Cluster.node_of).
@@ -239,22 +239,6 @@ class Front:
 # ---------------------------------------------------------------------------
 # nodes
 
-_advertise_known = {}
-
-
-def advertise_supported(binary, workdir):
-    """Whether this regmirror knows cluster.advertise (asked once with check-config)."""
-    if binary not in _advertise_known:
-        cfg = os.path.join(str(workdir), "advertise-probe.yml")
-        with open(cfg, "w") as f:
-            f.write(helpers.render_config(str(workdir), "127.0.0.1:1")
-                    + "cluster:\n  advertise: http://127.0.0.1:1\n")
-        p = subprocess.run([binary, "check-config", cfg], capture_output=True, timeout=30,
-                           stdin=subprocess.DEVNULL)
-        _advertise_known[binary] = p.returncode == 0
-    return _advertise_known[binary]
-
-
 class Node(helpers.Registry):
     """One node: a helpers.Registry on a port fixed for its life, so that nginx finds it again
     after restart(); its config is written once and kept (the same config on every start)."""
@@ -375,10 +359,7 @@ class Cluster:
         else:
             self.prefix = None
             os.makedirs(self.fs_root, exist_ok=True)
-        binary = helpers.binary_for(self.kind)
-        if advertise is None:
-            advertise = self.kind == "regmirror" and advertise_supported(binary, self.workdir)
-        self.advertise = advertise
+        self.advertise = self.kind == "regmirror" if advertise is None else advertise
         self.redis = RedisServer(os.path.join(self.workdir, "redis"))
         ports = []
         while len(ports) < n:

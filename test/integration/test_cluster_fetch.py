@@ -1,100 +1,26 @@
 """Cluster: three regmirror nodes on one store (a shared filesystem root, or one OSS prefix in
-the OSS pass) and one redis-server, each with its own cluster.advertise. A cold blob costs the
-upstream one GET whichever nodes its clients ask; the nodes that do not hold the fetch lease
-read the holder's spool. Without Redis each node fetches on its own, never wrongly."""
+the OSS pass), one redis-server and nginx in front (cluster.py), each node with its own
+cluster.advertise. A cold blob costs the upstream one GET whichever nodes its clients ask; the
+nodes that do not hold the fetch lease read the holder's spool. Without Redis each node
+fetches on its own, never wrongly."""
 
 import concurrent.futures
 import hashlib
 import http.client
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 
 import pytest
 import requests
 
-from helpers import (Registry, free_port, herd_get, make_image, pull_manifest, push_image,
-                     wait_until)
+from helpers import herd_get, make_image, pull_manifest, push_image, storage_kind, wait_until
 
 pytestmark = pytest.mark.regmirror_only("cross-node fetch leases are regmirror's own")
 
-REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
-SECRET = "cluster-test-secret-4f9d"
-
-
-class RedisServer:
-    def __init__(self, workdir):
-        self.workdir = str(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.workdir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self._up, timeout=10)
-
-    def _up(self):
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    def kill(self):
-        if self.proc:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
-class Node(Registry):
-    """A regmirror whose cluster.advertise names its own port (known only at start)."""
-
-    def render(self):
-        return super().render() + "cluster:\n  advertise: http://127.0.0.1:%d\n" % self.port
-
 
 @pytest.fixture
-def redis_server(tmp_path):
-    if not os.access(REDIS, os.X_OK):
-        pytest.skip("redis-server is not installed")
-    r = RedisServer(tmp_path / "redis")
-    yield r
-    r.kill()
-
-
-@pytest.fixture
-def make_nodes(tmp_path, redis_server, upstream, _started):
-    """make_nodes(n=3, proxy_extra=""): n nodes on one store, one Redis, one http.secret."""
-    made = []
-
-    def factory(n=3, proxy_extra=""):
-        root = tmp_path / "shared-root"
-        extra = (upstream.proxy_yaml(username="alice", extra=proxy_extra) +
-                 "redis:\n  addr: 127.0.0.1:%d\n" % redis_server.port)
-        group = []
-        for i in range(n):
-            node = Node("regmirror", tmp_path / ("node%d" % len(made)), rootdir=root,
-                        extra_yaml=extra, env={"REGISTRY_HTTP_SECRET": SECRET})
-            made.append(node)
-            group.append(node)
-            _started.append(node)
-            node.start()
-        return group
-
-    yield factory
-    for node in made:
-        node.stop()
-        if node in _started:
-            _started.remove(node)
-
-
-@pytest.fixture
-def nodes(make_nodes):
-    return make_nodes()
+def nodes(make_cluster):
+    """Three nodes on one store (OSS in the OSS pass, else a shared root), Redis, nginx."""
+    return make_cluster(storage=storage_kind()).nodes
 
 
 def herd_over(nodes, repo, digest, per_node):
@@ -148,6 +74,22 @@ def test_herd_over_three_nodes_costs_one_upstream_get(nodes, upstream, seeded):
     assert upstream.proxy.blob_gets() == 0
 
 
+def test_herd_through_nginx_one_get_one_storage_write(make_cluster, upstream, seeded):
+    c = make_cluster(storage=storage_kind())
+    img = seeded.big
+    layer = img.layers[0]
+    upstream.proxy.reset()
+    upstream.proxy.throttle(20 * 1024 * 1024)
+    results = herd_get(c.front, img.repo, layer.digest, 30)
+    upstream.proxy.wait_idle()
+    for status, n, got in results:
+        assert (status, n, got) == (200, layer.size, layer.digest)
+    assert upstream.proxy.blob_gets(layer.digest) == 1
+    c.settle()
+    if c.storage == "oss":
+        assert c.blob_writes(layer.digest) == 1
+
+
 def test_holder_killed_mid_fetch(nodes, upstream, seeded):
     img = seeded.big
     layer = img.layers[0]
@@ -161,8 +103,7 @@ def test_holder_killed_mid_fetch(nodes, upstream, seeded):
         late = [pool.submit(get_digest, n, img.repo, layer.digest) for n in others for _ in (0, 1)]
         wait_until(lambda: upstream.proxy.bytes(method="GET", kind="blob") > size * 0.3,
                    timeout=30, every=0.02)
-        holder.proc.send_signal(signal.SIGKILL)
-        holder.proc.wait()
+        holder.kill()
         cut = [f.result() for f in [first] + late]
     for status, n, got in cut:
         # A cut response is short (the client retries), never complete and wrong.
@@ -172,15 +113,16 @@ def test_holder_killed_mid_fetch(nodes, upstream, seeded):
         assert get_digest(node, img.repo, layer.digest) == (200, size, layer.digest)
     upstream.proxy.wait_idle()
     assert upstream.proxy.blob_gets(layer.digest) <= 2
-    holder.proc = None
     holder.start()
     assert get_digest(holder, img.repo, layer.digest) == (200, size, layer.digest)
 
 
-def test_redis_down_each_node_fetches_alone(nodes, upstream, seeded, redis_server):
+def test_redis_down_each_node_fetches_alone(make_cluster, upstream, seeded):
+    c = make_cluster(storage=storage_kind())
+    nodes = c.nodes
     img = seeded.big
     layer = img.layers[0]
-    redis_server.kill()
+    c.redis.kill()
     upstream.proxy.reset()
     upstream.proxy.throttle(40 * 1024 * 1024)
     started = time.monotonic()
@@ -204,10 +146,11 @@ def test_peer_endpoint_refuses_strangers(nodes, seeded):
     assert r.status_code == 400, r.text
 
 
-def test_tag_pushed_on_one_node_is_seen_by_the_others_at_once(make_nodes, seeded):
+def test_tag_pushed_on_one_node_is_seen_by_the_others_at_once(make_cluster, seeded):
     # tagfreshness lets each node answer a fresh tag from memory; a push on one node makes
     # the others forget it (the events channel), so the very next pull sees the new tag.
-    nodes = make_nodes(proxy_extra="  tagfreshness: 1h\n  push: true\n  shadow: true\n")
+    nodes = make_cluster(storage=storage_kind(),
+                         proxy_extra="  tagfreshness: 1h\n  push: true\n  shadow: true\n").nodes
     img = seeded.alpine
     for node in nodes:
         for _ in range(2):
@@ -222,8 +165,8 @@ def test_tag_pushed_on_one_node_is_seen_by_the_others_at_once(make_nodes, seeded
         assert pull_manifest(node, img.repo, img.tag).content == img.manifest
 
 
-def test_one_node_evicts_for_the_cluster(make_nodes):
-    nodes = make_nodes(proxy_extra="  maxsize: 1GB\n")
+def test_one_node_evicts_for_the_cluster(make_cluster):
+    nodes = make_cluster(storage=storage_kind(), proxy_extra="  maxsize: 1GB\n").nodes
 
     def leaders():
         return [n for n in nodes if n.alive() and
@@ -233,8 +176,6 @@ def test_one_node_evicts_for_the_cluster(make_nodes):
     time.sleep(3)  # the others keep waiting while it lives
     assert len(leaders()) == 1
     first = leaders()[0]
-    first.proc.send_signal(signal.SIGKILL)
-    first.proc.wait()
+    first.kill()
     # Its key expires; another node takes the eviction over.
     wait_until(lambda: len([n for n in leaders() if n is not first]) == 1, timeout=20)
-    first.proc = None
