@@ -213,7 +213,7 @@ static int serve(const char *path)
     }
     nt = notify_new(base, &cfg, hc);
     hl = health_new(base, &cfg, st, hc, ol);
-    sp = status_new(base, &cfg, px, nt);
+    sp = status_new(base, REGMIRROR_VERSION, &cfg, px, nt);
     srv = server_new(base, &cfg, reg, px, cache, ol);
     if (!nt || !hl || !sp || !srv || server_observe(srv, base, hl, sp) != 0)
         goto out;

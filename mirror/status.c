@@ -16,31 +16,31 @@
 #include "ratelimit.h"
 #include "upstream.h"
 
-#ifndef REGMIRROR_VERSION
-#define REGMIRROR_VERSION "dev"
-#endif
-
 /* The chart: the last hour, one point a minute. */
 #define SERIES_STEP_S 60
 #define SERIES_POINTS (METRICS_HISTORY_SPAN_S / SERIES_STEP_S)
 
 /*
- * The page's source, assembled in as it is: status_page_html .. status_page_html_end (the
- * Makefile makes this object depend on the file, the assembler reads it from the tree).
+ * The page's source, assembled in as it is: status_page_html, status_page_size bytes (the
+ * Makefile makes this object depend on the file; the assembler reads it from the tree).
  */
 __asm__(".pushsection .rodata\n"
         ".global status_page_html\n"
         ".hidden status_page_html\n"
         "status_page_html:\n"
         ".incbin \"mirror/status_page.html\"\n"
-        ".global status_page_html_end\n"
-        ".hidden status_page_html_end\n"
-        "status_page_html_end:\n"
+        "1:\n"
+        ".balign 8\n"
+        ".global status_page_size\n"
+        ".hidden status_page_size\n"
+        "status_page_size:\n"
+        ".quad 1b - status_page_html\n"
         ".popsection\n");
 extern const char status_page_html[];
-extern const char status_page_html_end[];
+extern const uint64_t status_page_size;
 
 struct status {
+    const char *version;
     const struct config *cfg;
     const struct proxy *px;
     const struct notify *nt;
@@ -61,12 +61,13 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     metrics_history_tick(mono_ms_now() / 1000);
 }
 
-struct status *status_new(struct event_base *base, const struct config *cfg, const struct proxy *px,
-                          const struct notify *nt)
+struct status *status_new(struct event_base *base, const char *version, const struct config *cfg,
+                          const struct proxy *px, const struct notify *nt)
 {
     struct status *s = calloc(1, sizeof(*s));
     if (!s)
         return NULL;
+    s->version = version;
     s->cfg = cfg;
     s->px = px;
     s->nt = nt;
@@ -349,7 +350,7 @@ json_t *status_json(struct status *s, time_t now, int64_t mono_ms)
     if (s->px)
         proxy_each_fetch(s->px, add_fetch, fetches);
     notify_each_queue(s->nt, add_queue, queues);
-    put(o, "version", json_string(REGMIRROR_VERSION));
+    put(o, "version", json_string(s->version));
     put(o, "now", wall_time(now));
     put(o, "started", wall_time(s->started));
     put(o, "uptime_s", json_integer((mono_ms - s->started_ms) / 1000));
@@ -400,6 +401,5 @@ void status_serve_json(struct status *s, struct http_req *req)
 
 void status_serve_page(struct http_req *req)
 {
-    answer(req, "text/html; charset=utf-8", status_page_html,
-           (size_t)(status_page_html_end - status_page_html));
+    answer(req, "text/html; charset=utf-8", status_page_html, (size_t)status_page_size);
 }

@@ -25,7 +25,8 @@
  * credentials), webhooks by their configured name, and no other configuration value than
  * proxy.maxsize and the reserve appears; the debug listener has no authentication of its own.
  *
- * The module borrows cfg, px (NULL when not proxying) and nt (may be NULL); they outlive it.
+ * The module borrows version (the daemon's, as `regmirror version` prints it), cfg, px (NULL
+ * when not proxying) and nt (may be NULL); they outlive it.
  * It samples the metrics history on a timer of base (METRICS_HISTORY_STEP_S). Loop thread.
  */
 #include <stdint.h>
@@ -44,8 +45,8 @@ struct status;
 #define STATUS_TOP_REPOS 10
 
 /* Starts the sampling timer (the first sample marks the start). NULL when out of memory. */
-struct status *status_new(struct event_base *base, const struct config *cfg, const struct proxy *px,
-                          const struct notify *nt);
+struct status *status_new(struct event_base *base, const char *version, const struct config *cfg,
+                          const struct proxy *px, const struct notify *nt);
 /* Stops the timer and frees s. Takes NULL. */
 void status_free(struct status *s);
 

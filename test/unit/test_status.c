@@ -135,7 +135,7 @@ static void test_status_json_without_proxy(void **state)
     memset(&cfg, 0, sizeof(cfg));
     metrics_reset();
     struct event_base *base = event_base_new();
-    struct status *s = status_new(base, &cfg, NULL, NULL);
+    struct status *s = status_new(base, "1.2.3", &cfg, NULL, NULL);
     assert_non_null(s);
     metrics_add(METRICS_CACHE_HIT_BLOB, 3);
     metrics_add(METRICS_CACHE_MISS_BLOB, 1);
@@ -154,6 +154,7 @@ static void test_status_json_without_proxy(void **state)
     assert_int_equal(json_array_size(json_object_get(hist, "hits")), 60);
     assert_true(json_is_null(json_object_get(json_object_get(o, "storage"), "stored_bytes")));
     assert_string_equal(json_string_value(json_object_get(o, "now")), "2023-11-14T22:13:20Z");
+    assert_string_equal(json_string_value(json_object_get(o, "version")), "1.2.3");
     json_decref(o);
     status_free(s);
     event_base_free(base);
