@@ -1,15 +1,21 @@
 """The status page on http.debug.addr: /status.json after a scripted mix of proxied and cached
 pulls with one blob fetch held in flight, checked against /metrics and the upstream traffic the
 counting proxy saw; no secret in /status or /status.json (proxy account, http.secret, a webhook's
-header and URL credentials, the OSS key)."""
+header and URL credentials, the OSS key); and /status in headless Chromium (browser.py): the
+figures it shows against /status.json and the counted traffic, the in-flight fetch, nothing
+loaded from elsewhere with the network refused, no console errors, and a screenshot
+(build/artifacts/status.png)."""
 
 import json
+import os
+import re
 import socket
 import subprocess
 
 import pytest
 import requests
 
+import browser
 import helpers
 from helpers import pull_image
 
@@ -19,6 +25,8 @@ HTTP_SECRET = "http-secret-Vq93Lx"
 HOOK_TOKEN = "hook-token-Jd72Pw"
 HOOK_URL_PASSWORD = "hook-pw-Rt55Zk"
 MAXSIZE = 3 * 1024 * 1024 * 1024
+SCREENSHOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                          "build", "artifacts", "status.png"))
 # The in-flight fetch: slow enough to stay in flight for the whole test.
 HELD_RATE = 128 * 1024
 
@@ -212,3 +220,142 @@ def test_status_hides_the_oss_key(make_registry, upstream, seeded, tmp_path):
         if own:
             helpers.set_oss_store(None)
             own.stop()
+
+
+# ---- the page in a browser ----
+
+def human(n):
+    """The page's byte format (status_page.html bytes())."""
+    if n < 1024:
+        return "%d B" % n
+    v, units = n / 1024, ["KiB", "MiB", "GiB", "TiB", "PiB"]
+    i = 0
+    while v >= 1024 and i < len(units) - 1:
+        v /= 1024
+        i += 1
+    return "%.1f %s" % (v, units[i])
+
+
+def pct(r):
+    return "\u2013" if r is None else "%.1f %%" % (r * 100)
+
+
+SHOWN = """
+const q = (k, root) => (root || document).querySelector('[data-k="' + k + '"]');
+const out = {renders: Number(document.body.dataset.renders || 0), windows: {}};
+for (const w of ["minute", "hour", "total"]) {
+  const x = {};
+  for (const k of ["requests", "hit_ratio", "blob_hit_ratio", "manifest_hit_ratio"])
+    x[k] = q(w + "." + k).textContent;
+  for (const k of ["bytes_cache", "bytes_upstream", "saved"])
+    x[k] = [q(w + "." + k).textContent, q(w + "." + k).title];
+  out.windows[w] = x;
+}
+const tr = document.querySelector('tr[data-digest="' + arguments[0] + '"]');
+out.inflight = tr && {bytes: [q("inflight.bytes", tr).textContent, q("inflight.bytes", tr).title],
+                      clients: q("inflight.clients", tr).textContent,
+                      cells: Array.from(tr.cells).map(c => c.textContent)};
+out.upstream = {health: q("upstream.health").textContent,
+                token_fetches: q("upstream.token_fetches").textContent,
+                rate_limited: q("upstream.rate_limited").textContent,
+                budget: q("upstream.budget").textContent};
+out.queue = q("queue.pending").textContent;
+out.top = document.getElementById("top").textContent;
+out.version = q("version").textContent;
+out.error = document.getElementById("error").textContent;
+out.links = Array.from(document.querySelectorAll("[src],[href],[srcset],[action]"))
+  .map(e => e.getAttribute("src") || e.getAttribute("href") || e.getAttribute("srcset")
+            || e.getAttribute("action"));
+out.resources = performance.getEntriesByType("resource").map(e => e.name);
+out.chart = document.querySelectorAll("#chart rect").length;
+return out;
+"""
+
+
+def test_status_page_in_chromium(make_registry, upstream, seeded, tmp_path, summary_line):
+    why = browser.available()
+    if why:
+        pytest.skip(why)
+    reg = start(make_registry, upstream)
+    img, layer, held = scripted(reg, upstream, seeded)
+    sizes = sum(len(d) for d in img.blobs.values())
+    try:
+        with browser.Browser(tmp_path / "chromium") as b:
+            b.get(reg.debug + "/status")
+            assert b.wait("return document.body.dataset.renders"), "the page never drew"
+            # The page's next render falls between two readings of /status.json.
+            n = b.run("return Number(document.body.dataset.renders)")
+            first = check_figures(reg, upstream, img, layer)
+            assert b.wait("return Number(document.body.dataset.renders) > %d" % n, timeout=15)
+            shown = b.run(SHOWN, layer.digest)
+            last = status(reg)
+            check_figures(reg, upstream, img, layer, st=last)
+            path = b.screenshot(SCREENSHOT)
+            console = b.console()
+            # With the network refused, nothing but the loopback loads.
+            with pytest.raises(RuntimeError, match="ERR_PROXY_CONNECTION_FAILED|ERR_NAME_NOT"):
+                b.get("http://example.com/")
+    finally:
+        held.close()
+
+    assert shown["error"] == "" and shown["version"] == last["version"]
+    for w, x in shown["windows"].items():
+        want = last["traffic"][w]
+        assert x["requests"] == str(want["requests"])
+        for k in ("hit_ratio", "blob_hit_ratio", "manifest_hit_ratio"):
+            assert x[k] == pct(want[k]), (w, k)
+        assert x["bytes_cache"] == [human(sizes), "%d bytes" % sizes]
+        up = int(x["bytes_upstream"][1].split()[0])
+        assert x["bytes_upstream"][0] == human(up)
+        assert first["traffic"][w]["bytes_upstream"] <= up <= want["bytes_upstream"]
+        assert x["saved"] == ["%s (%s)" % (human(sizes), pct(sizes / (sizes + up))),
+                              "%d bytes" % sizes]
+
+    f = shown["inflight"]
+    assert f, "the in-flight fetch is not shown"
+    got, size = [int(v) for v in re.match(r"^(\d+) of (\d+) bytes$", f["bytes"][1]).groups()]
+    assert size == layer.size
+    assert f["bytes"][0] == "%s of %s" % (human(got), human(size))
+    held_first = [x for x in first["inflight"] if x["digest"] == layer.digest][0]
+    held_last = [x for x in last["inflight"] if x["digest"] == layer.digest][0]
+    assert held_first["bytes"] <= got <= held_last["bytes"]
+    assert f["clients"] == "1" and "library/big" in f["cells"] and "streaming" in f["cells"]
+    # What the page shows the upstream sent: the cold pull, as the proxy counted it, plus the
+    # held fetch so far (one render, one reading).
+    shown_up = int(shown["windows"]["total"]["bytes_upstream"][1].split()[0])
+    assert shown_up - got == counted_blob_bytes(upstream, set(img.blobs)) == sizes
+
+    u = last["upstreams"][0]
+    assert shown["upstream"]["health"] == "ok"
+    assert shown["upstream"]["token_fetches"] == str(u["token_fetches"])
+    assert shown["upstream"]["rate_limited"] == "0"
+    assert shown["upstream"]["budget"].startswith("%d of 100 left" % u["budget"]["remaining"])
+    assert int(shown["queue"]) >= 1
+    assert img.repo in shown["top"]
+    assert shown["chart"] >= 1
+
+    # Nothing external: every link in the DOM is local or data:, every resource the page
+    # loaded came from the debug listener, and the console stayed clean.
+    for link in shown["links"]:
+        assert not re.match(r"^([a-z][a-z0-9+.-]*:)?//", link, re.I), link
+    assert shown["resources"] and all(r.startswith(reg.debug + "/") for r in shown["resources"])
+    bad = [m for m in console if m.get("level") in ("SEVERE", "WARNING")]
+    assert not bad, bad
+
+    assert os.path.getsize(path) > 10000
+    print("status page screenshot: %s" % path)
+    total = last["traffic"]["total"]
+    summary_line("status page screenshot: %s" % path)
+    summary_line("status page showed: hit ratio %s (blobs %s, manifests %s), from cache %s, "
+                 "from upstream %s bytes, in flight %s of %s bytes to %s client(s)"
+                 % (shown["windows"]["total"]["hit_ratio"],
+                    shown["windows"]["total"]["blob_hit_ratio"],
+                    shown["windows"]["total"]["manifest_hit_ratio"],
+                    shown["windows"]["total"]["bytes_cache"][1], shown_up, got, size,
+                    f["clients"]))
+    summary_line("counted: %d blob hits, %d blob misses (upstream blob GETs %d), %d manifest "
+                 "hits, %d misses; cold pull %d bytes sent by the upstream, held fetch at %d..%d "
+                 "bytes" % (total["blob_hits"], total["blob_misses"], upstream.proxy.blob_gets(),
+                            total["manifest_hits"], total["manifest_misses"],
+                            counted_blob_bytes(upstream, set(img.blobs)), held_first["bytes"],
+                            counted_blob_bytes(upstream, {layer.digest})))
