@@ -313,11 +313,10 @@ static int by_pulls(const void *a, const void *b)
 
 size_t metrics_top_pulls(struct metrics_repo_pulls *out, size_t max)
 {
-    static struct metrics_repo_pulls sorted[METRICS_TOP_SLOTS];
-    memcpy(sorted, pulls, npulls * sizeof(pulls[0]));
-    qsort(sorted, npulls, sizeof(sorted[0]), by_pulls);
+    /* The table has no order of its own: sorting it in place costs nothing. */
+    qsort(pulls, npulls, sizeof(pulls[0]), by_pulls);
     size_t n = npulls < max ? npulls : max;
-    memcpy(out, sorted, n * sizeof(sorted[0]));
+    memcpy(out, pulls, n * sizeof(pulls[0]));
     return n;
 }
 

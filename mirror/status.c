@@ -168,7 +168,7 @@ static json_t *traffic_windows(int64_t mono_s)
 
 static json_t *history_json(int64_t mono_s)
 {
-    static struct metrics_traffic points[SERIES_POINTS];
+    struct metrics_traffic points[SERIES_POINTS];
     json_t *o = json_object();
     json_t *hits = json_array(), *misses = json_array(), *cache = json_array(),
            *upstream = json_array();
@@ -196,8 +196,7 @@ static json_t *history_json(int64_t mono_s)
     return o;
 }
 
-static json_t *budget_json(const struct config *cfg, const struct ratelimit *rl, time_t now,
-                           int64_t mono_ms)
+static json_t *budget_json(const struct config *cfg, const struct ratelimit *rl, int64_t mono_ms)
 {
     if (!rl->known && !rl->blocked_until_ms)
         return json_null();
@@ -210,7 +209,7 @@ static json_t *budget_json(const struct config *cfg, const struct ratelimit *rl,
     put(o, "remaining", rl->known ? json_integer(rl->remaining) : json_null());
     put(o, "window_s", rl->window_s ? json_integer(rl->window_s) : json_null());
     put(o, "source", rl->source[0] ? json_string(rl->source) : json_null());
-    put(o, "seen", rl->known ? wall_time(now - (mono_ms - rl->seen_ms) / 1000) : json_null());
+    put(o, "seen", rl->known ? wall_time(rl->seen) : json_null());
     put(o, "reserve", json_integer(reserve->value));
     put(o, "reserve_percent", json_boolean(reserve->percent));
     put(o, "hold", json_string(ratelimit_hold_name(hold)));
@@ -226,11 +225,11 @@ static const char *upstream_health(const struct upstream_stats *st, enum ratelim
         return "rate-limited";
     if (st->failing)
         return "failing";
-    return st->last_ok ? "ok" : "unknown";
+    return st->last_answer ? "ok" : "unknown";
 }
 
 static json_t *upstream_json(const struct config *cfg, const struct upstream *up, const char *host,
-                             time_t now, int64_t mono_ms)
+                             int64_t mono_ms)
 {
     const struct upstream_stats *st = upstream_stats(up);
     const struct ratelimit *rl = upstream_ratelimit(up);
@@ -243,24 +242,24 @@ static json_t *upstream_json(const struct config *cfg, const struct upstream *up
     put(o, "health",
         json_string(
             upstream_health(st, ratelimit_hold(rl, reserve->value, reserve->percent, mono_ms))));
-    put(o, "last_ok", wall_time(st->last_ok));
+    put(o, "last_answer", wall_time(st->last_answer));
     put(o, "last_error", st->last_message[0] ? json_string(st->last_message) : json_null());
     put(o, "last_error_at", wall_time(st->last_error));
     put(o, "requests", count(st->requests));
     put(o, "failures", count(st->failures));
     put(o, "token_fetches", count(st->token_fetches));
     put(o, "rate_limited", count(st->rate_limited));
-    put(o, "budget", budget_json(cfg, rl, now, mono_ms));
+    put(o, "budget", budget_json(cfg, rl, mono_ms));
     return o;
 }
 
-static json_t *upstreams_json(const struct status *s, time_t now, int64_t mono_ms)
+static json_t *upstreams_json(const struct status *s, int64_t mono_ms)
 {
     json_t *a = json_array();
     const char *host;
     const struct upstream *up;
     for (size_t i = 0; a && s->px && (up = proxy_upstream(s->px, i, &host)); i++) {
-        json_t *o = upstream_json(s->cfg, up, host, now, mono_ms);
+        json_t *o = upstream_json(s->cfg, up, host, mono_ms);
         if (o)
             json_array_append_new(a, o);
     }
@@ -357,7 +356,7 @@ json_t *status_json(struct status *s, time_t now, int64_t mono_ms)
     put(o, "proxy", json_boolean(s->px != NULL));
     put(o, "traffic", traffic_windows(mono_s));
     put(o, "history", history_json(mono_s));
-    put(o, "upstreams", upstreams_json(s, now, mono_ms));
+    put(o, "upstreams", upstreams_json(s, mono_ms));
     put(o, "inflight", fetches);
     put(o, "storage", storage_json(s));
     put(o, "top_repositories", top_json());

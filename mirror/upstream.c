@@ -274,18 +274,20 @@ static void count_result(struct upstream *up, enum upstream_result res, const ch
         metrics_inc(METRICS_UPSTREAM_REJECTED);
         break;
     case UPSTREAM_TOOMANYREQUESTS: /* METRICS_UPSTREAM_429 counts the answers */
-        break;
     case UPSTREAM_OK:
     case UPSTREAM_NOT_FOUND:
-        st->last_ok = time(NULL);
-        st->failing = false;
-        return;
+        break;
     case UPSTREAM_ABORTED:
         return;
     }
+    /* Any answer, a refusal too, shows the upstream reachable. */
+    st->failing = res == UPSTREAM_UNAVAILABLE;
+    if (!st->failing)
+        st->last_answer = time(NULL);
+    if (res == UPSTREAM_OK || res == UPSTREAM_NOT_FOUND)
+        return;
     if (res != UPSTREAM_TOOMANYREQUESTS)
         st->failures++;
-    st->failing = true;
     st->last_error = time(NULL);
     snprintf(st->last_message, sizeof(st->last_message), "%s", msg);
 }

@@ -100,9 +100,9 @@ struct upstream_stats {
     uint64_t token_fetches; /* requests sent to a token realm */
     uint64_t rate_limited;  /* 429 answers, from the registry or its token realm */
     uint64_t failures;      /* requests that ended unavailable, unauthorized or rejected */
-    time_t last_ok;         /* the last request that got an answer (2xx, 304 or 404) */
+    time_t last_answer;     /* the last request the upstream answered (not unavailable) */
     time_t last_error;      /* the last one that failed (a 429 included) */
-    bool failing;           /* the last request that ended failed */
+    bool failing;           /* the last request that ended found it unavailable */
     char last_message[256]; /* its outcome's message (no secrets, see upstream_outcome) */
 };
 const struct upstream_stats *upstream_stats(const struct upstream *u);

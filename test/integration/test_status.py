@@ -200,6 +200,32 @@ def test_status_json(make_registry, upstream, seeded):
         held.close()
 
 
+def test_status_upstream_errors(make_registry, upstream, seeded):
+    """A 429 shows as the upstream's rate limit (its count, the error, the blocked budget); an
+    upstream that cannot be reached shows as failing with the transport error."""
+    reg = start(make_registry, upstream)
+    img = seeded.multi
+    upstream.proxy.fail(429, count=1, kinds=("manifest",), retry_after=30)
+    assert helpers.pull_manifest(reg, img.repo, img.tag).status_code == 429
+    u = status(reg)["upstreams"][0]
+    assert u["rate_limited"] == 1 and u["health"] == "rate-limited"
+    assert "429" in u["last_error"] and u["last_error_at"]
+    assert u["budget"]["hold"] == "blocked" and 0 < u["budget"]["blocked_for_s"] <= 30
+    assert u["failures"] == 0  # a 429 is counted as such
+
+    port = helpers.free_port()
+    dead = make_registry(name="dead", extra_yaml=(
+        "  debug:\n    addr: 127.0.0.1:%d\nproxy:\n  remoteurl: http://127.0.0.1:%d\n"
+        % (port, helpers.free_port())))
+    dead.debug = "http://127.0.0.1:%d" % port
+    assert status(dead)["upstreams"][0]["health"] == "unknown"
+    assert helpers.pull_manifest(dead, img.repo, img.tag).status_code == 503
+    u = status(dead)["upstreams"][0]
+    assert u["health"] == "failing" and u["failures"] == 1 and u["last_answer"] is None
+    assert "connect" in u["last_error"].lower(), u["last_error"]
+    assert u["budget"] is None
+
+
 def test_status_hides_the_oss_key(make_registry, upstream, seeded, tmp_path):
     """With storage.oss, the access key secret shows in neither answer."""
     own = None
