@@ -52,6 +52,8 @@ $(eval $(call variant,asan))
 $(eval $(call variant,debug))
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
+# The status page's source is assembled into status.o (.incbin, see mirror/status.c).
+$(foreach v,release asan debug fuzz/obj,$(B)/$(v)/mirror/status.o): mirror/status_page.html
 
 .DEFAULT_GOAL := release
 .PHONY: release asan debug deps run test unit integration integration-fs integration-oss fuzz fuzz-smoke bench format format-check lint hygiene clean

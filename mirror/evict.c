@@ -667,6 +667,8 @@ static void apply_data(struct evict *e, const struct digest *d)
 static void evict_done(struct evict *e)
 {
     struct pass *ps = &e->pass;
+    metrics_add(METRICS_EVICTED_ITEMS, ps->evicted_units);
+    metrics_add(METRICS_EVICTED_BYTES, ps->freed);
     if (ps->plan.norder || ps->plan.unsafe)
         log_info("eviction: pass done: %zu items evicted, %" PRIu64 " bytes freed%s",
                  ps->evicted_units, ps->freed,

@@ -21,6 +21,7 @@
 #include "realm.h"
 #include "registry.h"
 #include "server.h"
+#include "status.h"
 #include "storage.h"
 #include "storage_watch.h"
 
@@ -165,6 +166,7 @@ static int serve(const char *path)
     struct cluster *cl = NULL;
     struct notify *nt = NULL;
     struct health *hl = NULL;
+    struct status *sp = NULL;
     struct maintenance *mt = NULL;
     struct cache *cache = NULL;
     struct httpc *hc = NULL; /* one libcurl multi on the loop for upstreams, webhooks, probes */
@@ -211,8 +213,9 @@ static int serve(const char *path)
     }
     nt = notify_new(base, &cfg, hc);
     hl = health_new(base, &cfg, st, hc, ol);
+    sp = status_new(base, REGMIRROR_VERSION, &cfg, px, nt);
     srv = server_new(base, &cfg, reg, px, cache, ol);
-    if (!nt || !hl || !srv || server_observe(srv, base, hl) != 0)
+    if (!nt || !hl || !sp || !srv || server_observe(srv, base, hl, sp) != 0)
         goto out;
     mt = maintenance_new(base, &cfg, st, reg, px, cache, ol);
     if (!mt)
@@ -237,6 +240,7 @@ out:
     /* The server's connections first: aborting its requests detaches them from the proxy's
      * fetches, and no request can come in any more. */
     server_close(srv);
+    status_free(sp); /* no debug request can come in any more */
     proxy_free(px);
     health_free(hl);
     /* Before what its jobs use: the api, the registry, the storage, the cache. Every job's

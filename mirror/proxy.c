@@ -348,6 +348,14 @@ bool proxy_begin(struct proxy *px, const struct api *api, struct http_req *req,
     return true;
 }
 
+const struct upstream *proxy_upstream(const struct proxy *px, size_t i, const char **host)
+{
+    if (i >= px->nremotes)
+        return NULL;
+    *host = px->remotes[i].host;
+    return px->remotes[i].up;
+}
+
 /* ---- life cycle ---- */
 
 static int add_remote(struct proxy *px, const char *host, const char *url, const char *user,

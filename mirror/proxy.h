@@ -120,6 +120,29 @@ bool proxy_busy(const struct proxy *px, const struct digest *d);
  * records the pull for proxy.ttl, as a lookup in storage would.
  */
 void proxy_blob_hit(struct proxy *px, const char *name, const struct digest *d);
+/* ---- read-only views for the status page (status.h); loop thread ---- */
+
+struct upstream;
+/* The i-th upstream (0: the main one) and the host ?ns= names it by; NULL past the last. */
+const struct upstream *proxy_upstream(const struct proxy *px, size_t i, const char **host);
+
+/* One blob fetch in flight, as proxy_each_fetch shows it; valid during the call only. */
+struct proxy_fetch_view {
+    const struct digest *digest;
+    const char *repository; /* the local name it is fetched for */
+    const char *upstream;   /* the host of its upstream */
+    const char *state;      /* "queued" (for a proxy.maxfetches slot), "connecting",
+                               "streaming", "storing" (verified, being stored: remote store) */
+    uint64_t bytes;         /* received so far */
+    int64_t size;           /* as the upstream announced it; -1 while unknown */
+    size_t clients;         /* client answers reading it */
+    bool from_peer;         /* read from the spool of the cluster node that holds the fetch */
+};
+/* Calls fn for every blob fetch new pulls would join, newest first. fn must not call into
+ * the proxy. */
+void proxy_each_fetch(const struct proxy *px,
+                      void (*fn)(const struct proxy_fetch_view *v, void *ctx), void *ctx);
+
 /*
  * A tag or manifest was written or removed outside the proxy (a push, a delete, eviction):
  * the tags the proxy resolved in memory are forgotten, here and, before this returns, on the

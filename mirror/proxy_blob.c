@@ -1022,6 +1022,44 @@ void proxy_blob_close(struct proxy *px)
     }
 }
 
+static const char *bstate_name(const struct bfetch *f)
+{
+    switch (f->state) {
+    case B_QUEUED:
+        return "queued";
+    case B_HEADERS:
+        return "connecting";
+    case B_STREAMING:
+        return "streaming";
+    case B_DONE:
+    case B_FAILED:
+    case B_STORED:
+        break;
+    }
+    return f->importing ? "storing" : "done";
+}
+
+void proxy_each_fetch(const struct proxy *px,
+                      void (*fn)(const struct proxy_fetch_view *v, void *ctx), void *ctx)
+{
+    for (const struct bfetch *f = px->bfetches; f; f = f->next) {
+        size_t clients = 0;
+        for (const struct breader *rd = f->readers; rd; rd = rd->next)
+            clients++;
+        struct proxy_fetch_view v = {
+            .digest = &f->d,
+            .repository = f->name,
+            .upstream = f->rm->host,
+            .state = bstate_name(f),
+            .bytes = f->written,
+            .size = f->total,
+            .clients = clients,
+            .from_peer = f->peer != NULL,
+        };
+        fn(&v, ctx);
+    }
+}
+
 bool proxy_blob_busy(const struct proxy *px, const struct digest *d)
 {
     /* A fetch leaves the list when its blob is stored (on the filesystem when its upstream

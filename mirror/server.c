@@ -11,6 +11,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "status.h"
 #include "tls.h"
 #include "writepolicy.h"
 
@@ -19,6 +20,7 @@ struct server {
     struct http_server *http;
     struct http_server *debug;   /* http.debug.addr; NULL when unset */
     const struct health *health; /* for /healthz; NULL: always ok */
+    struct status *status;       /* for /status and /status.json; NULL: not served */
     struct auth *auth;           /* auth.htpasswd; NULL without client auth */
     struct tls_server *tls;      /* http.tls.certificate; NULL for plain HTTP */
 };
@@ -201,7 +203,7 @@ void server_free(struct server *srv)
     free(srv);
 }
 
-/* http.debug.addr: /debug/health and the Prometheus metrics. */
+/* http.debug.addr: /debug/health, the status page and the Prometheus metrics. */
 static void on_debug_request(struct http_req *req, void *arg)
 {
     struct server *srv = arg;
@@ -214,6 +216,10 @@ static void on_debug_request(struct http_req *req, void *arg)
         http_resp_no_body(req, -1);
     } else if (strcmp(path, "/debug/health") == 0) {
         health_serve_debug(srv->health, req);
+    } else if (srv->status && strcmp(path, "/status") == 0) {
+        status_serve_page(req);
+    } else if (srv->status && strcmp(path, "/status.json") == 0) {
+        status_serve_json(srv->status, req);
     } else if (cfg->http.debug.prometheus_enabled &&
                strcmp(path, cfg->http.debug.prometheus_path) == 0) {
         metrics_serve(req);
@@ -222,10 +228,12 @@ static void on_debug_request(struct http_req *req, void *arg)
     }
 }
 
-int server_observe(struct server *srv, struct event_base *base, const struct health *health)
+int server_observe(struct server *srv, struct event_base *base, const struct health *health,
+                   struct status *status)
 {
     const struct config *cfg = srv->api.cfg;
     srv->health = health;
+    srv->status = status;
     if (!cfg->http.debug.addr[0])
         return 0;
     struct http_server_handler handler = {.on_request = on_debug_request, .arg = srv};
@@ -237,7 +245,7 @@ int server_observe(struct server *srv, struct event_base *base, const struct hea
         log_error("cannot listen on http.debug.addr %s: %s", cfg->http.debug.addr, strerror(errno));
         return -1;
     }
-    log_info("debug server on %s: /debug/health%s%s", cfg->http.debug.addr,
+    log_info("debug server on %s: /debug/health, /status%s%s", cfg->http.debug.addr,
              cfg->http.debug.prometheus_enabled ? ", " : "",
              cfg->http.debug.prometheus_enabled ? cfg->http.debug.prometheus_path : "");
     return 0;

@@ -30,11 +30,14 @@ void server_close(struct server *srv);
 void server_free(struct server *srv);
 
 struct health;
+struct status;
 /*
  * Observability: /healthz on the main listener reports health (borrowed, may be NULL), and
- * when http.debug.addr is set a second listener there serves /debug/health and, with
- * http.debug.prometheus.enabled, the metrics at its path. 0, or -1 when that listen fails.
+ * when http.debug.addr is set a second listener there serves /debug/health, /status and
+ * /status.json (status, borrowed, may be NULL) and, with http.debug.prometheus.enabled, the
+ * metrics at its path. 0, or -1 when that listen fails.
  */
-int server_observe(struct server *srv, struct event_base *base, const struct health *health);
+int server_observe(struct server *srv, struct event_base *base, const struct health *health,
+                   struct status *status);
 
 #endif
