@@ -142,7 +142,7 @@ format-check:
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr $(INC) common mirror
-	clang-tidy --quiet $$(git ls-files 'common/*.c' 'mirror/*.c') -- $(WARN) $(INC) $(PKG_CFLAGS)
+	clang-tidy --quiet --warnings-as-errors='*' $$(git ls-files 'common/*.c' 'mirror/*.c') -- $(WARN) $(INC) $(PKG_CFLAGS)
 
 hygiene:
 	@bash scripts/hygiene.sh
