@@ -23,6 +23,10 @@ struct server {
     struct status *status;       /* for /status and /status.json; NULL: not served */
     struct auth *auth;           /* auth.htpasswd; NULL without client auth */
     struct tls_server *tls;      /* http.tls.certificate; NULL for plain HTTP */
+    /* server_drain: the HTTP servers still draining, and whom to tell when none is left */
+    int ndraining;
+    server_drained_cb on_drained;
+    void *drained_arg;
 };
 
 typedef void (*route_fn)(const struct api *api, struct http_req *req, const struct api_route *rt);
@@ -178,6 +182,28 @@ struct server *server_new(struct event_base *base, const struct config *cfg, str
 fail:
     server_free(srv);
     return NULL;
+}
+
+static void on_http_drained(void *arg)
+{
+    struct server *srv = arg;
+    if (--srv->ndraining == 0)
+        srv->on_drained(srv->drained_arg);
+}
+
+void server_drain(struct server *srv, server_drained_cb done, void *arg)
+{
+    if (srv->on_drained)
+        return;
+    /* its listeners and handshakes: no connection reaches srv->http any more */
+    tls_server_free(srv->tls);
+    srv->tls = NULL;
+    srv->on_drained = done;
+    srv->drained_arg = arg;
+    srv->ndraining = srv->debug ? 2 : 1;
+    http_server_drain(srv->http, on_http_drained, srv);
+    if (srv->debug)
+        http_server_drain(srv->debug, on_http_drained, srv);
 }
 
 void server_close(struct server *srv)

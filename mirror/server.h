@@ -21,11 +21,16 @@ struct server;
 struct server *server_new(struct event_base *base, const struct config *cfg, struct registry *reg,
                           struct proxy *proxy, struct cache *cache, struct offload *ol);
 /*
- * Shutdown, in two steps. server_close closes the listeners and every connection (each
- * request's abort runs); the api the handlers were given stays. server_free (after the
- * offload pool has drained, so no job's work or done still uses the api) frees the rest.
- * server_free closes first if server_close was not called. Both take NULL.
+ * Shutdown. server_drain (optional, first) stops taking connections on every listener (TLS
+ * handshakes in progress are dropped) and lets the requests in flight finish: each connection
+ * closes after its answer, idle ones at once; done(arg) runs from the loop once none is left.
+ * server_close closes the listeners and every connection (each request's abort runs); the api
+ * the handlers were given stays. server_free (after the offload pool has drained, so no job's
+ * work or done still uses the api) frees the rest. server_free closes first if server_close
+ * was not called. server_close and server_free take NULL.
  */
+typedef void (*server_drained_cb)(void *arg);
+void server_drain(struct server *srv, server_drained_cb done, void *arg);
 void server_close(struct server *srv);
 void server_free(struct server *srv);
 
