@@ -5,14 +5,13 @@ nodes that do not hold the fetch lease read the holder's spool. Without Redis ea
 fetches on its own, never wrongly."""
 
 import concurrent.futures
-import hashlib
-import http.client
 import time
 
 import pytest
 import requests
 
-from helpers import herd_get, make_image, pull_manifest, push_image, storage_kind, wait_until
+from helpers import (blob_get, herd_get, make_image, pull_manifest, push_image, storage_kind,
+                     wait_until)
 
 pytestmark = pytest.mark.regmirror_only("cross-node fetch leases are regmirror's own")
 
@@ -30,31 +29,6 @@ def herd_over(nodes, repo, digest, per_node):
     return [r for part in parts for r in part]
 
 
-def get_digest(node, repo, digest):
-    """One GET: (status, bytes read, sha256 of them); a cut body shows as fewer bytes."""
-    h = hashlib.sha256()
-    n = 0
-    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=120)
-    try:
-        try:
-            conn.request("GET", "/v2/%s/blobs/%s" % (repo, digest))
-            resp = conn.getresponse()
-        except (http.client.HTTPException, ConnectionError):
-            return 0, 0, None  # the node went away before it answered
-        try:
-            while True:
-                chunk = resp.read(1 << 20)
-                if not chunk:
-                    break
-                h.update(chunk)
-                n += len(chunk)
-        except (http.client.IncompleteRead, ConnectionError):
-            pass
-        return resp.status, n, "sha256:" + h.hexdigest()
-    finally:
-        conn.close()
-
-
 def test_herd_over_three_nodes_costs_one_upstream_get(nodes, upstream, seeded):
     img = seeded.big
     layer = img.layers[0]
@@ -69,7 +43,7 @@ def test_herd_over_three_nodes_costs_one_upstream_get(nodes, upstream, seeded):
     # Every node serves it from the store afterwards, with no upstream GET.
     upstream.proxy.reset()
     for n in nodes:
-        assert get_digest(n, img.repo, layer.digest) == (200, layer.size, layer.digest)
+        assert blob_get(n, img.repo, layer.digest) == (200, layer.size, layer.digest)
     upstream.proxy.wait_idle()
     assert upstream.proxy.blob_gets() == 0
 
@@ -98,9 +72,9 @@ def test_holder_killed_mid_fetch(nodes, upstream, seeded):
     upstream.proxy.throttle(8 * 1024 * 1024, count=1)  # the first fetch is slow, later ones not
     holder, others = nodes[0], nodes[1:]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        first = pool.submit(get_digest, holder, img.repo, layer.digest)
+        first = pool.submit(blob_get, holder, img.repo, layer.digest)
         wait_until(lambda: upstream.proxy.bytes(method="GET", kind="blob") > 0, timeout=20)
-        late = [pool.submit(get_digest, n, img.repo, layer.digest) for n in others for _ in (0, 1)]
+        late = [pool.submit(blob_get, n, img.repo, layer.digest) for n in others for _ in (0, 1)]
         wait_until(lambda: upstream.proxy.bytes(method="GET", kind="blob") > size * 0.3,
                    timeout=30, every=0.02)
         holder.kill()
@@ -110,11 +84,11 @@ def test_holder_killed_mid_fetch(nodes, upstream, seeded):
         assert n < size or got == layer.digest, (status, n, got)
     # The others take over: their clients now get the whole blob.
     for node in others:
-        assert get_digest(node, img.repo, layer.digest) == (200, size, layer.digest)
+        assert blob_get(node, img.repo, layer.digest) == (200, size, layer.digest)
     upstream.proxy.wait_idle()
     assert upstream.proxy.blob_gets(layer.digest) <= 2
     holder.start()
-    assert get_digest(holder, img.repo, layer.digest) == (200, size, layer.digest)
+    assert blob_get(holder, img.repo, layer.digest) == (200, size, layer.digest)
 
 
 def test_redis_down_each_node_fetches_alone(make_cluster, upstream, seeded):
