@@ -30,7 +30,10 @@
 #define ANSWER_MS 500
 #define RECONNECT_MS 1000
 #define TOKEN_LIFETIME_S 300
-#define KEY_MAX (16 + DIGEST_STR_MAX)
+/* regmirror:lease:<digest>, or regmirror:tagcheck:<name>:<tag> */
+#define KEY_MAX 512
+/* A tag checked a moment ago: nodes that waited on the check answer from the store. */
+#define CHECKED_TTL_MS 1000
 #define MAX_HELD 4096
 /* Another node's fetch announced within this long counts as in use (it re-announces with
  * every renewal, and once more when it stores the blob). */
@@ -56,7 +59,10 @@ static const char DROP[] = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return
                            "redis.call('SET', KEYS[1], 'stored', 'PX', ARGV[2]) "
                            "else redis.call('DEL', KEYS[1]) end return 1";
 
+/* A lease this node holds: a blob's (announced as busy while held) or a tag check's. */
 struct held {
+    char key[KEY_MAX];
+    bool blob;
     struct digest d;
 };
 
@@ -97,7 +103,7 @@ struct cluster {
 
 struct cluster_op {
     struct cluster *c;
-    struct digest d;
+    struct held what;
     cluster_lease_cb cb;
     void *ctx;
     struct event *timer;
@@ -105,10 +111,19 @@ struct cluster_op {
     bool answered; /* cb ran, or the owner cancelled */
 };
 
-static void lease_key(char out[KEY_MAX], const struct digest *d)
+static struct held blob_lease(const struct digest *d)
 {
+    struct held h = {.blob = true, .d = *d};
     char ds[DIGEST_STR_MAX];
-    snprintf(out, KEY_MAX, "regmirror:lease:%s", digest_str(d, ds));
+    snprintf(h.key, sizeof(h.key), "regmirror:lease:%s", digest_str(d, ds));
+    return h;
+}
+
+static struct held tag_lease(const char *name, const char *tag)
+{
+    struct held h = {.blob = false};
+    snprintf(h.key, sizeof(h.key), "regmirror:tagcheck:%s:%s", name, tag);
+    return h;
 }
 
 static void link_connect(struct link *l);
@@ -186,12 +201,11 @@ static void link_connect(struct link *l)
 
 /* Sends a script; fn gets privdata back. false: not connected or hiredis refused. */
 static bool eval(struct cluster *c, redisCallbackFn *fn, void *privdata, const char *script,
-                 const struct digest *d, const char *arg1, int64_t ms, const char *arg3)
+                 const char *key, const char *arg1, int64_t ms, const char *arg3)
 {
     if (!c->cmd.ac)
         return false; /* hiredis queues what is sent while it connects */
-    char key[KEY_MAX], msbuf[24];
-    lease_key(key, d);
+    char msbuf[24];
     snprintf(msbuf, sizeof(msbuf), "%" PRId64, ms);
     const char *argv[] = {"EVAL", script, "1", key, arg1, msbuf, arg3};
     int argc = arg3 ? 7 : 6;
@@ -232,8 +246,9 @@ static void on_renew(evutil_socket_t fd, short what, void *arg)
 {
     struct cluster *c = arg;
     for (size_t i = 0; i < c->nheld; i++) {
-        eval(c, on_renewed, NULL, RENEW, &c->held[i].d, c->value, LEASE_TTL_MS, NULL);
-        announce_busy(c, &c->held[i].d);
+        eval(c, on_renewed, NULL, RENEW, c->held[i].key, c->value, LEASE_TTL_MS, NULL);
+        if (c->held[i].blob)
+            announce_busy(c, &c->held[i].d);
     }
     if (c->cmd.ac) {
         const char *argv[] = {"EVAL", LEAD, "1", LEADER_KEY, c->value, "6000"};
@@ -243,19 +258,19 @@ static void on_renew(evutil_socket_t fd, short what, void *arg)
     evtimer_add(c->renew, &tv);
 }
 
-static void held_add(struct cluster *c, const struct digest *d)
+static void held_add(struct cluster *c, const struct held *h)
 {
     /* Past the cap (or out of memory) the lease goes unrenewed and expires: at worst a
      * second fetch of that blob. */
     if (buf_grow_items(&c->held, &c->held_cap, c->nheld + 1, sizeof(*c->held), MAX_HELD) != BUF_OK)
         return;
-    c->held[c->nheld++].d = *d;
+    c->held[c->nheld++] = *h;
 }
 
-static bool held_remove(struct cluster *c, const struct digest *d)
+static bool held_remove(struct cluster *c, const char *key)
 {
     for (size_t i = 0; i < c->nheld; i++) {
-        if (digest_equal(&c->held[i].d, d)) {
+        if (strcmp(c->held[i].key, key) == 0) {
             c->held[i] = c->held[--c->nheld];
             return true;
         }
@@ -272,8 +287,9 @@ static void op_answer(struct cluster_op *op, enum cluster_lease r, const char *h
     op->answered = true;
     evtimer_del(op->timer);
     if (r == CLUSTER_OURS) {
-        held_add(op->c, &op->d);
-        announce_busy(op->c, &op->d);
+        held_add(op->c, &op->what);
+        if (op->what.blob)
+            announce_busy(op->c, &op->what.d);
         metrics_inc(METRICS_CLUSTER_LEASES_TAKEN);
     }
     op->cb(op->ctx, r, holder);
@@ -322,14 +338,14 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         op_free(op);
 }
 
-struct cluster_op *cluster_lease_take(struct cluster *c, const struct digest *d,
-                                      cluster_lease_cb cb, void *ctx)
+static struct cluster_op *lease_take(struct cluster *c, const struct held *what,
+                                     cluster_lease_cb cb, void *ctx)
 {
     struct cluster_op *op = calloc(1, sizeof(*op));
     if (!op)
         return NULL;
     op->c = c;
-    op->d = *d;
+    op->what = *what;
     op->cb = cb;
     op->ctx = ctx;
     op->timer = evtimer_new(c->base, on_deadline, op);
@@ -337,10 +353,24 @@ struct cluster_op *cluster_lease_take(struct cluster *c, const struct digest *d,
         free(op);
         return NULL;
     }
-    op->in_redis = eval(c, on_taken, op, TAKE, d, c->value, LEASE_TTL_MS, NULL);
+    op->in_redis = eval(c, on_taken, op, TAKE, what->key, c->value, LEASE_TTL_MS, NULL);
     struct timeval tv = {0, op->in_redis ? ANSWER_MS * 1000 : 0};
     evtimer_add(op->timer, &tv);
     return op;
+}
+
+struct cluster_op *cluster_lease_take(struct cluster *c, const struct digest *d,
+                                      cluster_lease_cb cb, void *ctx)
+{
+    struct held h = blob_lease(d);
+    return lease_take(c, &h, cb, ctx);
+}
+
+struct cluster_op *cluster_tag_take(struct cluster *c, const char *name, const char *tag,
+                                    cluster_lease_cb cb, void *ctx)
+{
+    struct held h = tag_lease(name, tag);
+    return lease_take(c, &h, cb, ctx);
 }
 
 void cluster_op_cancel(struct cluster_op *op)
@@ -355,10 +385,19 @@ void cluster_op_cancel(struct cluster_op *op)
 
 void cluster_lease_drop(struct cluster *c, const struct digest *d, bool stored)
 {
-    if (!c || !held_remove(c, d))
+    struct held h = blob_lease(d);
+    if (!c || !held_remove(c, h.key))
         return;
-    eval(c, NULL, NULL, DROP, d, c->value, STORED_TTL_MS, stored ? "stored" : "free");
+    eval(c, NULL, NULL, DROP, h.key, c->value, STORED_TTL_MS, stored ? "stored" : "free");
     announce_busy(c, d); /* a node about to evict it waits a little longer */
+}
+
+void cluster_tag_drop(struct cluster *c, const char *name, const char *tag, bool checked)
+{
+    struct held h = tag_lease(name, tag);
+    if (!c || !held_remove(c, h.key))
+        return;
+    eval(c, NULL, NULL, DROP, h.key, c->value, CHECKED_TTL_MS, checked ? "stored" : "free");
 }
 
 /* ---- what the other nodes say ---- */

@@ -13,7 +13,8 @@
  * within seconds.
  *
  * Keys: regmirror:lease:<digest> = "<advertise URL> <nonce>" while a node fetches, then
- * "stored" for a short while once the blob is in the store.
+ * "stored" for a short while once the blob is in the store; regmirror:tagcheck:<name>:<tag>
+ * the same for a tag's upstream check.
  *
  * One loop thread uses a cluster. Answers never come inline, always from the loop.
  */
@@ -49,6 +50,14 @@ struct cluster_op *cluster_lease_take(struct cluster *c, const struct digest *d,
 void cluster_op_cancel(struct cluster_op *op);
 /* Gives up a lease this node holds; stored: the blob is in the store now. */
 void cluster_lease_drop(struct cluster *c, const struct digest *d, bool stored);
+/*
+ * The same for the upstream check of a proxied tag (name is the local name): one node asks
+ * the upstream, the others wait and then answer from the store. CLUSTER_STORED: checked a
+ * moment ago (the lease stays "stored" for a second after a good check).
+ */
+struct cluster_op *cluster_tag_take(struct cluster *c, const char *name, const char *tag,
+                                    cluster_lease_cb cb, void *ctx);
+void cluster_tag_drop(struct cluster *c, const char *name, const char *tag, bool checked);
 
 /*
  * The events channel (Redis pub/sub, regmirror:events): a tag pushed, moved or deleted on one

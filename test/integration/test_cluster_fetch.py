@@ -153,3 +153,26 @@ def test_one_node_evicts_for_the_cluster(make_cluster):
     first.kill()
     # Its key expires; another node takes the eviction over.
     wait_until(lambda: len([n for n in leaders() if n is not first]) == 1, timeout=20)
+
+
+def test_tag_recheck_across_nodes_costs_one_head(make_cluster, upstream, seeded):
+    # Every node has the tag cached; with tagfreshness 0 each pull re-checks it. Pulls on
+    # all nodes at once share one upstream HEAD: one node asks, the others wait for it and
+    # answer from the store.
+    nodes = make_cluster(storage=storage_kind(), proxy_extra="").nodes
+    img = seeded.alpine
+    for node in nodes:
+        assert pull_manifest(node, img.repo, img.tag).content == img.manifest
+    upstream.proxy.wait_idle()
+    time.sleep(1.2)  # past the second in which a check stands for the others
+    upstream.proxy.reset()
+    upstream.proxy.stall(1.0, count=1, method="HEAD", kinds=["manifest"])
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda n: pull_manifest(n, img.repo, img.tag).content,
+                            nodes + nodes))
+    assert got == [img.manifest] * 6
+    upstream.proxy.wait_idle()
+    # (a node's first upstream request may be a 401 challenge: not counted)
+    assert upstream.proxy.count(kind="manifest", method="HEAD",
+                                status=lambda st: st != 401) == 1, upstream.proxy.summary()
+    assert upstream.proxy.count(kind="manifest", method="GET") == 0
