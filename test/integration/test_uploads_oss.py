@@ -55,6 +55,8 @@ class OSSRegistry(helpers.Registry):
                     "  redirect:\n"
                     "    disable: true\n"
                     "http:\n"
+                    # a shutdown waits this long for the uploads in flight (test_shutdown_*)
+                    "  draintimeout: 1s\n"
                     "  addr: 127.0.0.1:%d\n" % (helpers.oss_driver_yaml(
                         AK, SK, REGION, "localhost:%d" % self.emu.port, BUCKET, PREFIX,
                         "    chunksize: %d\n" % CHUNK), self.port))
