@@ -97,7 +97,7 @@ def test_scattered_ranges_of_a_cold_blob(mirror, upstream, seeded):
     side = [r["range"] for r in blob_gets(upstream, layer, ranged=True)]
     print("upstream blob GETs: 1 full, %d ranged" % len(side))
     assert len(side) == len(set(side)) and set(side) <= set(asked)
-    # The first range lies in the download's first MiB: it waits for the download.
+    # The first range lies in the download's first 8 MiB: it waits for the download.
     assert asked[0] not in side
 
 
