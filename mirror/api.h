@@ -110,20 +110,24 @@ void api_manifest_answer(const struct api *api, struct http_req *req,
 
 /*
  * A blob answer whose bytes are still arriving (api_stream.c): an in-flight fetch's spool,
- * read by every client of the fetch at its own pace. The source only says what it holds;
+ * read by every client of the fetch at its own pace, or the spool of one client's ranged
+ * upstream request (a part of the blob only: base > 0). The source only says what it holds;
  * the stream writes the answer (status and headers once the length is known, the bytes as
  * they come, then the end, an error status while nothing has left, or a cut).
  */
 enum api_fill_state {
     API_FILL_WAITING, /* the length is not known yet: nothing is sent */
-    API_FILL_GROWING, /* bytes [0, have) can be read at fd; more are coming */
-    API_FILL_DONE,    /* all the bytes are in: [0, have) */
+    API_FILL_GROWING, /* the blob's bytes [base, have) can be read at fd; more are coming */
+    API_FILL_DONE,    /* all the bytes are in: [base, have) */
     API_FILL_FAILED,  /* the rest will not come: err, retry_after, why */
     API_FILL_STORED,  /* nothing here, but the store has the blob now: answer from there */
 };
 struct api_fill {
     enum api_fill_state state;
     int64_t total; /* -1: the length is unknown; read when not WAITING */
+    /* The blob's byte base is at offset 0 of fd; a source with base > 0 holds only what the
+     * request's Range asks, from base on (its span's start). */
+    uint64_t base;
     uint64_t have;
     int fd; /* the source's; the stream sends duplicates of it */
     enum regerr err;

@@ -24,6 +24,7 @@ struct api_stream {
     const struct api_source *ops;
     void *src;
     bool started;      /* the status line and headers are out */
+    bool partial;      /* a 206 for the request's Range */
     uint64_t off, end; /* end is exclusive; UINT64_MAX while the length is unknown */
 };
 
@@ -86,6 +87,7 @@ static bool stream_begin(struct api_stream *s, const struct api_fill *fl)
         return false;
     }
     s->off = span.start;
+    s->partial = span.partial;
     s->end = span.len < 0 ? UINT64_MAX : span.start + (uint64_t)span.len;
     api_blob_start(s->api, s->req, &s->d, fl->total, &span);
     s->started = true;
@@ -99,7 +101,7 @@ static bool stream_begin(struct api_stream *s, const struct api_fill *fl)
  * their streams from their own callbacks, never from poll. */
 void api_stream_wake(struct api_stream *s)
 {
-    struct api_fill fl;
+    struct api_fill fl = {.base = 0};
     s->ops->poll(s->src, &fl);
     if (!s->started) {
         if (fl.state == API_FILL_STORED) {
@@ -126,7 +128,7 @@ void api_stream_wake(struct api_stream *s)
         int fd = dup(fl.fd);
         if (fd < 0)
             break; /* out of descriptors: the writable callback tries again */
-        http_resp_stream_file(s->req, fd, (off_t)s->off, (off_t)n);
+        http_resp_stream_file(s->req, fd, (off_t)(s->off - fl.base), (off_t)n);
         s->off += n;
     }
     if (fl.state == API_FILL_FAILED && http_resp_retract(s->req)) {
@@ -141,7 +143,9 @@ void api_stream_wake(struct api_stream *s)
         return;
     }
     bool complete = s->end == UINT64_MAX ? s->off == fl.have : s->off == s->end;
-    if (fl.state == API_FILL_DONE && complete) {
+    /* A part of a blob cannot be checked against its digest: a 206 ends once its bytes are
+     * in, the whole blob's 200 only when the source has all of it (verified). */
+    if (complete && (fl.state == API_FILL_DONE || (s->partial && fl.state == API_FILL_GROWING))) {
         http_req_on_abort(s->req, NULL, NULL);
         http_resp_stream_end(s->req);
         stream_close(s);

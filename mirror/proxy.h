@@ -19,7 +19,11 @@
  *   3. blob_fetch: a fetch of that digest in px->bfetches is joined (reader_new: a breader
  *      on it, the source of the client's api_stream; late joiners read from the start);
  *      else a new bfetch takes a slot of proxy.maxfetches
- *      (proxy_slot_acquire; queued up to proxy.fetchqueuetimeout, then 503).
+ *      (proxy_slot_acquire; queued up to proxy.fetchqueuetimeout, then 503). A Range that
+ *      starts well beyond the fetch's spool (side_wanted) also gets a side fetch of its own
+ *      (side_start: the client's Range to the upstream, into a spool of its own, no slot,
+ *      past the cluster's lease): the reader's source until it ends; the reader goes back to
+ *      the fetch if the upstream's answer is not the 206 of the span asked.
  *   4. bfetch_go: an upload session is the spool (registry_upload_start/open/reader, in the
  *      proxy's own spool registry on OSS), then upstream_fetch GET (upstream.c: challenge,
  *      token for repository:<name>:pull, retries, redirects).
@@ -63,6 +67,8 @@
  *    verified there, the file is imported into the store off the loop while the clients
  *    read on, and only then is the blob stored (new clients meanwhile read the spool).
  *  - HEAD of an uncached blob answers from an upstream HEAD without fetching the body.
+ *  - A 206 from an in-flight source ends once its bytes are in: a part cannot be checked
+ *    against the digest (a side fetch's bytes are never stored).
  *  - containerd's ?ns=<host> picks the upstream from proxy.remotes; no ns, or docker.io, the
  *    main one.
  *

@@ -197,11 +197,15 @@ static void blob_head(struct proxy *px, const struct target *t, struct client *c
 /* B_STORED: another node stored the blob while this one asked for the lease. */
 enum bstate { B_QUEUED, B_HEADERS, B_STREAMING, B_DONE, B_FAILED, B_STORED };
 
-/* One client of a fetch: the source its answer's stream reads. */
+struct bside;
+
+/* One client of a fetch: the source its answer's stream reads, f's spool or, for a Range
+ * beyond what f has, side (a ranged upstream request of its own). */
 struct breader {
     struct breader *next;
     struct bfetch *f;
     struct api_stream *st;
+    struct bside *side; /* NULL: reads f's spool */
 };
 
 struct bfetch {
@@ -285,11 +289,15 @@ static void reader_unlink(struct breader *rd)
     }
 }
 
+static void side_free(struct breader *rd);
+static void side_poll(const struct bside *s, struct api_fill *fl);
+
 /* The reader's stream is over (its response complete or cut, or its client gone). */
 static void reader_release(void *src)
 {
     struct breader *rd = src;
     struct bfetch *f = rd->f;
+    side_free(rd);
     reader_unlink(rd);
     free(rd);
     bfetch_unref(f);
@@ -297,7 +305,12 @@ static void reader_release(void *src)
 
 static void reader_poll(void *src, struct api_fill *fl)
 {
-    const struct bfetch *f = ((const struct breader *)src)->f;
+    const struct breader *rd = src;
+    const struct bfetch *f = rd->f;
+    if (rd->side) {
+        side_poll(rd->side, fl);
+        return;
+    }
     switch (f->state) {
     case B_QUEUED:
     case B_HEADERS:
@@ -317,6 +330,7 @@ static void reader_poll(void *src, struct api_fill *fl)
         break;
     }
     fl->total = f->total;
+    fl->base = 0;
     fl->have = f->written;
     fl->fd = f->fd;
     fl->err = f->err;
@@ -747,6 +761,230 @@ static void bfetch_expire(struct slot *s)
                       QUEUE_RETRY_AFTER_S, "too many upstream fetches at once (proxy.maxfetches)");
 }
 
+/* ---- ranged side fetches: a Range beyond what the fetch has ---- */
+
+/* A Range that starts more than this far ahead of the fetch's spool gets a ranged upstream
+ * request of its own; a closer one waits for the fetch, which brings it within a fraction of
+ * a second at a common upstream's pace, for no extra upstream bytes. */
+#define SIDE_AHEAD (8 * 1024 * 1024)
+/* Longest Range header passed on to the upstream; one range is far shorter. */
+#define SIDE_RANGE_MAX 128
+
+enum sstate { S_WAITING, S_STREAMING, S_DONE, S_FAILED };
+
+/*
+ * One client's ranged upstream GET (its own Range, passed on), spooled into an upload session
+ * of its own: on disk, the range only. It is never committed: a part of a blob cannot be
+ * checked against the digest. Owned by its reader; an answer that is not the 206 of the span
+ * the client asked leaves the reader on the fetch, as if there had been no side fetch.
+ */
+struct bside {
+    struct http_req *req; /* the client's (for its Range), held by the reader's stream */
+    char id[37];          /* the spool's upload session; "" before it exists */
+    struct registry_upload *up;
+    int fd;
+    struct upstream_req *ureq;
+    enum sstate state;
+    uint64_t base, have, end; /* the blob's bytes [base, end) asked, [base, have) in */
+    int64_t total;
+    enum regerr err;
+    char why[160];
+};
+
+/* Whether req's Range starts beyond what f will have soon. One range only: the others (none,
+ * several, unreadable) get the whole blob (reference_parse_range). */
+static bool side_wanted(const struct bfetch *f, struct http_req *req)
+{
+    const char *range = http_req_header(req, "Range");
+    uint64_t start, last;
+    if (!range || strlen(range) >= SIDE_RANGE_MAX)
+        return false;
+    /* While the length is unknown, a suffix ("bytes=-n") resolves near UINT64_MAX: beyond. */
+    uint64_t size = f->total >= 0 ? (uint64_t)f->total : UINT64_MAX;
+    if (reference_parse_range(range, size, &start, &last) != REFERENCE_RANGE_OK)
+        return false;
+    return start > f->written + SIDE_AHEAD;
+}
+
+/* Leaves rd on its fetch's spool; cancels the side's request. No-op without a side. */
+static void side_free(struct breader *rd)
+{
+    struct bside *s = rd->side;
+    if (!s)
+        return;
+    struct proxy *px = rd->f->px;
+    rd->side = NULL;
+    if (s->ureq)
+        upstream_cancel(s->ureq);
+    if (s->up)
+        registry_upload_close(s->up);
+    if (s->id[0]) {
+        registry_upload_cancel(proxy_spool_reg(px), rd->f->name, s->id);
+        spools_drop(px->spools, s->id);
+    }
+    if (s->fd >= 0)
+        close(s->fd);
+    free(s);
+}
+
+static void side_poll(const struct bside *s, struct api_fill *fl)
+{
+    static const enum api_fill_state fill[] = {
+        [S_WAITING] = API_FILL_WAITING,
+        [S_STREAMING] = API_FILL_GROWING,
+        [S_DONE] = API_FILL_DONE,
+        [S_FAILED] = API_FILL_FAILED,
+    };
+    fl->state = fill[s->state];
+    fl->total = s->total;
+    fl->base = s->base;
+    fl->have = s->have;
+    fl->fd = s->fd;
+    fl->err = s->err;
+    fl->retry_after = -1;
+    fl->why = s->why;
+}
+
+/* Digits into *n; the first character after them, NULL when there are none or too many. */
+static const char *read_u64(const char *p, uint64_t *n)
+{
+    const char *start = p;
+    *n = 0;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        uint64_t digit = (uint64_t)(*p - '0');
+        if (*n > (UINT64_MAX - digit) / 10)
+            return NULL;
+        *n = *n * 10 + digit;
+    }
+    return p == start ? NULL : p;
+}
+
+/* A 206's "Content-Range: bytes a-b/total", the range inside the blob. */
+static bool content_range_parse(const char *v, uint64_t *a, uint64_t *b, uint64_t *total)
+{
+    static const char unit[] = "bytes ";
+    if (!v || strncmp(v, unit, sizeof(unit) - 1) != 0)
+        return false;
+    const char *p = read_u64(v + sizeof(unit) - 1, a);
+    if (!p || *p != '-')
+        return false;
+    p = read_u64(p + 1, b);
+    if (!p || *p != '/')
+        return false;
+    p = read_u64(p + 1, total);
+    return p && *p == '\0' && *a <= *b && *b < *total && *total <= INT64_MAX;
+}
+
+/* Only the 206 of the span the client's Range asks (of the size the fetch may know) is
+ * taken; anything else stops the side fetch and the reader waits for the fetch. */
+static int side_on_response(struct upstream_req *r, void *ctx, long status,
+                            const struct httpc_headers *h)
+{
+    struct breader *rd = ctx;
+    struct bside *s = rd->side;
+    uint64_t a, b, total;
+    struct api_span span;
+    if (status != 206 ||
+        !content_range_parse(httpc_header_get(h, "Content-Range"), &a, &b, &total) ||
+        (rd->f->total >= 0 && (uint64_t)rd->f->total != total) ||
+        !api_blob_span(s->req, (int64_t)total, &span) || !span.partial || span.start != a ||
+        (uint64_t)span.len != b - a + 1) {
+        log_debug("proxy: the upstream answered Range %s of a blob of %s with status %ld, not "
+                  "its 206; the answer comes from the fetch",
+                  http_req_header(s->req, "Range"), rd->f->name, status);
+        return -1;
+    }
+    s->base = a;
+    s->have = a;
+    s->end = b + 1;
+    s->total = (int64_t)total;
+    s->state = S_STREAMING;
+    api_stream_wake(rd->st); /* the 206's head; rd may be gone after */
+    return 0;
+}
+
+static int side_on_data(struct upstream_req *r, void *ctx, const char *data, size_t len)
+{
+    struct breader *rd = ctx;
+    struct bside *s = rd->side;
+    if (len > s->end - s->have) {
+        s->err = REG_ERR_BAD_GATEWAY;
+        snprintf(s->why, sizeof(s->why), "the upstream sent more bytes than the range");
+        return -1;
+    }
+    if (registry_upload_write(s->up, data, len) != REG_OK) {
+        s->err = REG_ERR_UNAVAILABLE;
+        snprintf(s->why, sizeof(s->why), "writing the range's spool failed");
+        return -1;
+    }
+    s->have += len;
+    metrics_add(METRICS_BYTES_FROM_UPSTREAM, len);
+    api_stream_wake(rd->st); /* rd may be gone after */
+    return 0;
+}
+
+static void side_on_done(struct upstream_req *r, void *ctx, const struct upstream_outcome *o)
+{
+    struct breader *rd = ctx;
+    struct bside *s = rd->side;
+    s->ureq = NULL;
+    if (s->state == S_WAITING) {
+        /* Nothing was sent from the side: the answer comes from the fetch. */
+        side_free(rd);
+        api_stream_wake(rd->st);
+        return;
+    }
+    if (o->result == UPSTREAM_OK && s->have == s->end) {
+        s->state = S_DONE;
+    } else {
+        s->state = S_FAILED;
+        if (s->err == REG_OK) {
+            s->err = o->result == UPSTREAM_OK ? REG_ERR_BAD_GATEWAY : proxy_outcome_error(o, true);
+            snprintf(s->why, sizeof(s->why),
+                     "the upstream sent %" PRIu64 " of %" PRIu64 " bytes of the range: %s",
+                     s->have - s->base, s->end - s->base, o->message);
+        }
+    }
+    api_stream_wake(rd->st);
+}
+
+/* Asks the upstream for req's Range on a side fetch of rd; without one (it could not start)
+ * rd stays on its fetch. */
+static void side_start(struct breader *rd, struct http_req *req)
+{
+    static const struct upstream_callbacks cb = {side_on_response, side_on_data, side_on_done};
+    struct bfetch *f = rd->f;
+    struct registry *sreg = proxy_spool_reg(f->px);
+    struct bside *s = calloc(1, sizeof(*s));
+    if (!s)
+        return;
+    s->req = req;
+    s->fd = -1;
+    s->total = -1;
+    rd->side = s;
+    enum regerr result = registry_upload_start(sreg, f->name, s->id);
+    if (result == REG_OK)
+        spools_add(f->px->spools, f->name, s->id);
+    else
+        s->id[0] = '\0';
+    if (result == REG_OK)
+        result = registry_upload_open(sreg, f->name, s->id, &s->up);
+    if (result == REG_OK)
+        result = registry_upload_reader(sreg, f->name, s->id, &s->fd);
+    if (result == REG_OK) {
+        char suffix[API_REF_MAX + 8], ds[DIGEST_STR_MAX], range[SIDE_RANGE_MAX + 8];
+        snprintf(suffix, sizeof(suffix), "blobs/%s", digest_str(&f->d, ds));
+        snprintf(range, sizeof(range), "Range: %s", http_req_header(req, "Range"));
+        const char *hdrs[] = {range, NULL};
+        const char *name = f->rm->main ? f->name : strchr(f->name, '/') + 1;
+        /* Straight to the upstream, in a cluster too: a range is small, and no slot of
+         * proxy.maxfetches: the client's own request bounds it. */
+        s->ureq = upstream_fetch(f->rm->up, "GET", name, suffix, hdrs, &cb, rd);
+    }
+    if (!s->ureq)
+        side_free(rd);
+}
+
 /* A new reader of f answering c; NULL when c was answered (out of memory). */
 static struct breader *reader_new(struct bfetch *f, struct client *c, const struct digest *d,
                                   enum api_stream_kind kind)
@@ -781,6 +1019,8 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
         struct breader *rd = reader_new(f, c, d, API_STREAM_PULL);
         if (rd) {
             metrics_inc(METRICS_JOINED_WAITERS);
+            if (side_wanted(f, c->req))
+                side_start(rd, c->req);
             api_stream_wake(rd->st);
         }
         return;
@@ -797,10 +1037,13 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
     f->total = -1;
     f->state = B_QUEUED;
     snprintf(f->name, sizeof(f->name), "%s", t->rt.name);
-    if (!reader_new(f, c, d, API_STREAM_PULL)) {
+    struct breader *rd = reader_new(f, c, d, API_STREAM_PULL);
+    if (!rd) {
         free(f);
         return;
     }
+    if (side_wanted(f, c->req))
+        side_start(rd, c->req);
     f->listed = true;
     f->next = px->bfetches;
     px->bfetches = f;
@@ -1020,6 +1263,8 @@ void proxy_blob_close(struct proxy *px)
         }
         f->state = B_FAILED;
         snprintf(f->why, sizeof(f->why), "shutting down");
+        for (struct breader *rd = f->readers; rd; rd = rd->next)
+            side_free(rd); /* their upstream goes away with the proxy */
         bfetch_pump_all(f);
         /* The analyzer does not count references: ours has held f through the pump. */
         bfetch_unref(f); /* NOLINT(clang-analyzer-unix.Malloc) */

@@ -82,6 +82,7 @@ class Fault:
       kinds   request kinds from classify() (defaults: blob for body faults, any for fail/stall)
       path    regular expression searched in the request path (with its query)
       host    "registry" (requests to the proxy) or "cdn" (redirected blob GETs); None: both
+      ranged  True: only requests with a Range header, False: only those without; None: both
     and it applies `count` times (None: until cleared).
     Parameters by kind:
       fail     status (500, 429, 503, ...), retry_after (seconds, for 429/503), body (dict)
@@ -96,7 +97,7 @@ class Fault:
     """
 
     def __init__(self, kind, count=None, method=None, kinds=None, path=None, host=None,
-                 **params):
+                 ranged=None, **params):
         if kind not in FAULT_KINDS:
             raise ValueError("unknown fault kind %r (one of %s)" % (kind, ", ".join(FAULT_KINDS)))
         self.kind = kind
@@ -110,6 +111,7 @@ class Fault:
         self.kinds = tuple(kinds) if kinds else None
         self.path = re.compile(path) if path else None
         self.host = host
+        self.ranged = ranged
         self.params = params
         self.hits = 0
 
@@ -122,6 +124,8 @@ class Fault:
             return False
         if self.host and rec["host"] != self.host:
             return False
+        if self.ranged is not None and (rec["range"] is not None) != self.ranged:
+            return False
         if self.path and not self.path.search(rec["path"] + ("?" + rec["query"]
                                                              if rec["query"] else "")):
             return False
@@ -131,6 +135,7 @@ class Fault:
         return {"kind": self.kind, "count": self.count, "method": self.method,
                 "kinds": list(self.kinds) if self.kinds else None,
                 "path": self.path.pattern if self.path else None, "host": self.host,
+                "ranged": self.ranged,
                 "hits": self.hits, **self.params}
 
 

@@ -681,6 +681,31 @@ static void test_join_and_late_join(void **state)
     }
 }
 
+/* A Range far beyond the spool asks the upstream for it on a side fetch; an upstream that
+ * answers with the whole blob (200) is not used for it: the client gets its 206 from the
+ * one fetch, which is stored as usual. */
+static void test_range_ignored_upstream(void **state)
+{
+    for (size_t v = 0; v < 2; v++) {
+        struct mirror m;
+        script_reset();
+        mirror_start(&m, variants[v], 64);
+        struct client c;
+        client_init(&c);
+        c.which = BIG;
+        c.range = "bytes=12000000-";
+        client_go(&c, &m);
+        run(&m, &c, 1, 200);
+        assert_int_equal(c.status, 206);
+        assert_int_equal(c.content_length, (long)blobs[BIG].size - 12000000);
+        assert_true(c.correct);
+        LOOP_UNTIL(&m, !proxy_busy(m.px, &blobs[BIG].d));
+        assert_true(blob_in(&m, "store", BIG));
+        assert_int_equal(atomic_load(&fake.gets[BIG]), 2); /* the refused one, the fetch */
+        mirror_stop(&m);
+    }
+}
+
 static void test_slow_reader(void **state)
 {
     for (size_t v = 0; v < 2; v++) {
@@ -1095,6 +1120,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_fetch_then_stored),
         cmocka_unit_test(test_join_and_late_join),
+        cmocka_unit_test(test_range_ignored_upstream),
         cmocka_unit_test(test_slow_reader),
         cmocka_unit_test(test_cut),
         cmocka_unit_test(test_mismatch),
