@@ -1316,7 +1316,8 @@ def print_table(rows):
 def main():
     for path, what in ((REGMIRROR_BIN, "regmirror (make release)"),
                        (REGISTRY_BIN, "docker-registry"), (NGINX_BIN, "nginx"),
-                       (WRK_BIN, "wrk")):
+                       (WRK_BIN, "wrk")) + (((C.REDIS, "redis-server"),)
+                                            if want("cluster") else ()):
         if not os.access(path, os.X_OK):
             print("bench: %s not found at %s" % (what, path), file=sys.stderr)
             return 2
