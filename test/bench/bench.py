@@ -1265,6 +1265,18 @@ def report(res):
         r = ratio(m["last_s"], m["lone_s"])
         row("cluster: last client done, s (ref: lone client)", fmt(m["last_s"], 2),
             fmt(m["lone_s"], 2), r, "<= 1.2", r is not None and r <= 1.2)
+        # the herd's own spread: one node's last client, and the other nodes' against the holder's
+        runs = cl["runs"]["regmirror"]
+        ok = [(v, h) for v, h, last in zip(runs["last_by_node"], runs["holder"], runs["last_s"])
+              if h in v and len(v) > 1 and last is not None]
+        on = median([v[h] for v, h in ok])
+        off = median([max(t for n, t in v.items() if n != h) for v, h in ok])
+        row("cluster: last client of the other nodes, s (ref: the holder's)", fmt(off, 2),
+            fmt(on, 2), ratio(off, on))
+        if hd:
+            row("cluster: last client done, s (ref: one node's herd above)", fmt(m["last_s"], 2),
+                fmt(hd["median"]["regmirror"]["last_s"], 2),
+                ratio(m["last_s"], hd["median"]["regmirror"]["last_s"]))
         row("cluster: last client done, s (ref: registry:2 replicas)", fmt(m["last_s"], 2),
             fmt(r2["last_s"], 2), ratio(m["last_s"], r2["last_s"]))
         row("cluster: median TTFB, s (ref: registry:2 replicas)", fmt(m["ttfb_median_s"], 3),
