@@ -20,13 +20,20 @@ Scenarios (README.md, "Benchmarks", explains each figure):
   herd    32 clients GET one cold 100 MB blob at once vs one client alone, the upstream's
           blob GETs throttled to BENCH_HERD_RATE_MB (25) MB/s, a WAN link
   rss     peak RSS during warm and herd, idle, and under 256 concurrent streams
+  cluster 3 regmirror nodes on one filesystem root with one redis-server, nginx round robin
+          in front (test/integration/cluster.py); 32 clients through nginx on one cold
+          100 MB blob, the upstream at BENCH_HERD_RATE_MB: upstream GETs, median time to first
+          byte of the clients on the lease holder and on the other nodes, last client done vs
+          one client alone; the same with 3 registry:2 replicas on one root
 
 Correctness is asserted (digests, upstream fetch counts, status codes, Range bytes); timings
 never are. Exit status 1 when a correctness check failed.
 
 Environment: REGMIRROR_BIN (default build/release/regmirror), BENCH_OUT (default build/bench:
 results.json, bget, logs), BENCH_RUNS (3), BENCH_WRK_SECONDS (2), BENCH_KEEP=1 keeps the
-work directory (about 2 GB).
+work directory (about 2 GB), BENCH_ONLY=NAME[,NAME] runs only those scenarios (cold, warm,
+rates, herd, streams, cluster; warm, rates and streams serve what the cold pull stored, so
+they run it too).
 """
 
 import concurrent.futures
@@ -49,6 +56,7 @@ sys.path.insert(0, os.path.join(ROOT, "test", "integration"))
 import requests  # noqa: E402
 from http.server import ThreadingHTTPServer  # noqa: E402
 
+import cluster as C  # noqa: E402
 import helpers  # noqa: E402
 import upstream as U  # noqa: E402
 from helpers import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, sha256  # noqa: E402
@@ -81,6 +89,14 @@ COLD_RATE = int(float(os.environ.get("BENCH_COLD_RATE_MB", "100")) * MB)
 MANY_STREAMS = 256
 RANGE = (1 * MB, 1 * MB + 64 * 1024 - 1)
 PULL_CONCURRENCY = 3  # dockerd's max-concurrent-downloads
+
+SCENARIOS = ("cold", "warm", "rates", "herd", "streams", "cluster")
+ONLY = {x.strip() for x in os.environ.get("BENCH_ONLY", "").split(",") if x.strip()}
+CLUSTER_NODES = 3
+# Without buffering nginx relays each answer through one proxy_buffer_size buffer, 4 KiB by
+# default: 32 x 100 MB then take 4-5 times as long through nginx as from the nodes, whatever
+# the nodes are. 256 KiB puts nginx's relay near the nodes' own pace.
+CLUSTER_NGINX_BUFFER = "256k"
 
 failures = []
 
@@ -368,12 +384,15 @@ def pin(pid, cpus):
             pass
 
 
-def bget(url, conns=1, n=1, digest=None, headers=(), head=False, timeout=300, cpus=None):
+def bget(url, conns=1, n=1, digest=None, headers=(), head=False, timeout=300, cpus=None,
+         record=None):
     """Runs bget (on cpus, when given); returns its JSON (wall, bytes, errors,
-    requests[...])."""
+    requests[...]; with record, each request's value of that response header)."""
     argv = [BGET, "-c", str(conns), "-n", str(n), "-t", str(timeout)]
     for h in headers:
         argv += ["-H", h]
+    if record:
+        argv += ["-r", record]
     if digest:
         argv += ["-e", digest]
     if head:
@@ -515,6 +534,7 @@ class Bench:
     def __init__(self):
         self.up = None
         self.rm = self.rm0 = self.r2 = self.ngx = None
+        self.clusters = []
         self.results = {"runs": RUNS, "scenarios": {}}
         self.small = self.big = None
 
@@ -524,6 +544,8 @@ class Bench:
     def stop(self):
         for s in self.servers():
             s.stop()
+        for c in self.clusters:
+            c.stop()
         if self.up:
             self.up.stop()
 
@@ -830,6 +852,9 @@ class Bench:
             HERD_CLIENTS, HERD_SIZE // MB,
             "%d MB/s" % (HERD_RATE // MB) if HERD_RATE else "loopback speed"))
         repo = "bench/herd"
+        for m in (self.rm, self.r2):
+            if not m.alive():
+                m.start(fresh=True)
         data = {m.name: {"lone_s": [], "last_s": [], "ttfb_median_s": [], "upstream_gets": [],
                          "upstream_bytes": [], "lone_upstream_gets": []}
                 for m in (self.rm, self.r2)}
@@ -905,26 +930,169 @@ class Bench:
         log("  " + ", ".join("%s peak RSS %.1f MB, %s MB/s" % (
             k, median(peaks[k]) / MB, fmt(median(rates[k]), 0)) for k in peaks))
 
+    # -- 6. cluster ----------------------------------------------------------------------------
+    def start_cluster(self, kind, binary):
+        """3 nodes of kind on one filesystem root, redis-server and nginx round robin
+        (cluster.py, with CLUSTER_NGINX_BUFFER), pulling from the upstream as alice; a
+        regmirror node has its own debug listener with /metrics, where its fetch leases are
+        counted."""
+        c = C.Cluster(os.path.join(WORK, "cluster-" + kind), self.up, storage="fs",
+                      n=CLUSTER_NODES, kind=kind, proxy=True,
+                      proxy_extra="  username: alice\n  password: %s\n" % self.up.users["alice"])
+        # none of the ports the cluster has picked but not bound yet
+        taken = {c.redis.port, c.lb.port} | {node.port for node in c.nodes}
+        for node in c.nodes:
+            node.binary = binary
+            if kind == "regmirror":
+                node.debug_port = helpers.free_port()
+                while node.debug_port in taken:
+                    node.debug_port = helpers.free_port()
+                taken.add(node.debug_port)
+                node.env = {"REGISTRY_HTTP_DEBUG_ADDR": "127.0.0.1:%d" % node.debug_port,
+                            "REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED": "true",
+                            "REGISTRY_LOG_LEVEL": "warn"}
+        with open(c.lb.conf) as f:
+            conf = f.read()
+        with open(c.lb.conf, "w") as f:
+            f.write(conf.replace("proxy_buffering off;", "proxy_buffering off;\n" + (
+                "            proxy_buffer_size %s;\n            proxy_buffers 4 %s;\n"
+                "            proxy_busy_buffers_size %s;" % ((CLUSTER_NGINX_BUFFER,) * 3))))
+        self.clusters.append(c)
+        return c.start()
+
+    @staticmethod
+    def leases_taken(node):
+        """regmirror_cluster_leases_taken_total of a regmirror node, None if unreadable."""
+        try:
+            r = requests.get("http://127.0.0.1:%d/metrics" % node.debug_port, timeout=5)
+        except requests.RequestException:
+            return None
+        m = re.search(r"^regmirror_cluster_leases_taken_total (\d+)", r.text, re.M)
+        return int(m.group(1)) if m else None
+
+    def cluster(self):
+        log("\n== cluster: %d nodes on one root + redis + nginx round robin, %d clients GET one "
+            "cold %d MB blob (upstream at %s)" % (
+                CLUSTER_NODES, HERD_CLIENTS, HERD_SIZE // MB,
+                "%d MB/s" % (HERD_RATE // MB) if HERD_RATE else "loopback speed"))
+        repo = "bench/cluster"
+        ours = self.start_cluster("regmirror", REGMIRROR_BIN)
+        ref = self.start_cluster("docker-registry", REGISTRY_BIN)
+        names = {id(ours): "regmirror", id(ref): "registry:2"}
+        data = {n: {"lone_s": [], "last_s": [], "ttfb_median_s": [], "upstream_gets": [],
+                    "clients_per_node": [], "last_by_node": []} for n in names.values()}
+        data["regmirror"].update({"ttfb_holder_s": [], "ttfb_others_s": [], "holder": []})
+        for run in range(RUNS):
+            lone = os.urandom(HERD_SIZE)
+            herd = os.urandom(HERD_SIZE)
+            dl, dh = push_blob(self.up, repo, lone), push_blob(self.up, repo, herd)
+            del lone, herd
+            for c in (ours, ref):
+                name = names[id(c)]
+                d = data[name]
+                self.up.proxy.wait_idle()
+                self.up.proxy.reset()
+                self.up.proxy.clear_faults()
+                if HERD_RATE:
+                    self.up.proxy.throttle(HERD_RATE)
+                res = bget("%s/v2/%s/blobs/%s" % (c.base, repo, dl), digest=dl)
+                ok = not res["errors"] and res["bytes"] == HERD_SIZE
+                d["lone_s"].append(res["wall"] if ok else None)
+                if c is ours:
+                    check(ok, "cluster lone client: %s" % json.dumps(res)[:300])
+                    before = [self.leases_taken(n) for n in c.nodes]
+                self.up.proxy.wait_idle(60)
+                self.up.proxy.reset()
+                res = bget("%s/v2/%s/blobs/%s" % (c.base, repo, dh), conns=HERD_CLIENTS,
+                           n=HERD_CLIENTS, digest=dh, record=C.NODE_HEADER)
+                self.up.proxy.wait_idle(60)
+                gets = self.up.proxy.blob_gets(dh)
+                reqs = res["requests"]
+                okh = (not res["errors"] and len(reqs) == HERD_CLIENTS
+                       and all(r["sha256"] == dh for r in reqs))
+                d["upstream_gets"].append(gets)
+                d["last_s"].append(max(r["time"] for r in reqs) if okh else None)
+                d["ttfb_median_s"].append(median([r["ttfb"] for r in reqs]) if okh else None)
+                # after a failed try nginx names every node it tried: the last one answered
+                at = [r["header"].split(",")[-1].strip() for r in reqs]
+                d["clients_per_node"].append({n.host: at.count(n.host) for n in c.nodes})
+                d["last_by_node"].append({n.host: max([r["time"] for r, h in zip(reqs, at)
+                                                       if h == n.host] or [0])
+                                          for n in c.nodes})
+                line = ""
+                if c is ours:
+                    check(okh, "cluster herd: %d errors, %d answers, %d with the right "
+                          "sha256" % (res["errors"], len(reqs),
+                                      sum(r["sha256"] == dh for r in reqs)))
+                    check(gets == 1, "cluster herd: %d upstream GETs" % gets)
+                    after = [self.leases_taken(n) for n in c.nodes]
+                    took = [n.host for n, b, a in zip(c.nodes, before, after)
+                            if a is not None and b is not None and a > b]
+                    check(len(took) == 1, "cluster herd: leases taken on %s" % (took or "none"))
+                    holder = took[0] if len(took) == 1 else None
+                    mine = [r["ttfb"] for r, h in zip(reqs, at) if h == holder]
+                    theirs = [r["ttfb"] for r, h in zip(reqs, at) if h != holder]
+                    d["holder"].append(holder)
+                    d["ttfb_holder_s"].append(median(mine) if okh and holder else None)
+                    d["ttfb_others_s"].append(median(theirs) if okh and holder else None)
+                    line = ", median TTFB holder's %d clients %s s, the others' %d %s s" % (
+                        len(mine), fmt(d["ttfb_holder_s"][-1], 3), len(theirs),
+                        fmt(d["ttfb_others_s"][-1], 3))
+                elif not okh:
+                    log("  (registry:2 replicas: %d errors, %d answers)" % (res["errors"],
+                                                                            len(reqs)))
+                log("  run %d %-10s lone %s s, last %s s (per node %s), median TTFB %s s%s, "
+                    "upstream GETs %d, clients per node %s" % (
+                        run + 1, name, fmt(d["lone_s"][-1], 2), fmt(d["last_s"][-1], 2),
+                        "/".join(fmt(v, 2) for v in d["last_by_node"][-1].values()),
+                        fmt(d["ttfb_median_s"][-1], 3), line, gets,
+                        "/".join(str(v) for v in d["clients_per_node"][-1].values())))
+                self.up.proxy.clear_faults()
+                if c is ref:
+                    settle(self.up.proxy)
+        for c in (ours, ref):
+            c.stop()
+        self.clusters = []
+        self.results["scenarios"]["cluster"] = {
+            "nodes": CLUSTER_NODES, "clients": HERD_CLIENTS, "blob_bytes": HERD_SIZE,
+            "upstream_rate": HERD_RATE, "runs": data,
+            "median": {k: {f: median(v) for f, v in d.items()
+                           if f not in ("clients_per_node", "last_by_node", "holder")}
+                       for k, d in data.items()}}
+
     def run(self):
         t0 = time.monotonic()
         self.setup()
-        self.cold_pull()
-        self.start_nginx()
-        self.rm0 = Mirror("regmirror tagfreshness 0s", REGMIRROR_BIN,
-                          os.path.join(WORK, "regmirror-tf0"), self.up).start(fresh=True)
-        for srv in (self.rm, self.rm0, self.r2):  # the small image cached everywhere
-            t, probs = pull(srv.base, self.small)
-            for p in probs:
-                (fail if srv is not self.r2 else log)("pull bench/small via %s: %s" % (
-                    srv.name, p))
-        self.warm_get()
-        self.rate_checks()
-        self.rates()
-        self.herd()
-        self.many_streams()
+        if want("cold", "warm", "rates", "streams"):
+            self.cold_pull()
+            self.start_nginx()
+        if want("rates"):
+            self.rm0 = Mirror("regmirror tagfreshness 0s", REGMIRROR_BIN,
+                              os.path.join(WORK, "regmirror-tf0"), self.up).start(fresh=True)
+            for srv in (self.rm, self.rm0, self.r2):  # the small image cached everywhere
+                t, probs = pull(srv.base, self.small)
+                for p in probs:
+                    (fail if srv is not self.r2 else log)("pull bench/small via %s: %s" % (
+                        srv.name, p))
+        if want("warm"):
+            self.warm_get()
+        if want("rates"):
+            self.rate_checks()
+            self.rates()
+        if want("herd"):
+            self.herd()
+        if want("streams"):
+            self.many_streams()
+        if want("cluster"):
+            self.cluster()
         time.sleep(1)
         self.idle_rss("end")
         self.results["seconds"] = time.monotonic() - t0
+
+
+def want(*names):
+    """Whether BENCH_ONLY (empty: every scenario) names any of these."""
+    return not ONLY or bool(ONLY.intersection(names))
 
 
 def fmt(v, digits=1):
@@ -1078,6 +1246,41 @@ def report(res):
             fmt(r2["ttfb_median_s"], 3), ratio(m["ttfb_median_s"], r2["ttfb_median_s"]))
         row("herd: lone client, s (ref: registry:2)", fmt(m["lone_s"], 2), fmt(r2["lone_s"], 2),
             ratio(m["lone_s"], r2["lone_s"]))
+    cl = sc.get("cluster")
+    if cl:
+        m, r2 = cl["median"]["regmirror"], cl["median"]["registry:2"]
+        gets = cl["runs"]["regmirror"]["upstream_gets"]
+        rate = cl.get("upstream_rate")
+        row("cluster %d nodes + nginx, %dx%d MB (upstream %s): upstream blob GETs "
+            "(ref: %d registry:2 replicas)" % (
+                cl["nodes"], cl["clients"], cl["blob_bytes"] // MB,
+                "%d MB/s" % (rate // MB) if rate else "loopback", cl["nodes"]),
+            "/".join(str(g) for g in gets),
+            "/".join(str(g) for g in cl["runs"]["registry:2"]["upstream_gets"]), None, "== 1",
+            all(g == 1 for g in gets))
+        r = ratio(m["ttfb_others_s"], m["ttfb_holder_s"])
+        row("cluster: median TTFB of the other nodes' clients, s (ref: the holder's clients)",
+            fmt(m["ttfb_others_s"], 3), fmt(m["ttfb_holder_s"], 3), r, "<= 2",
+            r is not None and r <= 2)
+        r = ratio(m["last_s"], m["lone_s"])
+        row("cluster: last client done, s (ref: lone client)", fmt(m["last_s"], 2),
+            fmt(m["lone_s"], 2), r, "<= 1.2", r is not None and r <= 1.2)
+        # the herd's own spread: one node's last client, and the other nodes' against the holder's
+        runs = cl["runs"]["regmirror"]
+        ok = [(v, h) for v, h, last in zip(runs["last_by_node"], runs["holder"], runs["last_s"])
+              if h in v and len(v) > 1 and last is not None]
+        on = median([v[h] for v, h in ok])
+        off = median([max(t for n, t in v.items() if n != h) for v, h in ok])
+        row("cluster: last client of the other nodes, s (ref: the holder's)", fmt(off, 2),
+            fmt(on, 2), ratio(off, on))
+        if hd:
+            row("cluster: last client done, s (ref: one node's herd above)", fmt(m["last_s"], 2),
+                fmt(hd["median"]["regmirror"]["last_s"], 2),
+                ratio(m["last_s"], hd["median"]["regmirror"]["last_s"]))
+        row("cluster: last client done, s (ref: registry:2 replicas)", fmt(m["last_s"], 2),
+            fmt(r2["last_s"], 2), ratio(m["last_s"], r2["last_s"]))
+        row("cluster: median TTFB, s (ref: registry:2 replicas)", fmt(m["ttfb_median_s"], 3),
+            fmt(r2["ttfb_median_s"], 3), ratio(m["ttfb_median_s"], r2["ttfb_median_s"]))
     mb = lambda v: fmt(v / MB if v else None, 1)  # noqa: E731
     idle = res.get("idle_rss", {})
     for when in ("start", "end"):
@@ -1125,10 +1328,16 @@ def print_table(rows):
 def main():
     for path, what in ((REGMIRROR_BIN, "regmirror (make release)"),
                        (REGISTRY_BIN, "docker-registry"), (NGINX_BIN, "nginx"),
-                       (WRK_BIN, "wrk")):
+                       (WRK_BIN, "wrk")) + (((C.REDIS, "redis-server"),)
+                                            if want("cluster") else ()):
         if not os.access(path, os.X_OK):
             print("bench: %s not found at %s" % (what, path), file=sys.stderr)
             return 2
+    unknown = ONLY.difference(SCENARIOS)
+    if unknown:
+        print("bench: BENCH_ONLY: unknown scenario %s (one of %s)" % (
+            ", ".join(sorted(unknown)), ", ".join(SCENARIOS)), file=sys.stderr)
+        return 2
     build_bget()
     b = Bench()
     code = 0

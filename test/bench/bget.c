@@ -9,6 +9,9 @@
  *   {"wall": s, "bytes": n, "errors": n, "requests": [
  *      {"conn": i, "status": 200, "bytes": n, "ttfb": s, "time": s, "sha256": "sha256:..."}]}
  *
+ * With -r NAME each request also gets "header": the value of that response header ("" when the
+ * answer had none), e.g. the node behind a load balancer that names it.
+ *
  * With -d SECONDS it keeps asking for that long instead of -n times, and -q prints only a
  * summary: {"requests", "rate", "p50", "p99" (seconds, of every finished request), "non2xx",
  * "failed", "errors", "timed_out", "wall", "bytes"}.
@@ -59,6 +62,7 @@ struct result {
     uint64_t bytes;
     double ttfb, time;
     char sha[72];
+    char header[64];
 };
 
 struct conn {
@@ -74,6 +78,7 @@ struct conn {
     EVP_MD_CTX *md;
     char line[64];
     size_t line_len;
+    char header[64];
 };
 
 static struct sockaddr_in g_addr;
@@ -81,6 +86,7 @@ static char g_req[8192];
 static size_t g_req_len;
 static bool g_hash, g_head;
 static const char *g_expect;
+static const char *g_record; /* -r: the response header recorded per request */
 static int g_total, g_started, g_finished, g_errors, g_cap;
 static double g_until; /* -d: no new request after this time (0: count mode) */
 static struct result *g_results;
@@ -168,6 +174,7 @@ static void conn_next(struct conn *c)
     c->t0 = now();
     c->t1 = 0;
     c->line_len = 0;
+    c->header[0] = 0;
     if (g_hash)
         EVP_DigestInit_ex(c->md, EVP_sha256(), NULL);
     if (c->fd < 0 && conn_open(c) < 0) {
@@ -198,6 +205,7 @@ static void record(struct conn *c, bool complete)
     r->ttfb = c->t1 ? c->t1 - c->t0 : -1;
     r->time = t - c->t0;
     r->sha[0] = 0;
+    memcpy(r->header, c->header, sizeof(r->header));
     if (g_hash && complete) {
         unsigned char md[32];
         unsigned int n = 0;
@@ -256,6 +264,13 @@ static int parse_head(struct conn *c)
             c->chunked = true;
         } else if (!strcasecmp(line, "Connection") && strcasestr(v, "close")) {
             c->close_after = true;
+        }
+        if (g_record && !strcasecmp(line, g_record)) {
+            size_t k = 0;
+            for (; v[k] && k < sizeof(c->header) - 1; k++) /* kept JSON-safe */
+                c->header[k] =
+                    v[k] == '"' || v[k] == '\\' || (unsigned char)v[k] < 0x20 ? '?' : v[k];
+            c->header[k] = 0;
         }
     }
     if (g_head || c->status == 204 || c->status == 304) {
@@ -407,8 +422,9 @@ static int cmp_double(const void *a, const void *b)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bget [-c CONNS] [-n REQUESTS] [-I] [-H 'Name: value']... [-s] "
-                    "[-e DIGEST] [-t SECONDS] [-d SECONDS] [-q] http://127.0.0.1:PORT/PATH\n");
+    fprintf(stderr,
+            "usage: bget [-c CONNS] [-n REQUESTS] [-I] [-H 'Name: value']... [-s] "
+            "[-e DIGEST] [-r HEADER] [-t SECONDS] [-d SECONDS] [-q] http://127.0.0.1:PORT/PATH\n");
     exit(2);
 }
 
@@ -421,7 +437,7 @@ int main(int argc, char **argv)
     char headers[4096] = "";
     size_t hl = 0;
     g_total = 1;
-    while ((opt = getopt(argc, argv, "c:n:IH:se:t:d:q")) != -1) {
+    while ((opt = getopt(argc, argv, "c:n:IH:se:r:t:d:q")) != -1) {
         switch (opt) {
         case 'c':
             conns = atoi(optarg);
@@ -443,6 +459,9 @@ int main(int argc, char **argv)
         case 'e':
             g_expect = optarg;
             g_hash = true;
+            break;
+        case 'r':
+            g_record = optarg;
             break;
         case 't':
             limit = atof(optarg);
@@ -528,9 +547,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < g_finished; i++) {
         struct result *r = &g_results[i];
         printf("%s\n {\"conn\": %d, \"status\": %d, \"bytes\": %llu, \"ttfb\": %.6f, "
-               "\"time\": %.6f, \"sha256\": \"%s\"}",
+               "\"time\": %.6f, \"sha256\": \"%s\", \"header\": \"%s\"}",
                i ? "," : "", r->conn, r->status, (unsigned long long)r->bytes, r->ttfb, r->time,
-               r->sha);
+               r->sha, r->header);
     }
     printf("]}\n");
     return g_errors + unfinished ? 1 : 0;
