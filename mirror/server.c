@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "api.h"
 #include "health.h"
 #include "auth.h"
@@ -21,6 +22,7 @@ struct server {
     const struct health *health; /* for /healthz; NULL: always ok */
     struct auth *auth;           /* auth.htpasswd; NULL without client auth */
     struct tls_server *tls;      /* http.tls.certificate; NULL for plain HTTP */
+    struct admin *admin;         /* /admin/cache on the debug listener; NULL without one */
 };
 
 typedef void (*route_fn)(const struct api *api, struct http_req *req, const struct api_route *rt);
@@ -190,6 +192,8 @@ void server_close(struct server *srv)
     if (srv->debug)
         http_server_free(srv->debug);
     srv->debug = NULL;
+    admin_free(srv->admin); /* after its listener: no new job; before the proxy it pulls from */
+    srv->admin = NULL;
 }
 
 void server_free(struct server *srv)
@@ -208,6 +212,11 @@ static void on_debug_request(struct http_req *req, void *arg)
     const struct config *cfg = srv->api.cfg;
     const char *path = http_req_path(req);
     enum http_method m = http_req_method(req);
+    if (srv->admin && strncmp(path, ADMIN_PATH, sizeof(ADMIN_PATH) - 1) == 0 &&
+        (path[sizeof(ADMIN_PATH) - 1] == '\0' || path[sizeof(ADMIN_PATH) - 1] == '/')) {
+        admin_serve(srv->admin, req);
+        return;
+    }
     if (m != HTTP_GET && m != HTTP_HEAD) {
         http_resp_start(req, 405);
         http_resp_header(req, "Allow", "GET, HEAD");
@@ -233,11 +242,14 @@ int server_observe(struct server *srv, struct event_base *base, const struct hea
     if (!srv->debug)
         return -1;
     http_server_set_access_log(srv->debug, false);
+    srv->admin = admin_new(base, &srv->api, srv->auth, registry_storage(srv->api.reg));
+    if (!srv->admin)
+        return -1;
     if (http_server_listen(srv->debug, cfg->http.debug.addr) != 0) {
         log_error("cannot listen on http.debug.addr %s: %s", cfg->http.debug.addr, strerror(errno));
         return -1;
     }
-    log_info("debug server on %s: /debug/health%s%s", cfg->http.debug.addr,
+    log_info("debug server on %s: /debug/health, " ADMIN_PATH "%s%s", cfg->http.debug.addr,
              cfg->http.debug.prometheus_enabled ? ", " : "",
              cfg->http.debug.prometheus_enabled ? cfg->http.debug.prometheus_path : "");
     return 0;
