@@ -42,7 +42,7 @@ struct admin {
 #define PULLS_SLOTS 65536 /* a power of two */
 static struct {
     uint64_t key, count;
-} pulls[PULLS_SLOTS];
+} pull_table[PULLS_SLOTS];
 static pthread_mutex_t pulls_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static uint64_t pulls_key(const char *name, const struct digest *d)
@@ -61,8 +61,8 @@ static size_t pulls_slot(uint64_t key, bool *found)
 {
     size_t i = key & (PULLS_SLOTS - 1);
     for (size_t probe = 0; probe < PULLS_SLOTS; probe++, i = (i + 1) & (PULLS_SLOTS - 1)) {
-        if (pulls[i].key == key || pulls[i].key == 0) {
-            *found = pulls[i].key == key;
+        if (pull_table[i].key == key || pull_table[i].key == 0) {
+            *found = pull_table[i].key == key;
             return i;
         }
     }
@@ -77,8 +77,8 @@ void admin_note_pull(const char *name, const struct digest *d)
     pthread_mutex_lock(&pulls_mu);
     size_t i = pulls_slot(key, &found);
     if (i < PULLS_SLOTS) {
-        pulls[i].key = key;
-        pulls[i].count++;
+        pull_table[i].key = key;
+        pull_table[i].count++;
     }
     pthread_mutex_unlock(&pulls_mu);
 }
@@ -88,7 +88,7 @@ uint64_t admin_pulls(const char *name, const struct digest *d)
     bool found;
     pthread_mutex_lock(&pulls_mu);
     size_t i = pulls_slot(pulls_key(name, d), &found);
-    uint64_t n = found ? pulls[i].count : 0;
+    uint64_t n = found ? pull_table[i].count : 0;
     pthread_mutex_unlock(&pulls_mu);
     return n;
 }
@@ -225,23 +225,37 @@ struct ls_job {
     char next[API_NAME_MAX]; /* "" : no further page */
 };
 
-static json_t *image_json(const struct admin *adm, const char *name,
-                          const struct inventory_image *img)
+static json_t *image_json(const struct config *cfg, const char *name,
+                          const struct inventory_image *img, bool pulls)
 {
     char ds[DIGEST_STR_MAX];
-    uint64_t count = 0;
-    for (size_t i = 0; i < img->nmanifests; i++)
-        count += admin_pulls(name, &img->manifests[i]);
-    const char *up = img->local ? NULL : inventory_upstream(adm->api->cfg, name);
-    json_t *o =
-        json_pack("{s:s, s:I, s:s, s:o, s:I}", "digest", digest_str(&img->digest, ds), "size",
-                  (json_int_t)img->size, "source", img->local ? "pushed" : "proxied", "last_pulled",
-                  time_json(img->last_pulled), "pulls", (json_int_t)count);
+    const char *up = img->local ? NULL : inventory_upstream(cfg, name);
+    json_t *o = json_pack("{s:s, s:I, s:s, s:o}", "digest", digest_str(&img->digest, ds), "size",
+                          (json_int_t)img->size, "source", img->local ? "pushed" : "proxied",
+                          "last_pulled", time_json(img->last_pulled));
     if (o && img->tag[0])
         json_object_set_new(o, "tag", json_string(img->tag));
     if (o && up)
         json_object_set_new(o, "upstream", json_string(up));
+    if (o && pulls) {
+        uint64_t count = 0;
+        for (size_t i = 0; i < img->nmanifests; i++)
+            count += admin_pulls(name, &img->manifests[i]);
+        json_object_set_new(o, "pulls", json_integer((json_int_t)count));
+    }
     return o;
+}
+
+json_t *admin_repo_json(const struct config *cfg, const char *name, const struct inventory_repo *r,
+                        bool pulls)
+{
+    json_t *images = json_array();
+    uint64_t total = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        json_array_append_new(images, image_json(cfg, name, &r->images[i], pulls));
+        total += r->images[i].size;
+    }
+    return json_pack("{s:s, s:I, s:o}", "name", name, "size", (json_int_t)total, "images", images);
 }
 
 /* Appends repository name to arr; REG_OK also when it holds nothing any more. */
@@ -251,14 +265,7 @@ static enum regerr ls_repo(struct ls_job *j, const char *name, json_t *arr)
     enum regerr result = inventory_repo_read(j->adm->st, name, &r);
     if (result != REG_OK)
         return result;
-    json_t *images = json_array();
-    uint64_t total = 0;
-    for (size_t i = 0; i < r.n; i++) {
-        json_array_append_new(images, image_json(j->adm, name, &r.images[i]));
-        total += r.images[i].size;
-    }
-    json_array_append_new(arr, json_pack("{s:s, s:I, s:o}", "name", name, "size", (json_int_t)total,
-                                         "images", images));
+    json_array_append_new(arr, admin_repo_json(j->adm->api->cfg, name, &r, true));
     inventory_repo_free(&r);
     return REG_OK;
 }

@@ -29,9 +29,12 @@
 #include <stdint.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "api.h"
 #include "digest.h"
 #include "http.h"
+#include "inventory.h"
 #include "regerr.h"
 #include "storage.h"
 
@@ -67,6 +70,14 @@ void admin_verify_progress(const struct admin *adm, struct admin_progress *out);
  */
 void admin_note_pull(const char *name, const struct digest *d);
 uint64_t admin_pulls(const char *name, const struct digest *d);
+
+/*
+ * One repository of the listing as GET /admin/cache answers it (new reference): name, size,
+ * images with digest, tag, size, source, upstream, last_pulled, and pulls when asked (the
+ * daemon's counts; the command line's offline listing has none).
+ */
+json_t *admin_repo_json(const struct config *cfg, const char *name, const struct inventory_repo *r,
+                        bool pulls);
 
 /*
  * Parses an image reference "<name>:<tag>" or "<name>@<digest>" (len bytes at s) into name
