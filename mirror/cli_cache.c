@@ -478,7 +478,9 @@ static void print_verified(size_t checked, const json_t *removed, uint64_t bytes
     size_t i;
     const json_t *d;
     json_array_foreach(removed, i, d)
+    {
         printf("removed %s: its bytes no longer match\n", json_string_value(d));
+    }
     printf("verify: %zu blobs checked, %zu removed (%s)\n", checked, json_array_size(removed),
            progress_bytes(bytes, b));
 }

@@ -5,6 +5,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
+
 #define BAR_WIDTH 30
 
 static int64_t now_us(void)
@@ -43,21 +45,24 @@ void progress_draw(struct progress *p, const char *label, size_t done, size_t to
     if (!force && t - p->drawn_us < 100000)
         return;
     p->drawn_us = t;
-    char line[512], bar[BAR_WIDTH + 1], b[16];
+    char bar[BAR_WIDTH + 1], b[16];
+    struct buf line = BUF_INIT(512);
     size_t fill = total ? (done >= total ? BAR_WIDTH : done * BAR_WIDTH / total) : 0;
     memset(bar, '#', fill);
     memset(bar + fill, '.', BAR_WIDTH - fill);
     bar[BAR_WIDTH] = '\0';
-    int n = total
-                ? snprintf(line, sizeof(line), "%s [%s] %zu/%zu %s", label, bar, done, total, unit)
-                : snprintf(line, sizeof(line), "%s %zu %s", label, done, unit);
-    if (n > 0 && (size_t)n < sizeof(line) && bytes)
-        n += snprintf(line + n, sizeof(line) - (size_t)n, "  %s", progress_bytes(bytes, b));
-    if (n > 0 && (size_t)n < sizeof(line) && note && *note)
-        n += snprintf(line + n, sizeof(line) - (size_t)n, "  %s", note);
-    size_t len = strlen(line);
-    fprintf(p->out, "\r%s%*s", line, p->width > len ? (int)(p->width - len) : 0, "");
+    if (total)
+        buf_printf(&line, "%s [%s] %zu/%zu %s", label, bar, done, total, unit);
+    else
+        buf_printf(&line, "%s %zu %s", label, done, unit);
+    if (bytes)
+        buf_printf(&line, "  %s", progress_bytes(bytes, b));
+    if (note && *note)
+        buf_printf(&line, "  %s", note);
+    size_t len = line.len;
+    fprintf(p->out, "\r%s%*s", buf_cstr(&line), p->width > len ? (int)(p->width - len) : 0, "");
     p->width = len;
+    buf_free(&line);
     fflush(p->out);
 }
 
