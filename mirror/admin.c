@@ -164,20 +164,20 @@ static json_t *progress_json(const struct admin_progress *p)
                      (json_int_t)p->bytes, "errors", (json_int_t)p->errors, "current", p->current);
 }
 
-static void progress_get(const struct admin *adm, const struct admin_progress *p,
+static void progress_get(struct admin *adm, const struct admin_progress *p,
                          struct admin_progress *out)
 {
-    pthread_mutex_lock((pthread_mutex_t *)&adm->mu);
+    pthread_mutex_lock(&adm->mu);
     *out = *p;
-    pthread_mutex_unlock((pthread_mutex_t *)&adm->mu);
+    pthread_mutex_unlock(&adm->mu);
 }
 
-void admin_warm_progress(const struct admin *adm, struct admin_progress *out)
+void admin_warm_progress(struct admin *adm, struct admin_progress *out)
 {
     progress_get(adm, &adm->warm, out);
 }
 
-void admin_verify_progress(const struct admin *adm, struct admin_progress *out)
+void admin_verify_progress(struct admin *adm, struct admin_progress *out)
 {
     progress_get(adm, &adm->verify, out);
 }

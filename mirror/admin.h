@@ -61,8 +61,8 @@ struct admin_progress {
     size_t errors;            /* warm: references or blobs that failed; verify: blobs removed */
     char current[API_NAME_MAX + API_REF_MAX + 2]; /* warm: the reference being fetched */
 };
-void admin_warm_progress(const struct admin *adm, struct admin_progress *out);
-void admin_verify_progress(const struct admin *adm, struct admin_progress *out);
+void admin_warm_progress(struct admin *adm, struct admin_progress *out);
+void admin_verify_progress(struct admin *adm, struct admin_progress *out);
 
 /*
  * Pull counts per image since the start, for the listing: a manifest GET served for d in

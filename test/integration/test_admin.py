@@ -341,3 +341,41 @@ def test_cli_offline(mirror, upstream, seeded, filled):
     upstream.proxy.wait_idle()
     for d in seeded.multi.blobs:
         assert upstream.proxy.blob_gets(d) == 1, d
+
+
+def test_cli_warm_and_verify_draw_a_bar_on_a_terminal(mirror, upstream, seeded):
+    """stderr on a terminal: the progress line is redrawn in place; the result on stdout."""
+    import pty
+    multi = seeded.multi
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run([helpers.regmirror_bin(), "cache", "warm", mirror.config_path,
+                            "%s:%s" % (multi.repo, multi.tag)], stdout=subprocess.PIPE,
+                           stderr=slave, text=True, timeout=60)
+        os.close(slave)
+        slave = None
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        if slave is not None:
+            os.close(slave)
+        os.close(master)
+    assert p.returncode == 0, drawn
+    assert "warmed %s:%s: %d manifests, %d blobs" % (
+        multi.repo, multi.tag, 1 + len(multi.children), len(multi.blobs)) in p.stdout
+    assert b"\rwarm [" in drawn and b"%d/%d blobs" % (len(multi.blobs), len(multi.blobs)) in drawn
+    upstream.proxy.wait_idle()
+    for d in multi.blobs:
+        assert upstream.proxy.blob_gets(d) == 1, d
+    # off a terminal: plain lines only
+    p = cli(mirror, "verify", "--repo", multi.repo)
+    assert p.returncode == 0, p.stderr
+    assert "\r" not in p.stderr and "verify: %d blobs checked, 0 removed" % (
+        len(multi.blobs) + 1 + len(multi.children)) in p.stdout
