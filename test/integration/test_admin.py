@@ -200,6 +200,14 @@ def test_warm_fetches_each_blob_once(mirror, upstream, seeded):
         assert upstream.proxy.blob_gets(d) == 1, d
     pull_from_cache(mirror, upstream, multi)
     assert requests.get(mirror.admin + "/warm", timeout=10).json()["done"] == len(multi.blobs)
+    # warm again: the manifests are checked, the blobs are cached already
+    upstream.proxy.reset()
+    r = requests.post(mirror.admin + "/warm", json=[multi.repo + ":" + multi.tag], timeout=120)
+    assert r.status_code == 200, r.text
+    [ref] = r.json()["references"]
+    assert ref["cached"] == ref["blobs"] == len(multi.blobs) and ref["bytes"] == 0
+    upstream.proxy.wait_idle()
+    assert upstream.proxy.blob_gets() == 0
 
 
 def test_warm_of_listed_platforms(mirror, upstream, seeded):
