@@ -130,13 +130,27 @@ enum regerr admin_ref_parse(const char *s, size_t len, char *name, char *ref, co
 
 /* ---- answers ---- */
 
-static void answer_json(struct admin *adm, struct http_req *req, json_t *body)
+/* A 200 with body (the reference is taken) and, when not NULL, a Link header. */
+static void answer_json_link(struct admin *adm, struct http_req *req, json_t *body,
+                             const char *link)
 {
-    if (!body) {
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (!text) {
         api_error(adm->api, req, REG_ERR_INTERNAL, NULL);
         return;
     }
-    api_json(adm->api, req, 200, body, "application/json");
+    api_start(adm->api, req, 200);
+    if (link)
+        http_resp_header(req, "Link", link);
+    http_resp_header(req, "Content-Type", "application/json");
+    http_resp_body_mem(req, text, strlen(text));
+    free(text);
+}
+
+static void answer_json(struct admin *adm, struct http_req *req, json_t *body)
+{
+    answer_json_link(adm, req, body, NULL);
 }
 
 static void method_not_allowed(struct http_req *req, const char *allow)
@@ -310,15 +324,17 @@ static void ls_done(void *arg, struct http_req *req)
         api_errorf(j->adm->api, req, j->result, "%s", j->repo[0] ? j->repo : "the catalog");
         goto out;
     }
+    char *link = NULL;
     if (j->next[0]) {
         char *enc = reference_url_encode(j->next);
-        if (enc)
-            http_resp_headerf(req, "Link", "<%s?n=%llu&last=%s>; rel=\"next\"", ADMIN_PATH,
-                              (unsigned long long)j->n, enc);
+        if (enc && asprintf(&link, "<%s?n=%llu&last=%s>; rel=\"next\"", ADMIN_PATH,
+                            (unsigned long long)j->n, enc) < 0)
+            link = NULL;
         free(enc);
     }
-    answer_json(j->adm, req, j->body);
+    answer_json_link(j->adm, req, j->body, link);
     j->body = NULL;
+    free(link);
 out:
     json_decref(j->body);
     free(j);
