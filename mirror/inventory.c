@@ -245,25 +245,45 @@ static char *link_dir(char *path)
     return path;
 }
 
-/* Whether a repository other than name links d (as a layer or a manifest revision). */
-static bool linked_elsewhere(struct storage *st, const char *name, const struct digest *d)
+/* Marks (val 1) the entries of cands that repository repo links, as a layer or a revision:
+ * one listing per kind and algorithm, however many candidates there are. */
+static void mark_linked(struct storage *st, const char *repo, struct gc_set *cands)
 {
-    char repo[LAYOUT_PATH_MAX], path[LAYOUT_PATH_MAX];
-    struct gc_walk *w = gc_walk_new(st);
-    bool found = !w; /* out of memory: keep the data */
-    int rc;
-    while (!found && (rc = gc_walk_next(w, repo)) != 0) {
-        if (rc < 0) {
-            found = true; /* unknown: keep it */
-            break;
+    char revs[LAYOUT_PATH_MAX], base[LAYOUT_PATH_MAX], layers[LAYOUT_PATH_MAX + 32];
+    for (size_t a = 0; a < NALGOS; a++) {
+        snprintf(layers, sizeof(layers), "%s/_layers/%s", layout_repo(base, repo),
+                 digest_algo_name(algos[a]));
+        const char *dirs[2] = {layout_revisions_dir(revs, repo, algos[a]), layers};
+        for (size_t k = 0; k < 2; k++) {
+            struct storage_list l = {0};
+            if (storage_list(st, dirs[k], &l) != REG_OK)
+                continue;
+            for (size_t i = 0; i < l.n; i++) {
+                struct digest d;
+                struct gc_set_entry *e;
+                if (gc_digest_from(algos[a], l.names[i], &d) == 0 &&
+                    (e = gc_set_find(cands, &d)) != NULL)
+                    e->val = 1;
+            }
+            storage_list_free(&l);
         }
-        if (strcmp(repo, name) == 0)
-            continue;
-        found = exists(st, layout_layer_link(path, repo, d), NULL) ||
-                exists(st, layout_revision_link(path, repo, d), NULL);
+    }
+}
+
+/* Marks the candidates any repository other than name links; all of them when the walk
+ * fails (what is unknown is kept). */
+static void mark_linked_elsewhere(struct storage *st, const char *name, struct gc_set *cands)
+{
+    char repo[LAYOUT_PATH_MAX];
+    struct gc_walk *w = gc_walk_new(st);
+    int rc = w ? 1 : -1;
+    while (w && (rc = gc_walk_next(w, repo)) > 0) {
+        if (strcmp(repo, name) != 0)
+            mark_linked(st, repo, cands);
     }
     gc_walk_free(w);
-    return found;
+    for (size_t i = 0; rc < 0 && i < cands->cap; i++)
+        cands->v[i].val = 1;
 }
 
 /* What every image of repo r except those of digest d reaches. */
@@ -278,10 +298,9 @@ static enum regerr reach_others(struct storage *st, const struct inventory_repo 
     return result;
 }
 
-/* Unlinks one manifest or blob of name (and its pull record); its data when nothing else
- * links it. */
+/* Unlinks one manifest or blob of name and its pull record; its data is a candidate. */
 static enum regerr unlink_one(struct storage *st, const char *name, const struct digest *d,
-                              bool manifest, struct inventory_removed *out)
+                              bool manifest, struct gc_set *cands, struct inventory_removed *out)
 {
     char path[LAYOUT_PATH_MAX];
     if (manifest)
@@ -294,15 +313,30 @@ static enum regerr unlink_one(struct storage *st, const char *name, const struct
     if (result == REG_OK && manifest)
         out->manifests++;
     storage_remove(st, layout_proxy_pulled(path, name, d));
-    if ((result = removed_push(out, d)) != REG_OK || linked_elsewhere(st, name, d))
-        return result;
-    uint64_t size = blob_size(st, d);
-    result = storage_remove(st, layout_blob_dir(path, d));
-    if (result == REG_OK) {
-        out->blobs++;
-        out->bytes += size;
+    if (gc_set_add(cands, d, NULL) < 0)
+        return REG_ERR_INTERNAL;
+    return removed_push(out, d);
+}
+
+/* Removes the data of the candidates no repository links (val 0). */
+static enum regerr remove_unlinked(struct storage *st, const struct gc_set *cands,
+                                   struct inventory_removed *out)
+{
+    char path[LAYOUT_PATH_MAX];
+    for (size_t i = 0; i < cands->cap; i++) {
+        const struct gc_set_entry *e = &cands->v[i];
+        if (!e->used || e->val)
+            continue;
+        uint64_t size = blob_size(st, &e->d);
+        enum regerr result = storage_remove(st, layout_blob_dir(path, &e->d));
+        if (result == REG_OK) {
+            out->blobs++;
+            out->bytes += size;
+        } else if (result != REG_ERR_NOT_FOUND) {
+            return result;
+        }
     }
-    return result == REG_ERR_NOT_FOUND ? REG_OK : result;
+    return REG_OK;
 }
 
 static enum regerr resolve(struct storage *st, const char *name, const char *ref, struct digest *d)
@@ -353,6 +387,7 @@ enum regerr inventory_purge(struct storage *st, const char *name, const char *re
 {
     struct inventory_repo r = {0};
     struct reach mine = {0}, keep = {0};
+    struct gc_set cands = {0}; /* unlinked here: their data goes unless linked elsewhere */
     struct digest d;
     memset(out, 0, sizeof(*out));
     enum regerr result = resolve(st, name, ref, &d);
@@ -368,17 +403,22 @@ enum regerr inventory_purge(struct storage *st, const char *name, const char *re
         result = reach_others(st, &r, &d, &keep);
     if (result == REG_OK)
         result = untag_all(st, name, &r, &d);
-    /* Manifests before the blobs they name, links before data (unlink_one). */
+    /* Manifests before the blobs they name, every link before any data. */
     for (size_t i = 0; i < mine.manifests.cap && result == REG_OK; i++) {
         const struct gc_set_entry *e = &mine.manifests.v[i];
         if (e->used && !gc_set_find(&keep.manifests, &e->d))
-            result = unlink_one(st, name, &e->d, true, out);
+            result = unlink_one(st, name, &e->d, true, &cands, out);
     }
     for (size_t i = 0; i < mine.blobs.cap && result == REG_OK; i++) {
         const struct gc_set_entry *e = &mine.blobs.v[i];
         if (e->used && !gc_set_find(&keep.blobs, &e->d) && !gc_set_find(&keep.manifests, &e->d))
-            result = unlink_one(st, name, &e->d, false, out);
+            result = unlink_one(st, name, &e->d, false, &cands, out);
     }
+    if (result == REG_OK && cands.n) {
+        mark_linked_elsewhere(st, name, &cands);
+        result = remove_unlinked(st, &cands, out);
+    }
+    gc_set_free(&cands);
     reach_free(&mine);
     reach_free(&keep);
     inventory_repo_free(&r);

@@ -14,7 +14,7 @@ import requests
 
 import helpers
 from helpers import (assert_error, blob_files, make_image, pull_image, pull_manifest,
-                     push_image, raw_get)
+                     push_image, raw_get, upload_blob)
 from tlsutil import auth_yaml, write_htpasswd
 
 pytestmark = pytest.mark.regmirror_only("the cache admin API and CLI are regmirror's")
@@ -417,3 +417,18 @@ def _post_quietly(url, body):
         return requests.post(url, json=body, timeout=60).status_code
     except requests.RequestException:
         return None
+
+
+def test_rm_keeps_blobs_another_repository_links(mirror, upstream, seeded):
+    alpine = seeded.alpine
+    pull_image(mirror, alpine)
+    shared = alpine.layers[0]
+    upload_blob(mirror, LOCAL_REPO, shared.data, shared.digest)
+    r = requests.delete("%s/%s:%s" % (mirror.admin, alpine.repo, alpine.tag), timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["blobs"] == len(alpine.blobs)  # the manifest and the others, not the shared
+    stored = blob_files(mirror.rootdir)
+    assert shared.digest in stored
+    assert not (set(alpine.blobs) - {shared.digest}) & set(stored)
+    status, _, body, complete = raw_get(mirror, "/v2/%s/blobs/%s" % (LOCAL_REPO, shared.digest))
+    assert status == 200 and complete and body == shared.data
