@@ -26,12 +26,14 @@
 /* References in one warm, and platforms named per reference. */
 #define ADMIN_WARM_REFS_MAX 256
 #define ADMIN_WARM_PLATFORMS_MAX 16
+/* A verify and a warm (one of each at most) and two more for listings and purges. */
+#define ADMIN_THREADS 4
 
 struct admin {
     const struct api *api;
     struct auth *auth;
     struct storage *st;
-    struct offload *pool; /* one thread: admin jobs run one at a time, off the loop */
+    struct offload *pool; /* ADMIN_THREADS: admin jobs run off the loop */
     atomic_bool stop;     /* admin_free: a warm in progress ends at its next read */
     pthread_mutex_t mu;   /* guards warm and verify (written by the worker, read anywhere) */
     struct admin_progress warm, verify;
@@ -942,7 +944,7 @@ struct admin *admin_new(struct event_base *base, const struct api *api, struct a
     atomic_init(&adm->stop, false);
     pthread_mutex_init(&adm->mu, NULL);
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    adm->pool = offload_new(base, 1);
+    adm->pool = offload_new(base, ADMIN_THREADS);
     if (!adm->pool) {
         admin_free(adm);
         return NULL;

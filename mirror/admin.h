@@ -16,13 +16,14 @@
  * client auth (auth.htpasswd) every route needs a user of that file (Basic); the debug
  * listener has no other protection.
  *
- * Storage work runs on the admin's own worker thread, one job at a time, so that walking a
- * large store never holds the event loop (the filesystem's pool is inline otherwise). A warm
+ * Storage work runs on the admin's own worker threads, so that walking a large store never
+ * holds the event loop (the filesystem's pool is inline otherwise); one verify and one warm at
+ * a time leave threads for listings and purges meanwhile. A warm
  * pulls through this mirror's own main listener (as a client would), so the proxy fetches
  * each blob once and records the pulls as for any client.
  *
  * Ownership: api, auth and st are borrowed and outlive the admin; admin_free waits for the
- * job in progress (a warm stops at its next read).
+ * jobs in progress (a warm stops at its next read, a verify after its blob).
  */
 #include <stdbool.h>
 #include <stddef.h>

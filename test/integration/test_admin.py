@@ -396,7 +396,8 @@ def test_cli_warm_and_verify_draw_a_bar_on_a_terminal(mirror, upstream, seeded):
 
 
 def test_stop_during_a_warm(mirror, upstream, seeded):
-    """SIGTERM while a warm reads a slow blob: the daemon exits cleanly and soon."""
+    """A listing answers while a warm reads a slow blob; SIGTERM then: the daemon exits cleanly
+    and soon."""
     alpine = seeded.alpine
     upstream.proxy.throttle(64 * 1024, kinds=["blob"])
     answers = []
@@ -405,6 +406,11 @@ def test_stop_during_a_warm(mirror, upstream, seeded):
     t.start()
     assert helpers.wait_until(
         lambda: requests.get(mirror.admin + "/warm", timeout=5).json()["bytes"] > 0, timeout=20)
+    # a listing is not queued behind the warm
+    t0 = time.monotonic()
+    listing(mirror)
+    assert time.monotonic() - t0 < 2
+    assert requests.get(mirror.admin + "/warm", timeout=5).json()["running"]
     t0 = time.monotonic()
     assert mirror.stop() in (0, -15)
     assert time.monotonic() - t0 < 8
