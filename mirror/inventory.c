@@ -518,6 +518,48 @@ static void verify_candidates(struct storage *st, const char *name, struct gc_se
     }
 }
 
+/*
+ * A manifest whose data went: its revision link and the tags naming it go too in repo, so a
+ * pull of the tag fetches it again instead of finding a tag without its manifest.
+ */
+static void drop_manifest(struct storage *st, const char *repo, const struct digest *d)
+{
+    char path[LAYOUT_PATH_MAX];
+    if (!exists(st, layout_revision_link(path, repo, d), NULL))
+        return;
+    struct storage_list tags = {0};
+    if (storage_list(st, layout_tags_dir(path, repo), &tags) == REG_OK) {
+        for (size_t i = 0; i < tags.n; i++) {
+            struct digest cur;
+            if (gc_read_link(st, layout_tag_current(path, repo, tags.names[i]), &cur) != REG_OK ||
+                !digest_equal(&cur, d))
+                continue;
+            storage_remove(st, layout_tag_dir(path, repo, tags.names[i]));
+            storage_remove(st, layout_proxy_tag(path, repo, tags.names[i]));
+        }
+        storage_list_free(&tags);
+    }
+    storage_remove(st, link_dir(layout_revision_link(path, repo, d)));
+    storage_remove(st, layout_proxy_pulled(path, repo, d));
+}
+
+/* drop_manifest of every removed digest, in name or in every repository. */
+static void drop_manifests(struct storage *st, const char *name, const struct inventory_removed *r)
+{
+    char repo[LAYOUT_PATH_MAX];
+    if (name) {
+        for (size_t i = 0; i < r->n; i++)
+            drop_manifest(st, name, &r->digests[i]);
+        return;
+    }
+    struct gc_walk *w = gc_walk_new(st);
+    while (w && gc_walk_next(w, repo) > 0) {
+        for (size_t i = 0; i < r->n; i++)
+            drop_manifest(st, repo, &r->digests[i]);
+    }
+    gc_walk_free(w);
+}
+
 enum regerr inventory_verify(struct storage *st, const char *name, inventory_progress_fn progress,
                              void *ctx, const atomic_bool *stop, size_t *checked,
                              struct inventory_removed *out)
@@ -555,5 +597,7 @@ enum regerr inventory_verify(struct storage *st, const char *name, inventory_pro
             progress(ctx, ++done, all.n, total_bytes);
     }
     gc_set_free(&all);
+    if (out->n)
+        drop_manifests(st, name, out);
     return result;
 }

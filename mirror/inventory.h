@@ -79,8 +79,9 @@ typedef void (*inventory_progress_fn)(void *ctx, size_t done, size_t total, uint
 /*
  * Re-hashes the stored blobs (those linked in repository name, or every blob when name is
  * NULL) and removes the data of each whose bytes no longer match its digest, so the next pull
- * fetches it again. out lists them (blobs, bytes). *checked counts the blobs read. progress
- * may be NULL; stop (may be NULL) is read between blobs: when it turns true the walk ends.
+ * fetches it again; a manifest among them also loses its revision link and its tags there. out
+ * lists them (blobs, bytes). *checked counts the blobs read. progress may be NULL; stop (may be
+ * NULL) is read between blobs: when it turns true the walk ends.
  */
 enum regerr inventory_verify(struct storage *st, const char *name, inventory_progress_fn progress,
                              void *ctx, const atomic_bool *stop, size_t *checked,

@@ -438,3 +438,28 @@ def test_rm_keeps_blobs_another_repository_links(mirror, upstream, seeded):
     assert not (set(alpine.blobs) - {shared.digest}) & set(stored)
     status, _, body, complete = raw_get(mirror, "/v2/%s/blobs/%s" % (LOCAL_REPO, shared.digest))
     assert status == 200 and complete and body == shared.data
+
+
+@pytest.mark.skipif(helpers.storage_kind() == "oss", reason="corrupts a file of the filesystem "
+                    "store")
+def test_verify_removes_a_corrupted_manifest(mirror, upstream, seeded):
+    """A manifest whose bytes changed goes with its tag: after a restart (nothing in memory)
+    the tag is fetched again, not served broken."""
+    alpine = seeded.alpine
+    pull_image(mirror, alpine)
+    upstream.proxy.wait_idle()
+    d = alpine.digest
+    path = os.path.join(mirror.rootdir, "docker/registry/v2/blobs/sha256", d[7:9], d[7:], "data")
+    with open(path, "r+b") as f:
+        f.seek(3)
+        f.write(b"#")
+    r = requests.post(mirror.admin + "/verify", timeout=60)
+    assert r.status_code == 200 and r.json()["removed"] == [d], r.text
+    assert mirror.stop() in (0, -15)
+    mirror.start()
+    upstream.proxy.reset()
+    r = pull_manifest(mirror, alpine.repo, alpine.tag)
+    assert r.status_code == 200 and r.content == alpine.manifest
+    upstream.proxy.wait_idle()
+    assert upstream.proxy.count(kind="manifest", method="GET") >= 1
+    pull_from_cache(mirror, upstream, alpine)
