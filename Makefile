@@ -52,6 +52,8 @@ $(eval $(call variant,asan))
 $(eval $(call variant,debug))
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
+# The status page's source is assembled into status.o (.incbin, see mirror/status.c).
+$(foreach v,release asan debug fuzz/obj,$(B)/$(v)/mirror/status.o): mirror/status_page.html
 
 .DEFAULT_GOAL := release
 .PHONY: release asan debug deps run test unit integration integration-fs integration-oss fuzz fuzz-smoke bench format format-check lint hygiene clean
@@ -91,6 +93,7 @@ fuzz-smoke: fuzz
 # The whole suite on the filesystem, then the core and proxy suites again with the registries
 # storing on OSS (the emulator, test/oss): REGMIRROR_TEST_STORAGE=oss. test_oss_stream.py pushes
 # and reads back a 1 GiB blob (REGMIRROR_STREAM_BYTES) and measures the release build's RSS.
+# The cluster suites (test_cluster_*.py) start their OSS clusters in the filesystem pass.
 INTEGRATION_ENV := REGMIRROR_BIN=$(abspath $(B))/asan/regmirror \
 	REGMIRROR_RELEASE_BIN=$(abspath $(B))/release/regmirror
 OSS_SUITES := test_conformance_blobs.py test_conformance_manifests.py \
@@ -139,7 +142,7 @@ format-check:
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr $(INC) common mirror
-	clang-tidy --quiet $$(git ls-files 'common/*.c' 'mirror/*.c') -- $(WARN) $(INC) $(PKG_CFLAGS)
+	clang-tidy --quiet --warnings-as-errors='*' $$(git ls-files 'common/*.c' 'mirror/*.c') -- $(WARN) $(INC) $(PKG_CFLAGS)
 
 hygiene:
 	@bash scripts/hygiene.sh

@@ -257,7 +257,7 @@ struct config {
         char *prefix;
         char *secret;
         bool relativeurls;
-        int64_t draintimeout_ms;
+        int64_t draintimeout_ms; /* SIGTERM, SIGINT: how long requests in flight may run */
         struct config_header *headers;
         size_t nheaders;
         struct {

@@ -414,7 +414,7 @@ static const struct field http_fields[] = {
     STR("prefix", C(http.prefix)),
     STR("secret", C(http.secret), .flags = F_SECRET),
     BOOL("relativeurls", C(http.relativeurls)),
-    DUR("draintimeout", C(http.draintimeout_ms), .hint = "60s"),
+    DUR("draintimeout", C(http.draintimeout_ms), .def = "8s", .hint = "60s"),
     SECTION("tls", tls_schema),
     HEADERS("headers", C(http.headers), C(http.nheaders)),
     SECTION("debug", debug_schema),

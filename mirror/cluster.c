@@ -10,6 +10,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <openssl/crypto.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
@@ -29,8 +30,17 @@
 #define ANSWER_MS 500
 #define RECONNECT_MS 1000
 #define TOKEN_LIFETIME_S 300
-#define KEY_MAX (16 + DIGEST_STR_MAX)
+/* regmirror:lease:<digest>, or regmirror:tagcheck:<name>:<tag> */
+#define KEY_MAX 512
+/* A tag checked a moment ago: nodes that waited on the check answer from the store. */
+#define CHECKED_TTL_MS 1000
 #define MAX_HELD 4096
+/* Another node's fetch announced within this long counts as in use (it re-announces with
+ * every renewal, and once more when it stores the blob). */
+#define BUSY_S 10
+#define BUSY_SLOTS 4096
+#define CHANNEL "regmirror:events"
+#define LEADER_KEY "regmirror:evict-leader"
 
 /* The lease is free: take it (nil), else who has it (the value). */
 static const char TAKE[] = "local v = redis.call('GET', KEYS[1]) "
@@ -39,13 +49,30 @@ static const char TAKE[] = "local v = redis.call('GET', KEYS[1]) "
 static const char RENEW[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then "
                             "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
 /* ARGV[3] "stored": leave the word for a while; else free the key. */
+/* The eviction leader keeps its key; a node takes it when it is free. */
+static const char LEAD[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                           "redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end "
+                           "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then "
+                           "return 1 end return 0";
 static const char DROP[] = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
                            "if ARGV[3] == 'stored' then "
                            "redis.call('SET', KEYS[1], 'stored', 'PX', ARGV[2]) "
                            "else redis.call('DEL', KEYS[1]) end return 1";
 
+/* A lease this node holds: a blob's (announced as busy while held) or a tag check's. */
 struct held {
+    char key[KEY_MAX];
+    bool blob;
     struct digest d;
+};
+
+/* One hiredis connection: commands, or the events channel (subscribed). */
+struct link {
+    struct cluster *c;
+    bool sub;
+    redisAsyncContext *ac;
+    bool connected;
+    struct event *reconnect;
 };
 
 struct cluster {
@@ -55,18 +82,28 @@ struct cluster {
     char *username, *password;
     int db;
     char value[512]; /* "<advertise> <nonce>": what our leases hold */
-    redisAsyncContext *ac;
-    bool connected;
+    struct link cmd, events;
     bool closing;
-    struct event *reconnect;
+    bool leader; /* this node runs eviction for the cluster (cluster_evicts) */
     struct event *renew;
     struct held *held;
     size_t nheld, held_cap;
+    /* Digests other nodes announced as in use, lossy (a collision forgets the older one). */
+    struct {
+        struct digest d;
+        time_t seen;
+    } busy[BUSY_SLOTS];
+    void (*on_tags)(void *ctx);
+    void *tags_ctx;
+    /* cluster_announce_tags, from any thread */
+    pthread_mutex_t sync_mu;
+    redisContext *sync;
+    time_t sync_tried;
 };
 
 struct cluster_op {
     struct cluster *c;
-    struct digest d;
+    struct held what;
     cluster_lease_cb cb;
     void *ctx;
     struct event *timer;
@@ -74,89 +111,105 @@ struct cluster_op {
     bool answered; /* cb ran, or the owner cancelled */
 };
 
-static void lease_key(char out[KEY_MAX], const struct digest *d)
+static struct held blob_lease(const struct digest *d)
 {
+    struct held h = {.blob = true, .d = *d};
     char ds[DIGEST_STR_MAX];
-    snprintf(out, KEY_MAX, "regmirror:lease:%s", digest_str(d, ds));
+    snprintf(h.key, sizeof(h.key), "regmirror:lease:%s", digest_str(d, ds));
+    return h;
 }
 
-static void cluster_connect(struct cluster *c);
+static struct held tag_lease(const char *name, const char *tag)
+{
+    struct held h = {.blob = false};
+    snprintf(h.key, sizeof(h.key), "regmirror:tagcheck:%s:%s", name, tag);
+    return h;
+}
+
+static void link_connect(struct link *l);
 
 static void on_reconnect(evutil_socket_t fd, short what, void *arg)
 {
-    cluster_connect(arg);
+    link_connect(arg);
 }
 
-static void connection_lost(struct cluster *c, const char *why)
+static void connection_lost(struct link *l, const char *why)
 {
-    if (c->connected || !c->ac)
+    struct cluster *c = l->c;
+    if (!l->sub && (l->connected || !l->ac))
         log_warn("cluster: redis %s:%d: %s; fetching without leases until it is back", c->host,
                  c->port, why);
-    c->ac = NULL;
-    c->connected = false;
+    l->ac = NULL;
+    l->connected = false;
+    if (!l->sub)
+        c->leader = false;
     if (!c->closing) {
         struct timeval tv = {RECONNECT_MS / 1000, (RECONNECT_MS % 1000) * 1000};
-        evtimer_add(c->reconnect, &tv);
+        evtimer_add(l->reconnect, &tv);
     }
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
 {
-    struct cluster *c = ac->data;
-    if (!c)
+    struct link *l = ac->data;
+    if (!l)
         return;
     if (status != REDIS_OK) {
-        connection_lost(c, ac->errstr[0] ? ac->errstr : "cannot connect");
+        connection_lost(l, ac->errstr[0] ? ac->errstr : "cannot connect");
         return;
     }
-    if (!c->connected)
-        log_info("cluster: redis %s:%d connected", c->host, c->port);
-    c->connected = true;
+    if (!l->connected && !l->sub)
+        log_info("cluster: redis %s:%d connected", l->c->host, l->c->port);
+    l->connected = true;
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
-    struct cluster *c = ac->data;
-    if (c)
-        connection_lost(c, ac->errstr[0] ? ac->errstr : "connection closed");
+    struct link *l = ac->data;
+    if (l)
+        connection_lost(l, ac->errstr[0] ? ac->errstr : "connection closed");
 }
 
-static void cluster_connect(struct cluster *c)
+static void on_event(redisAsyncContext *ac, void *r, void *privdata);
+
+static void link_connect(struct link *l)
 {
+    struct cluster *c = l->c;
     redisAsyncContext *ac = redisAsyncConnect(c->host, c->port);
     if (!ac || ac->err || redisLibeventAttach(ac, c->base) != REDIS_OK) {
         char why[160];
         snprintf(why, sizeof(why), "%s", ac && ac->err ? ac->errstr : "cannot connect");
         if (ac)
             redisAsyncFree(ac);
-        connection_lost(c, why);
+        connection_lost(l, why);
         return;
     }
-    ac->data = c;
+    ac->data = l;
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    c->ac = ac;
+    l->ac = ac;
     /* Queued until the connection is up; a failure shows as failed commands. */
     if (c->password[0] && c->username[0])
         redisAsyncCommand(ac, NULL, NULL, "AUTH %s %s", c->username, c->password);
     else if (c->password[0])
         redisAsyncCommand(ac, NULL, NULL, "AUTH %s", c->password);
-    if (c->db)
+    if (c->db && !l->sub)
         redisAsyncCommand(ac, NULL, NULL, "SELECT %d", c->db);
+    if (l->sub)
+        redisAsyncCommand(ac, on_event, c, "SUBSCRIBE %s", CHANNEL);
 }
 
 /* Sends a script; fn gets privdata back. false: not connected or hiredis refused. */
 static bool eval(struct cluster *c, redisCallbackFn *fn, void *privdata, const char *script,
-                 const struct digest *d, const char *arg1, int64_t ms, const char *arg3)
+                 const char *key, const char *arg1, int64_t ms, const char *arg3)
 {
-    if (!c->ac)
+    if (!c->cmd.ac)
         return false; /* hiredis queues what is sent while it connects */
-    char key[KEY_MAX], msbuf[24];
-    lease_key(key, d);
+    char msbuf[24];
     snprintf(msbuf, sizeof(msbuf), "%" PRId64, ms);
     const char *argv[] = {"EVAL", script, "1", key, arg1, msbuf, arg3};
     int argc = arg3 ? 7 : 6;
-    return redisAsyncCommandArgv(c->ac, fn, privdata, argc, argv, NULL) == REDIS_OK;
+    return redisAsyncCommandArgv(c->cmd.ac, fn, privdata, argc, argv, NULL) == REDIS_OK;
 }
 
 /* ---- held leases, renewed while their fetch runs ---- */
@@ -164,34 +217,60 @@ static bool eval(struct cluster *c, redisCallbackFn *fn, void *privdata, const c
 static void on_renewed(redisAsyncContext *ac, void *r, void *privdata)
 {
     const redisReply *reply = r;
-    struct cluster *c = ac->data;
-    if (c && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0)
+    if (ac->data && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0)
         log_warn("cluster: a fetch lease was lost (expired while Redis was away); another node "
                  "may fetch the same blob");
+}
+
+/* Tells the other nodes that d is in use here (a fetch they must not evict under). */
+static void announce_busy(struct cluster *c, const struct digest *d)
+{
+    char ds[DIGEST_STR_MAX];
+    if (c->cmd.ac)
+        redisAsyncCommand(c->cmd.ac, NULL, NULL, "PUBLISH %s busy:%s", CHANNEL, digest_str(d, ds));
+}
+
+static void on_led(redisAsyncContext *ac, void *r, void *privdata)
+{
+    const redisReply *reply = r;
+    struct link *l = ac->data;
+    if (!l)
+        return;
+    bool lead = reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
+    if (lead != l->c->leader)
+        log_info("cluster: this node %s the eviction for the cluster", lead ? "runs" : "leaves");
+    l->c->leader = lead;
 }
 
 static void on_renew(evutil_socket_t fd, short what, void *arg)
 {
     struct cluster *c = arg;
-    for (size_t i = 0; i < c->nheld; i++)
-        eval(c, on_renewed, NULL, RENEW, &c->held[i].d, c->value, LEASE_TTL_MS, NULL);
+    for (size_t i = 0; i < c->nheld; i++) {
+        eval(c, on_renewed, NULL, RENEW, c->held[i].key, c->value, LEASE_TTL_MS, NULL);
+        if (c->held[i].blob)
+            announce_busy(c, &c->held[i].d);
+    }
+    if (c->cmd.ac) {
+        const char *argv[] = {"EVAL", LEAD, "1", LEADER_KEY, c->value, "6000"};
+        redisAsyncCommandArgv(c->cmd.ac, on_led, NULL, 6, argv, NULL);
+    }
     struct timeval tv = {RENEW_EVERY_MS / 1000, (RENEW_EVERY_MS % 1000) * 1000};
     evtimer_add(c->renew, &tv);
 }
 
-static void held_add(struct cluster *c, const struct digest *d)
+static void held_add(struct cluster *c, const struct held *h)
 {
     /* Past the cap (or out of memory) the lease goes unrenewed and expires: at worst a
      * second fetch of that blob. */
     if (buf_grow_items(&c->held, &c->held_cap, c->nheld + 1, sizeof(*c->held), MAX_HELD) != BUF_OK)
         return;
-    c->held[c->nheld++].d = *d;
+    c->held[c->nheld++] = *h;
 }
 
-static bool held_remove(struct cluster *c, const struct digest *d)
+static bool held_remove(struct cluster *c, const char *key)
 {
     for (size_t i = 0; i < c->nheld; i++) {
-        if (digest_equal(&c->held[i].d, d)) {
+        if (strcmp(c->held[i].key, key) == 0) {
             c->held[i] = c->held[--c->nheld];
             return true;
         }
@@ -208,7 +287,9 @@ static void op_answer(struct cluster_op *op, enum cluster_lease r, const char *h
     op->answered = true;
     evtimer_del(op->timer);
     if (r == CLUSTER_OURS) {
-        held_add(op->c, &op->d);
+        held_add(op->c, &op->what);
+        if (op->what.blob)
+            announce_busy(op->c, &op->what.d);
         metrics_inc(METRICS_CLUSTER_LEASES_TAKEN);
     }
     op->cb(op->ctx, r, holder);
@@ -257,14 +338,14 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         op_free(op);
 }
 
-struct cluster_op *cluster_lease_take(struct cluster *c, const struct digest *d,
-                                      cluster_lease_cb cb, void *ctx)
+static struct cluster_op *lease_take(struct cluster *c, const struct held *what,
+                                     cluster_lease_cb cb, void *ctx)
 {
     struct cluster_op *op = calloc(1, sizeof(*op));
     if (!op)
         return NULL;
     op->c = c;
-    op->d = *d;
+    op->what = *what;
     op->cb = cb;
     op->ctx = ctx;
     op->timer = evtimer_new(c->base, on_deadline, op);
@@ -272,10 +353,24 @@ struct cluster_op *cluster_lease_take(struct cluster *c, const struct digest *d,
         free(op);
         return NULL;
     }
-    op->in_redis = eval(c, on_taken, op, TAKE, d, c->value, LEASE_TTL_MS, NULL);
+    op->in_redis = eval(c, on_taken, op, TAKE, what->key, c->value, LEASE_TTL_MS, NULL);
     struct timeval tv = {0, op->in_redis ? ANSWER_MS * 1000 : 0};
     evtimer_add(op->timer, &tv);
     return op;
+}
+
+struct cluster_op *cluster_lease_take(struct cluster *c, const struct digest *d,
+                                      cluster_lease_cb cb, void *ctx)
+{
+    struct held h = blob_lease(d);
+    return lease_take(c, &h, cb, ctx);
+}
+
+struct cluster_op *cluster_tag_take(struct cluster *c, const char *name, const char *tag,
+                                    cluster_lease_cb cb, void *ctx)
+{
+    struct held h = tag_lease(name, tag);
+    return lease_take(c, &h, cb, ctx);
 }
 
 void cluster_op_cancel(struct cluster_op *op)
@@ -290,9 +385,115 @@ void cluster_op_cancel(struct cluster_op *op)
 
 void cluster_lease_drop(struct cluster *c, const struct digest *d, bool stored)
 {
-    if (!c || !held_remove(c, d))
+    struct held h = blob_lease(d);
+    if (!c || !held_remove(c, h.key))
         return;
-    eval(c, NULL, NULL, DROP, d, c->value, STORED_TTL_MS, stored ? "stored" : "free");
+    eval(c, NULL, NULL, DROP, h.key, c->value, STORED_TTL_MS, stored ? "stored" : "free");
+    announce_busy(c, d); /* a node about to evict it waits a little longer */
+}
+
+void cluster_tag_drop(struct cluster *c, const char *name, const char *tag, bool checked)
+{
+    struct held h = tag_lease(name, tag);
+    if (!c || !held_remove(c, h.key))
+        return;
+    eval(c, NULL, NULL, DROP, h.key, c->value, CHECKED_TTL_MS, checked ? "stored" : "free");
+}
+
+/* ---- what the other nodes say ---- */
+
+static size_t busy_slot(const struct digest *d)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = d->hex; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return (size_t)(h % BUSY_SLOTS);
+}
+
+static void on_event(redisAsyncContext *ac, void *r, void *privdata)
+{
+    const redisReply *reply = r;
+    struct cluster *c = privdata;
+    if (!reply || !ac->data || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        strcmp(reply->element[0]->str, "message") != 0 ||
+        reply->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    const char *msg = reply->element[2]->str;
+    struct digest d;
+    if (strcmp(msg, "tags") == 0) {
+        if (c->on_tags)
+            c->on_tags(c->tags_ctx);
+    } else if (strncmp(msg, "busy:", 5) == 0 && digest_parse(msg + 5, strlen(msg + 5), &d) == 0) {
+        size_t k = busy_slot(&d);
+        c->busy[k].d = d;
+        c->busy[k].seen = time(NULL);
+    }
+}
+
+bool cluster_busy(const struct cluster *c, const struct digest *d)
+{
+    if (!c)
+        return false;
+    size_t k = busy_slot(d);
+    return c->busy[k].seen && time(NULL) - c->busy[k].seen < BUSY_S &&
+           digest_equal(&c->busy[k].d, d);
+}
+
+bool cluster_evicts(const struct cluster *c)
+{
+    return !c || c->leader;
+}
+
+void cluster_on_tags(struct cluster *c, void (*fn)(void *ctx), void *ctx)
+{
+    c->on_tags = fn;
+    c->tags_ctx = ctx;
+}
+
+static bool sync_ok(void *reply)
+{
+    const redisReply *r = reply;
+    bool ok = r && r->type != REDIS_REPLY_ERROR;
+    freeReplyObject(reply);
+    return ok;
+}
+
+static redisContext *sync_connect(const struct cluster *c)
+{
+    struct timeval tv = {0, ANSWER_MS * 1000};
+    redisContext *rc = redisConnectWithTimeout(c->host, c->port, tv);
+    bool ok = rc && !rc->err && redisSetTimeout(rc, tv) == REDIS_OK;
+    if (ok && c->password[0] && c->username[0])
+        ok = sync_ok(redisCommand(rc, "AUTH %s %s", c->username, c->password));
+    else if (ok && c->password[0])
+        ok = sync_ok(redisCommand(rc, "AUTH %s", c->password));
+    if (!ok && rc) {
+        redisFree(rc);
+        rc = NULL;
+    }
+    return rc;
+}
+
+/* A connection of its own, blocking and short: the announcement is out before the push is
+ * answered, and it comes from storage work (a worker, or the loop on a filesystem). */
+void cluster_announce_tags(struct cluster *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->sync_mu);
+    time_t now = time(NULL);
+    if (!c->sync && now != c->sync_tried) {
+        c->sync_tried = now; /* Redis away: one try a second, not one per push */
+        c->sync = sync_connect(c);
+    }
+    if (c->sync && !sync_ok(redisCommand(c->sync, "PUBLISH %s tags", CHANNEL))) {
+        log_warn("cluster: cannot tell the other nodes that a tag changed: %s",
+                 c->sync->errstr[0] ? c->sync->errstr : "no answer");
+        redisFree(c->sync);
+        c->sync = NULL;
+    }
+    pthread_mutex_unlock(&c->sync_mu);
 }
 
 /* ---- life cycle ---- */
@@ -326,6 +527,7 @@ struct cluster *cluster_new(struct event_base *base, const struct config *cfg)
     if (!c)
         return NULL;
     c->base = base;
+    pthread_mutex_init(&c->sync_mu, NULL);
     c->username = cfg->redis.username;
     c->password = cfg->redis.password;
     c->db = cfg->redis.db;
@@ -333,21 +535,25 @@ struct cluster *cluster_new(struct event_base *base, const struct config *cfg)
     if (!parse_addr(cfg->redis.addr, c->host, sizeof(c->host), &c->port) ||
         RAND_bytes(nonce, sizeof(nonce)) != 1) {
         log_error("cluster: cannot use redis.addr %s", cfg->redis.addr);
-        free(c);
+        cluster_free(c);
         return NULL;
     }
     int n = snprintf(c->value, sizeof(c->value), "%s ", cfg->cluster.advertise);
     for (size_t i = 0; i < sizeof(nonce) && n > 0 && (size_t)n + 3 < sizeof(c->value); i++)
         n += snprintf(c->value + n, sizeof(c->value) - (size_t)n, "%02x", nonce[i]);
-    c->reconnect = evtimer_new(base, on_reconnect, c);
+    c->cmd = (struct link){.c = c, .sub = false};
+    c->events = (struct link){.c = c, .sub = true};
+    c->cmd.reconnect = evtimer_new(base, on_reconnect, &c->cmd);
+    c->events.reconnect = evtimer_new(base, on_reconnect, &c->events);
     c->renew = evtimer_new(base, on_renew, c);
-    if (!c->reconnect || !c->renew) {
+    if (!c->cmd.reconnect || !c->events.reconnect || !c->renew) {
         cluster_free(c);
         return NULL;
     }
     struct timeval tv = {RENEW_EVERY_MS / 1000, (RENEW_EVERY_MS % 1000) * 1000};
     evtimer_add(c->renew, &tv);
-    cluster_connect(c);
+    link_connect(&c->cmd);
+    link_connect(&c->events);
     log_info("cluster: this node is %s; fetch leases in redis %s:%d", cfg->cluster.advertise,
              c->host, c->port);
     return c;
@@ -358,16 +564,23 @@ void cluster_free(struct cluster *c)
     if (!c)
         return;
     c->closing = true;
-    if (c->ac) {
-        redisAsyncContext *ac = c->ac;
-        c->ac = NULL;
-        ac->data = NULL;
-        redisAsyncFree(ac); /* pending replies come now, with NULL: their ops are freed */
+    struct link *links[] = {&c->cmd, &c->events};
+    for (size_t i = 0; i < 2; i++) {
+        struct link *l = links[i];
+        if (l->ac) {
+            redisAsyncContext *ac = l->ac;
+            l->ac = NULL;
+            ac->data = NULL;
+            redisAsyncFree(ac); /* pending replies come now, with NULL: their ops are freed */
+        }
+        if (l->reconnect)
+            event_free(l->reconnect);
     }
-    if (c->reconnect)
-        event_free(c->reconnect);
     if (c->renew)
         event_free(c->renew);
+    if (c->sync)
+        redisFree(c->sync);
+    pthread_mutex_destroy(&c->sync_mu);
     free(c->held);
     free(c);
 }

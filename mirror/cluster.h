@@ -13,7 +13,8 @@
  * within seconds.
  *
  * Keys: regmirror:lease:<digest> = "<advertise URL> <nonce>" while a node fetches, then
- * "stored" for a short while once the blob is in the store.
+ * "stored" for a short while once the blob is in the store; regmirror:tagcheck:<name>:<tag>
+ * the same for a tag's upstream check.
  *
  * One loop thread uses a cluster. Answers never come inline, always from the loop.
  */
@@ -49,6 +50,28 @@ struct cluster_op *cluster_lease_take(struct cluster *c, const struct digest *d,
 void cluster_op_cancel(struct cluster_op *op);
 /* Gives up a lease this node holds; stored: the blob is in the store now. */
 void cluster_lease_drop(struct cluster *c, const struct digest *d, bool stored);
+/*
+ * The same for the upstream check of a proxied tag (name is the local name): one node asks
+ * the upstream, the others wait and then answer from the store. CLUSTER_STORED: checked a
+ * moment ago (the lease stays "stored" for a second after a good check).
+ */
+struct cluster_op *cluster_tag_take(struct cluster *c, const char *name, const char *tag,
+                                    cluster_lease_cb cb, void *ctx);
+void cluster_tag_drop(struct cluster *c, const char *name, const char *tag, bool checked);
+
+/*
+ * The events channel (Redis pub/sub, regmirror:events): a tag pushed, moved or deleted on one
+ * node makes every other node forget what it remembers of tags (cluster_announce_tags, then
+ * fn on the others); a fetch in flight on another node is "busy" there, announced while its
+ * lease lives and once more when it ends (cluster_busy: not to be evicted for a while).
+ */
+void cluster_on_tags(struct cluster *c, void (*fn)(void *ctx), void *ctx);
+void cluster_announce_tags(struct cluster *c);
+bool cluster_busy(const struct cluster *c, const struct digest *d);
+/* Whether this node runs eviction: one node of the cluster does, the one holding the leader
+ * key in Redis (renewed with the leases); true without a cluster. While Redis is away no
+ * node evicts. */
+bool cluster_evicts(const struct cluster *c);
 
 /* What a node sends to read a peer's spool of d, and what the peer checks: an HMAC with
  * http.secret over the digest and the time, good for a few minutes. */

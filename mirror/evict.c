@@ -667,6 +667,8 @@ static void apply_data(struct evict *e, const struct digest *d)
 static void evict_done(struct evict *e)
 {
     struct pass *ps = &e->pass;
+    metrics_add(METRICS_EVICTED_ITEMS, ps->evicted_units);
+    metrics_add(METRICS_EVICTED_BYTES, ps->freed);
     if (ps->plan.norder || ps->plan.unsafe)
         log_info("eviction: pass done: %zu items evicted, %" PRIu64 " bytes freed%s",
                  ps->evicted_units, ps->freed,
@@ -814,6 +816,11 @@ static void evict_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct evict *e = arg;
     struct pass *ps = &e->pass;
+    if (ps->phase == E_IDLE && !proxy_evicts(e->px)) {
+        /* Another node of the cluster evicts (or Redis is away: nobody does for now). */
+        maintenance_schedule(e->ev, PAUSE_MIN_US);
+        return;
+    }
     if (ps->phase == E_IDLE) {
         ps->walk = gc_walk_new(e->st);
         if (!ps->walk) {

@@ -202,6 +202,12 @@ struct http_server {
     struct event *reap;
     struct conn *conns, *dead;
     bool access_log, freeing;
+    /* http_server_drain: no connection is taken any more, and each one closes once it is
+     * between requests; drained runs done(arg) from the loop when the last one has gone. */
+    bool draining;
+    struct event *drained;
+    http_drained_cb on_drained;
+    void *drained_arg;
     time_t date_at;
     char date[64];
 };
@@ -620,6 +626,11 @@ static void req_finish(struct http_req *req)
     req_free(req);
     if (conn->closing || conn->closed)
         return;
+    if (conn->srv->draining) {
+        /* no next request: the answer leaves, then the connection closes */
+        conn_close_after_flush(conn);
+        return;
+    }
     conn_arm_timer(conn, conn->srv->limits.idle_timeout_ms);
     conn_kick(conn);
 }
@@ -1321,6 +1332,8 @@ static void conn_close(struct conn *conn)
     /* Freed from the loop later: callers up the stack may still hold conn or req. */
     if (!srv->freeing)
         event_active(srv->reap, EV_TIMEOUT, 0);
+    if (srv->draining && !srv->conns && !srv->freeing)
+        event_active(srv->drained, EV_TIMEOUT, 0);
 }
 
 static void conn_free(struct conn *conn)
@@ -1594,6 +1607,12 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+static void drained_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_server *srv = arg;
+    srv->on_drained(srv->drained_arg);
+}
+
 void http_peer_text(const struct sockaddr *sa, char *out, size_t len)
 {
     out[0] = '\0';
@@ -1690,7 +1709,8 @@ struct http_server *http_server_new(struct event_base *base, const struct http_l
         srv->limits.send_timeout_ms = 300 * 1000;
     srv->reap = event_new(base, -1, 0, reap_cb, srv);
     srv->accept_retry = evtimer_new(base, accept_retry_cb, srv);
-    if (!srv->reap || !srv->accept_retry)
+    srv->drained = event_new(base, -1, 0, drained_cb, srv);
+    if (!srv->reap || !srv->accept_retry || !srv->drained)
         goto fail;
     return srv;
 fail:
@@ -1699,6 +1719,8 @@ fail:
             event_free(srv->reap);
         if (srv->accept_retry)
             event_free(srv->accept_retry);
+        if (srv->drained)
+            event_free(srv->drained);
         free(srv);
     }
     return NULL;
@@ -1798,6 +1820,10 @@ int http_server_listen_fd(struct http_server *srv, int fd)
 
 int http_server_adopt(struct http_server *srv, struct bufferevent *bev, const char *remote)
 {
+    if (srv->draining) {
+        bufferevent_free(bev);
+        return -1;
+    }
     return conn_new(srv, bev, remote, false);
 }
 
@@ -1816,19 +1842,58 @@ int http_server_port(const struct http_server *srv)
     return -1;
 }
 
+static void close_listeners(struct http_server *srv)
+{
+    for (int i = 0; i < srv->nlisteners; i++)
+        evconnlistener_free(srv->listeners[i]);
+    srv->nlisteners = 0;
+    evtimer_del(srv->accept_retry);
+}
+
+/*
+ * A connection of a draining server: one between requests closes now, or once the answer it
+ * still sends has left; one with a request in progress closes after that request (req_finish),
+ * whose answer says Connection: close (resp_must_close).
+ */
+static void conn_drain(struct conn *conn)
+{
+    if (conn->closing || conn->closed || conn->req)
+        return;
+    if (conn_output_len(conn) == 0 && evbuffer_get_length(bufferevent_get_input(conn->bev)) == 0)
+        conn_close(conn);
+    else
+        conn_close_after_flush(conn);
+}
+
+void http_server_drain(struct http_server *srv, http_drained_cb done, void *arg)
+{
+    if (srv->draining)
+        return;
+    srv->draining = true;
+    srv->on_drained = done;
+    srv->drained_arg = arg;
+    close_listeners(srv);
+    /* conn_drain closes only connections without a request: no application code runs */
+    for (struct conn *conn = srv->conns, *next; conn; conn = next) {
+        next = conn->next;
+        conn_drain(conn);
+    }
+    if (!srv->conns)
+        event_active(srv->drained, EV_TIMEOUT, 0);
+}
+
 void http_server_free(struct http_server *srv)
 {
     if (!srv)
         return;
     srv->freeing = true;
-    for (int i = 0; i < srv->nlisteners; i++)
-        evconnlistener_free(srv->listeners[i]);
-    srv->nlisteners = 0;
+    close_listeners(srv);
     while (srv->conns)
         conn_close(srv->conns);
     reap_cb(-1, 0, srv);
     event_free(srv->reap);
     event_free(srv->accept_retry);
+    event_free(srv->drained);
     free(srv);
 }
 
@@ -1993,7 +2058,8 @@ static bool resp_begin(struct http_req *req)
 static bool resp_must_close(const struct http_req *req)
 {
     const struct conn *conn = req->conn;
-    if (conn->eof || !req->keep_alive || req->must_close || conn->srv->freeing)
+    if (conn->eof || !req->keep_alive || req->must_close || conn->srv->freeing ||
+        conn->srv->draining)
         return true;
     if (!req->body_done) {
         /* the unread rest of the body must be read and dropped, or the connection closed */

@@ -110,6 +110,16 @@ int http_server_port(const struct http_server *srv);
 int http_server_adopt(struct http_server *srv, struct bufferevent *bev, const char *remote);
 /* One access log line per request (log_kv at LOG_INFO, "request"): on by default. */
 void http_server_set_access_log(struct http_server *srv, bool enabled);
+/*
+ * Graceful shutdown: closes the listeners (new connections are refused) and the connections
+ * between requests. A request in progress (also one whose head is still arriving) goes on; its
+ * answer says Connection: close unless its head had left already, and its connection closes
+ * once the answer has left. No further request is read and no connection adopted. done(arg)
+ * runs from the loop, once, when no connection is left (also when there was none).
+ * http_server_free still follows and cuts what remains. A second call does nothing.
+ */
+typedef void (*http_drained_cb)(void *arg);
+void http_server_drain(struct http_server *srv, http_drained_cb done, void *arg);
 /* Closes listeners and every connection, aborting requests in flight; frees srv. */
 void http_server_free(struct http_server *srv);
 

@@ -1,5 +1,7 @@
 /* regmirror: serve | garbage-collect | cache | check-config | version. */
 #include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,7 @@
 #include "realm.h"
 #include "registry.h"
 #include "server.h"
+#include "status.h"
 #include "storage.h"
 #include "storage_watch.h"
 
@@ -59,11 +62,54 @@ static int load_config(const char *path, struct config *cfg)
     return rc;
 }
 
+/*
+ * SIGTERM and SIGINT: the first drains the server for up to http.draintimeout (no new
+ * connection, requests in flight finish), then the loop ends and the teardown in serve() cuts
+ * whatever is left; the second, or a draintimeout of 0, ends the loop at once.
+ */
+struct shutdown {
+    struct event_base *base;
+    struct server *srv;
+    int64_t drain_ms;
+    struct event *timer; /* the end of the drain time */
+    bool draining;
+};
+
+static void on_drained(void *arg)
+{
+    struct shutdown *sd = arg;
+    log_info("shutdown: every connection has closed");
+    event_base_loopexit(sd->base, NULL);
+}
+
+static void on_drain_timeout(evutil_socket_t fd, short events, void *arg)
+{
+    struct shutdown *sd = arg;
+    log_warn("shutdown: the drain time (http.draintimeout) is over; cutting the requests still "
+             "running");
+    event_base_loopexit(sd->base, NULL);
+}
+
 static void on_signal(evutil_socket_t sig, short events, void *arg)
 {
-    struct event_base *base = arg;
-    log_info("signal %d: shutting down", (int)sig);
-    event_base_loopexit(base, NULL);
+    struct shutdown *sd = arg;
+    if (sd->draining) {
+        log_info("signal %d again: stopping now", (int)sig);
+        event_base_loopexit(sd->base, NULL);
+        return;
+    }
+    sd->draining = true;
+    if (sd->drain_ms <= 0) {
+        log_info("signal %d: shutting down", (int)sig);
+        event_base_loopexit(sd->base, NULL);
+        return;
+    }
+    log_info("signal %d: shutting down; requests in flight have %lld ms to finish (another "
+             "signal stops at once)",
+             (int)sig, (long long)sd->drain_ms);
+    struct timeval tv = {.tv_sec = sd->drain_ms / 1000, .tv_usec = sd->drain_ms % 1000 * 1000};
+    evtimer_add(sd->timer, &tv);
+    server_drain(sd->srv, on_drained, sd);
 }
 
 static void log_from(const struct config *cfg)
@@ -167,11 +213,13 @@ static int serve(const char *path)
     struct cluster *cl = NULL;
     struct notify *nt = NULL;
     struct health *hl = NULL;
+    struct status *sp = NULL;
     struct maintenance *mt = NULL;
     struct cache *cache = NULL;
     struct httpc *hc = NULL; /* one libcurl multi on the loop for upstreams, webhooks, probes */
     struct offload *ol = NULL;
     int lockfd = -1;
+    struct shutdown sd = {0};
     if (load_config(path, &cfg) != 0)
         return 1;
     log_from(&cfg);
@@ -213,16 +261,19 @@ static int serve(const char *path)
     }
     nt = notify_new(base, &cfg, hc);
     hl = health_new(base, &cfg, st, hc, ol);
+    sp = status_new(base, REGMIRROR_VERSION, &cfg, px, nt);
     srv = server_new(base, &cfg, reg, px, cache, ol);
-    if (!nt || !hl || !srv || server_observe(srv, base, hl) != 0)
+    if (!nt || !hl || !sp || !srv || server_observe(srv, base, hl, sp) != 0)
         goto out;
     mt = maintenance_new(base, &cfg, st, reg, px, cache, ol);
     if (!mt)
         goto out;
-    sigint = evsignal_new(base, SIGINT, on_signal, base);
-    sigterm = evsignal_new(base, SIGTERM, on_signal, base);
+    sd = (struct shutdown){.base = base, .srv = srv, .drain_ms = cfg.http.draintimeout_ms};
+    sd.timer = evtimer_new(base, on_drain_timeout, &sd);
+    sigint = evsignal_new(base, SIGINT, on_signal, &sd);
+    sigterm = evsignal_new(base, SIGTERM, on_signal, &sd);
     sighup = evsignal_new(base, SIGHUP, on_reload, (void *)path);
-    if (!sigint || !sigterm || !sighup || evsignal_add(sigint, NULL) != 0 ||
+    if (!sd.timer || !sigint || !sigterm || !sighup || evsignal_add(sigint, NULL) != 0 ||
         evsignal_add(sigterm, NULL) != 0 || evsignal_add(sighup, NULL) != 0)
         goto out;
     log_info("regmirror %s serving, storage %s", REGMIRROR_VERSION, st->ops->name);
@@ -235,10 +286,13 @@ out:
         event_free(sigterm);
     if (sighup)
         event_free(sighup);
+    if (sd.timer)
+        event_free(sd.timer);
     maintenance_free(mt);
     /* The server's connections first: aborting its requests detaches them from the proxy's
      * fetches, and no request can come in any more. */
     server_close(srv);
+    status_free(sp); /* no debug request can come in any more */
     proxy_free(px);
     health_free(hl);
     /* Before what its jobs use: the api, the registry, the storage, the cache. Every job's

@@ -147,10 +147,22 @@ static unsigned status_index(int status)
     return status >= 0 && status < 600 ? status_slot[status] : STATUS_OTHER;
 }
 
+/* A manifest GET that succeeded is a pull of the repository between /v2/ and /manifests/. */
+static void note_manifest_pull(const char *path)
+{
+    const char *v2 = strstr(path, "/v2/");
+    const char *m = v2 ? last_of(path, strlen(path), "/manifests/") : NULL;
+    if (m && m > v2 + 4)
+        metrics_note_pull(v2 + 4, (size_t)(m - (v2 + 4)));
+}
+
 void metrics_request(const char *path, enum http_method method, int status, uint64_t duration_us)
 {
     enum metrics_route route = metrics_route_of(path ? path : "");
     unsigned ms = method_slot(method);
+    metrics_inc(METRICS_REQUESTS);
+    if (route == METRICS_ROUTE_MANIFEST && method == HTTP_GET && status == 200)
+        note_manifest_pull(path);
     requests[route][ms][status_index(status)]++;
     struct histogram *h = &latency[route][ms];
     size_t b = 0;
@@ -167,9 +179,153 @@ void metrics_storage_error(enum metrics_storage_op op)
         __atomic_fetch_add(&storage_errors[op], 1, __ATOMIC_RELAXED);
 }
 
+/* ---- history and pulls ---- */
+
+/* One more than the span needs: the sample a full window's start falls on. */
+#define NSAMPLES (METRICS_HISTORY_SPAN_S / METRICS_HISTORY_STEP_S + 2)
+
+struct sample {
+    int64_t t;
+    struct metrics_traffic v;
+};
+
+static struct {
+    struct sample ring[NSAMPLES];
+    size_t next;  /* where the next sample goes */
+    size_t count; /* samples kept, at most NSAMPLES */
+    bool wrapped; /* a sample was overwritten: the oldest kept is no longer the start */
+} history;
+
+static struct metrics_repo_pulls pulls[METRICS_TOP_SLOTS];
+static size_t npulls;
+
+static uint64_t load(enum metrics_counter c)
+{
+    return __atomic_load_n(&metrics_counters[c], __ATOMIC_RELAXED);
+}
+
+void metrics_traffic_now(struct metrics_traffic *out)
+{
+    *out = (struct metrics_traffic){
+        .requests = load(METRICS_REQUESTS),
+        .blob_hits = load(METRICS_CACHE_HIT_BLOB),
+        .blob_misses = load(METRICS_CACHE_MISS_BLOB),
+        .manifest_hits = load(METRICS_CACHE_HIT_MANIFEST),
+        .manifest_misses = load(METRICS_CACHE_MISS_MANIFEST),
+        .bytes_cache = load(METRICS_BYTES_FROM_CACHE),
+        .bytes_upstream = load(METRICS_BYTES_FROM_UPSTREAM),
+    };
+}
+
+static const struct sample *sample_at(size_t age)
+{
+    return &history.ring[(history.next + NSAMPLES - 1 - age) % NSAMPLES];
+}
+
+void metrics_history_tick(int64_t now_s)
+{
+    if (history.count && now_s - sample_at(0)->t < METRICS_HISTORY_STEP_S)
+        return;
+    struct sample *s = &history.ring[history.next];
+    s->t = now_s;
+    metrics_traffic_now(&s->v);
+    history.next = (history.next + 1) % NSAMPLES;
+    if (history.count == NSAMPLES)
+        history.wrapped = true;
+    else
+        history.count++;
+}
+
+/* The counters as they stood at time t, as far as the samples tell. */
+static struct metrics_traffic value_at(int64_t t)
+{
+    for (size_t age = 0; age < history.count; age++) {
+        const struct sample *s = sample_at(age);
+        if (s->t <= t)
+            return s->v;
+    }
+    if (history.wrapped)
+        return sample_at(history.count - 1)->v;
+    return (struct metrics_traffic){0};
+}
+
+static void traffic_sub(struct metrics_traffic *a, const struct metrics_traffic *b)
+{
+    a->requests -= b->requests;
+    a->blob_hits -= b->blob_hits;
+    a->blob_misses -= b->blob_misses;
+    a->manifest_hits -= b->manifest_hits;
+    a->manifest_misses -= b->manifest_misses;
+    a->bytes_cache -= b->bytes_cache;
+    a->bytes_upstream -= b->bytes_upstream;
+}
+
+void metrics_history_window(int64_t now_s, int64_t seconds, struct metrics_traffic *out)
+{
+    struct metrics_traffic then = value_at(now_s - seconds);
+    metrics_traffic_now(out);
+    traffic_sub(out, &then);
+}
+
+void metrics_history_series(int64_t now_s, int64_t step_s, struct metrics_traffic *out, size_t n)
+{
+    struct metrics_traffic end;
+    metrics_traffic_now(&end);
+    for (size_t i = n; i-- > 0;) {
+        int64_t start = now_s - (int64_t)(n - i) * step_s;
+        struct metrics_traffic begin = value_at(start);
+        out[i] = end;
+        traffic_sub(&out[i], &begin);
+        end = begin;
+    }
+}
+
+void metrics_note_pull(const char *name, size_t len)
+{
+    if (len == 0 || len >= sizeof(pulls[0].name))
+        return;
+    struct metrics_repo_pulls *least = NULL;
+    for (size_t i = 0; i < npulls; i++) {
+        struct metrics_repo_pulls *p = &pulls[i];
+        if (strncmp(p->name, name, len) == 0 && p->name[len] == '\0') {
+            p->pulls++;
+            return;
+        }
+        if (!least || p->pulls < least->pulls)
+            least = p;
+    }
+    if (npulls < METRICS_TOP_SLOTS) {
+        least = &pulls[npulls++];
+        least->pulls = 0;
+    }
+    memcpy(least->name, name, len);
+    least->name[len] = '\0';
+    least->pulls++;
+}
+
+static int by_pulls(const void *a, const void *b)
+{
+    const struct metrics_repo_pulls *x = a, *y = b;
+    if (x->pulls != y->pulls)
+        return x->pulls < y->pulls ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+size_t metrics_top_pulls(struct metrics_repo_pulls *out, size_t max)
+{
+    /* The table has no order of its own: sorting it in place costs nothing. */
+    qsort(pulls, npulls, sizeof(pulls[0]), by_pulls);
+    size_t n = npulls < max ? npulls : max;
+    memcpy(out, pulls, n * sizeof(pulls[0]));
+    return n;
+}
+
 void metrics_reset(void)
 {
     memset(metrics_counters, 0, sizeof(metrics_counters));
+    memset(&history, 0, sizeof(history));
+    memset(pulls, 0, sizeof(pulls));
+    npulls = 0;
     memset(requests, 0, sizeof(requests));
     memset(latency, 0, sizeof(latency));
     memset(storage_errors, 0, sizeof(storage_errors));
@@ -482,6 +638,11 @@ static void render_storage(struct evbuffer *out)
            METRICS_GAUGE_PROXIED_BYTES);
     simple(out, "regmirror_proxy_maxsize_bytes", "gauge",
            "proxy.maxsize: the bound on the proxied bytes (0: none).", METRICS_GAUGE_MAXSIZE);
+    simple(out, "regmirror_proxy_evictions_total", "counter",
+           "Proxied images and blob links removed by eviction (proxy.ttl, proxy.maxsize).",
+           METRICS_EVICTED_ITEMS);
+    simple(out, "regmirror_proxy_evicted_bytes_total", "counter", "Blob bytes freed by eviction.",
+           METRICS_EVICTED_BYTES);
 }
 
 void metrics_render(struct evbuffer *out)

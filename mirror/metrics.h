@@ -13,6 +13,10 @@
  * Values that live in other modules (notification queues, health checks) are pulled at
  * scrape time through collectors (metrics_add_collector), so those modules need no hook on
  * their own hot paths.
+ *
+ * For the status page (status.h) the module also keeps a short history of the traffic
+ * counters (samples taken by metrics_history_tick, so figures over the last minute and hour
+ * are differences of two samples) and the pulls per repository in a small table.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -51,6 +55,9 @@ enum metrics_counter {
     METRICS_CLUSTER_LEASES_WAITED,   /* fetches that read another node's spool instead */
     METRICS_CLUSTER_TAKEN_OVER,      /* ... whose holder went away, so this node fetched */
     METRICS_CLUSTER_PEER_BYTES,      /* blob bytes read from other nodes' spools */
+    METRICS_REQUESTS,                /* requests on the registry listener */
+    METRICS_EVICTED_ITEMS,           /* images and blob links eviction removed */
+    METRICS_EVICTED_BYTES,           /* blob bytes eviction freed */
     METRICS__COUNT
 };
 
@@ -155,7 +162,53 @@ void metrics_serve(struct http_req *req);
 /* Appends a label value escaped as the text format wants (\\, \", \n). */
 void metrics_escape_label(struct evbuffer *out, const char *value);
 
-/* Zeroes every counter (tests). */
+/* ---- history and pulls, for the status page ---- */
+
+/* The traffic counters the status page shows over time. */
+struct metrics_traffic {
+    uint64_t requests;               /* METRICS_REQUESTS */
+    uint64_t blob_hits, blob_misses; /* METRICS_CACHE_HIT_BLOB, ..._MISS_BLOB */
+    uint64_t manifest_hits, manifest_misses;
+    uint64_t bytes_cache, bytes_upstream; /* METRICS_BYTES_FROM_CACHE, ..._UPSTREAM */
+};
+
+/* A sample every METRICS_HISTORY_STEP_S at most, kept for METRICS_HISTORY_SPAN_S. */
+#define METRICS_HISTORY_STEP_S 10
+#define METRICS_HISTORY_SPAN_S 3600
+
+/* The counters' values now (since start). */
+void metrics_traffic_now(struct metrics_traffic *out);
+/*
+ * Takes a sample at now_s (monotonic seconds) unless the last one is younger than a step.
+ * The first call marks the start: windows reach back to it at most. Loop thread.
+ */
+void metrics_history_tick(int64_t now_s);
+/*
+ * What the counters did in the `seconds` before now_s: now's values less the newest sample
+ * taken at or before now_s - seconds (so the window is up to a step longer), or less zero
+ * when there is none since the start. Once more than the span has passed, the oldest sample
+ * kept bounds the window.
+ */
+void metrics_history_window(int64_t now_s, int64_t seconds, struct metrics_traffic *out);
+/* The last n windows of `step_s` seconds each, ending at now_s, oldest first. */
+void metrics_history_series(int64_t now_s, int64_t step_s, struct metrics_traffic *out, size_t n);
+
+/*
+ * Manifest GETs answered 200 per repository, in a table of METRICS_TOP_SLOTS names: once it
+ * is full, a new name takes the place of the least pulled one and its count plus one (the
+ * "space saving" count: exact while fewer names were pulled, an upper bound after).
+ */
+#define METRICS_TOP_SLOTS 64
+struct metrics_repo_pulls {
+    char name[256];
+    uint64_t pulls;
+};
+/* Counts one pull of name. Loop thread (metrics_request calls it). */
+void metrics_note_pull(const char *name, size_t len);
+/* The (at most) max most pulled repositories, most pulled first; returns how many. */
+size_t metrics_top_pulls(struct metrics_repo_pulls *out, size_t max);
+
+/* Zeroes every counter, the history and the pulls (tests). */
 void metrics_reset(void);
 
 #endif

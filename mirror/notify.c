@@ -414,6 +414,17 @@ uint64_t notify_dropped(const struct notify *n)
     return d;
 }
 
+void notify_each_queue(const struct notify *n,
+                       void (*fn)(const struct notify_queue_view *v, void *ctx), void *ctx)
+{
+    for (size_t i = 0; n && i < n->neps; i++) {
+        const struct endpoint *ep = &n->eps[i];
+        struct notify_queue_view v = {
+            ep->cfg->name, ep->count + ep->batch_n, ep->sent, ep->dropped, ep->failed, ep->down};
+        fn(&v, ctx);
+    }
+}
+
 /* ---- metrics ---- */
 
 static void collect(struct evbuffer *out, void *ctx)

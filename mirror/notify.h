@@ -89,6 +89,17 @@ size_t notify_queue_depth(const struct notify *n);
 /* Events dropped because a queue was full, over all endpoints. */
 uint64_t notify_dropped(const struct notify *n);
 
+/* One endpoint's queue, for the status page; name is the endpoint's configured name. */
+struct notify_queue_view {
+    const char *name;
+    size_t pending; /* queued or in flight */
+    uint64_t sent, dropped, failed;
+    bool down; /* failed `threshold` attempts in a row */
+};
+/* Calls fn for every endpoint, in configuration order. Takes NULL. */
+void notify_each_queue(const struct notify *n,
+                       void (*fn)(const struct notify_queue_view *v, void *ctx), void *ctx);
+
 /* ---- hooks for the API handlers: no-ops unless a notifier with endpoints is active ---- */
 
 /*

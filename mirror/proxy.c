@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster.h"
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
@@ -63,10 +64,17 @@ void proxy_client_serve(struct client *c)
     proxy_client_serve_looked_up(c, NULL, -1, -1);
 }
 
+static void tags_forget(struct proxy *px)
+{
+    __atomic_fetch_add(&px->tag_epoch, 1, __ATOMIC_RELEASE);
+}
+
 void proxy_tags_changed(struct proxy *px)
 {
-    if (px)
-        __atomic_fetch_add(&px->tag_epoch, 1, __ATOMIC_RELEASE);
+    if (!px)
+        return;
+    tags_forget(px);
+    cluster_announce_tags(px->cluster);
 }
 
 static uint64_t pulled_key(const char *name, const struct digest *d)
@@ -340,6 +348,14 @@ bool proxy_begin(struct proxy *px, const struct api *api, struct http_req *req,
     return true;
 }
 
+const struct upstream *proxy_upstream(const struct proxy *px, size_t i, const char **host)
+{
+    if (i >= px->nremotes)
+        return NULL;
+    *host = px->remotes[i].host;
+    return px->remotes[i].up;
+}
+
 /* ---- life cycle ---- */
 
 static int add_remote(struct proxy *px, const char *host, const char *url, const char *user,
@@ -400,9 +416,22 @@ static int spool_open(struct proxy *px, const char *dir)
     return 0;
 }
 
+/* Another node changed a tag: forget, without telling the others again. */
+static void on_cluster_tags(void *ctx)
+{
+    tags_forget(ctx);
+}
+
 void proxy_set_cluster(struct proxy *px, struct cluster *cl)
 {
     px->cluster = cl;
+    if (cl)
+        cluster_on_tags(cl, on_cluster_tags, px);
+}
+
+bool proxy_evicts(const struct proxy *px)
+{
+    return !px || cluster_evicts(px->cluster);
 }
 
 struct proxy *proxy_new(struct event_base *base, const struct config *cfg, struct registry *reg,
@@ -470,5 +499,5 @@ void proxy_free(struct proxy *px)
 
 bool proxy_busy(const struct proxy *px, const struct digest *d)
 {
-    return proxy_blob_busy(px, d) || proxy_manifest_busy(px, d);
+    return proxy_blob_busy(px, d) || proxy_manifest_busy(px, d) || cluster_busy(px->cluster, d);
 }

@@ -111,7 +111,8 @@ void proxy_blob_peer(struct proxy *px, const struct api *api, struct http_req *r
 /*
  * Whether d is in flight: a blob fetched from an upstream (not committed yet) or looked up
  * with a HEAD, or a cached manifest whose tag is being re-checked (served from the store when
- * the upstream answers). The maintenance never removes it then.
+ * the upstream answers), or a blob another node of the cluster announced as in use. The
+ * maintenance never removes it then.
  */
 bool proxy_busy(const struct proxy *px, const struct digest *d);
 /*
@@ -119,10 +120,36 @@ bool proxy_busy(const struct proxy *px, const struct digest *d);
  * records the pull for proxy.ttl, as a lookup in storage would.
  */
 void proxy_blob_hit(struct proxy *px, const char *name, const struct digest *d);
+/* ---- read-only views for the status page (status.h); loop thread ---- */
+
+struct upstream;
+/* The i-th upstream (0: the main one) and the host ?ns= names it by; NULL past the last. */
+const struct upstream *proxy_upstream(const struct proxy *px, size_t i, const char **host);
+
+/* One blob fetch in flight, as proxy_each_fetch shows it; valid during the call only. */
+struct proxy_fetch_view {
+    const struct digest *digest;
+    const char *repository; /* the local name it is fetched for */
+    const char *upstream;   /* the host of its upstream */
+    const char *state;      /* "queued" (for a proxy.maxfetches slot), "connecting",
+                               "streaming", "storing" (verified, being stored: remote store) */
+    uint64_t bytes;         /* received so far */
+    int64_t size;           /* as the upstream announced it; -1 while unknown */
+    size_t clients;         /* client answers reading it */
+    bool from_peer;         /* read from the spool of the cluster node that holds the fetch */
+};
+/* Calls fn for every blob fetch new pulls would join, newest first. fn must not call into
+ * the proxy. */
+void proxy_each_fetch(const struct proxy *px,
+                      void (*fn)(const struct proxy_fetch_view *v, void *ctx), void *ctx);
+
 /*
  * A tag or manifest was written or removed outside the proxy (a push, a delete, eviction):
- * the tags the proxy resolved in memory are forgotten. Thread-safe; px may be NULL.
+ * the tags the proxy resolved in memory are forgotten, here and, before this returns, on the
+ * other nodes of the cluster (cluster_announce_tags). Thread-safe; px may be NULL.
  */
 void proxy_tags_changed(struct proxy *px);
+/* Whether eviction runs on this node: always alone, on one node in a cluster. */
+bool proxy_evicts(const struct proxy *px);
 
 #endif

@@ -222,23 +222,24 @@ struct bfetch {
     long retry_after;
     char why[256];
     struct breader *readers;
-    bool listed; /* in px->bfetches: new requests join it */
     /* Who holds f: each reader, the upstream exchange while it runs, the import job, and
      * whoever walks the readers (bfetch_pump_all); the last bfetch_unref frees it. */
     unsigned refs;
-    bool importing; /* the verified spool is being stored (remote store); readers go on */
     enum regerr imported;
-    /* The upstream's answer was refused (502), not lost. */
-    bool bad_answer;
-    /* Cluster (cluster.h): the lease question while it is asked; whether this node holds
-     * d's lease (dropped when the fetch ends); the other node's spool being read instead of
-     * the upstream, how often its holder was missing, and the pause before asking again. */
+    /* Cluster (cluster.h): the lease question while it is asked; the other node's spool
+     * being read instead of the upstream, its answer's status, how often its holder was
+     * missing, and the pause before asking again; whether this node holds d's lease
+     * (dropped when the fetch ends). */
     struct cluster_op *lease_op;
-    bool leased;
     struct httpc_req *peer;
     long peer_status;
-    int peer_misses;
     struct event *retry;
+    int peer_misses;
+    bool leased;
+    bool listed;    /* in px->bfetches: new requests join it */
+    bool importing; /* the verified spool is being stored (remote store); readers go on */
+    /* The upstream's answer was refused (502), not lost. */
+    bool bad_answer;
 };
 
 static void bfetch_unlist(struct bfetch *f)
@@ -995,15 +996,18 @@ void proxy_blob_close(struct proxy *px)
         if (f->peer) {
             httpc_cancel(f->peer);
             f->peer = NULL;
-            bfetch_unref(f); /* the exchange's */
+            assert(f->refs > 1); /* ours holds f */
+            bfetch_unref(f);     /* the exchange's */
         }
         if (f->lease_op) {
             cluster_op_cancel(f->lease_op);
             f->lease_op = NULL;
+            assert(f->refs > 1);
             bfetch_unref(f); /* the question's */
         }
         if (f->retry && evtimer_pending(f->retry, NULL)) {
             evtimer_del(f->retry);
+            assert(f->refs > 1);
             bfetch_unref(f); /* the timer's */
         }
         bfetch_unlease(f, false);
@@ -1019,6 +1023,44 @@ void proxy_blob_close(struct proxy *px)
         bfetch_pump_all(f);
         /* The analyzer does not count references: ours has held f through the pump. */
         bfetch_unref(f); /* NOLINT(clang-analyzer-unix.Malloc) */
+    }
+}
+
+static const char *bstate_name(const struct bfetch *f)
+{
+    switch (f->state) {
+    case B_QUEUED:
+        return "queued";
+    case B_HEADERS:
+        return "connecting";
+    case B_STREAMING:
+        return "streaming";
+    case B_DONE:
+    case B_FAILED:
+    case B_STORED:
+        break;
+    }
+    return f->importing ? "storing" : "done";
+}
+
+void proxy_each_fetch(const struct proxy *px,
+                      void (*fn)(const struct proxy_fetch_view *v, void *ctx), void *ctx)
+{
+    for (const struct bfetch *f = px->bfetches; f; f = f->next) {
+        size_t clients = 0;
+        for (const struct breader *rd = f->readers; rd; rd = rd->next)
+            clients++;
+        struct proxy_fetch_view v = {
+            .digest = &f->d,
+            .repository = f->name,
+            .upstream = f->rm->host,
+            .state = bstate_name(f),
+            .bytes = f->written,
+            .size = f->total,
+            .clients = clients,
+            .from_peer = f->peer != NULL,
+        };
+        fn(&v, ctx);
     }
 }
 

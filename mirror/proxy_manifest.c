@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "buf.h"
+#include "cluster.h"
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
@@ -124,10 +125,19 @@ struct mfetch {
     char hdr_digest[DIGEST_STR_MAX];
     char content_type[128];
     struct mwaiter *waiters;
-    /* The table's (until mfetch_close) and an offload job's (store or touch) while it runs. */
+    /* The table's (until mfetch_close), an offload job's (store or touch) while it runs,
+     * and the cluster question's or its pause's. */
     unsigned refs;
     struct digest got;  /* the verified digest being stored */
     enum regerr stored; /* the job's result */
+    /* Cluster (cluster_tag_take): the question while it is asked, the pause before asking
+     * again while another node checks the tag, how often it paused; whether this node
+     * holds the check's lease, and whether the check succeeded (then the others read the
+     * store). */
+    struct cluster_op *lease_op;
+    struct event *poll;
+    int polls;
+    bool leased, checked;
 };
 
 static void mfetch_start(struct mfetch *f);
@@ -224,6 +234,8 @@ static void mfetch_unref(struct mfetch *f)
     buf_free(&f->body);
     mbody_release(f);
     proxy_slot_release(f->px, &f->slot);
+    if (f->poll)
+        event_free(f->poll);
     free(f);
 }
 
@@ -235,6 +247,20 @@ static void mfetch_close(struct mfetch *f)
     if (f->ureq)
         upstream_cancel(f->ureq);
     f->ureq = NULL;
+    if (f->leased)
+        cluster_tag_drop(f->px->cluster, f->name, f->ref, f->checked);
+    f->leased = false;
+    if (f->lease_op) {
+        cluster_op_cancel(f->lease_op);
+        f->lease_op = NULL;
+        assert(f->refs > 1); /* the table's holds f */
+        mfetch_unref(f);     /* the question's */
+    }
+    if (f->poll && evtimer_pending(f->poll, NULL)) {
+        evtimer_del(f->poll);
+        assert(f->refs > 1);
+        mfetch_unref(f); /* the pause's */
+    }
     mfetch_unref(f);
 }
 
@@ -342,6 +368,7 @@ static void mfetch_done(void *arg, bool cancelled)
     mfetch_unref(f);     /* the job's */
     proxy_unref(px);
     if (f->head) {
+        f->checked = true;
         mfetch_finish(f, REG_OK, -1, NULL);
         return;
     }
@@ -350,6 +377,7 @@ static void mfetch_done(void *arg, bool cancelled)
         return;
     }
     proxy_pulled_due(px, f->name, &f->got, true);
+    f->checked = true;
     mfetch_finish(f, REG_OK, -1, NULL);
 }
 
@@ -432,9 +460,71 @@ static void mfetch_start(struct mfetch *f)
         mfetch_fail(f, REG_ERR_INTERNAL, -1, "cannot start the upstream request");
 }
 
+/* Another node checks the tag: ask again this often, at most this many times (then check
+ * here too). */
+#define TAG_POLL_MS 50
+#define TAG_POLLS_MAX 100
+
+static void mfetch_ask(struct mfetch *f);
+
+static void on_tag_poll(evutil_socket_t fd, short what, void *arg)
+{
+    struct mfetch *f = arg;
+    mfetch_ask(f);
+    mfetch_unref(f); /* the pause's */
+}
+
+static void on_tag_lease(void *ctx, enum cluster_lease r, const char *holder)
+{
+    struct mfetch *f = ctx;
+    f->lease_op = NULL;
+    struct timeval tv = {0, TAG_POLL_MS * 1000};
+    switch (r) {
+    case CLUSTER_OURS:
+        f->leased = true;
+        mfetch_start(f);
+        break;
+    case CLUSTER_STORED:
+        /* Checked by another node a moment ago: the store has its answer. */
+        mfetch_finish(f, REG_OK, -1, NULL);
+        break;
+    case CLUSTER_HELD:
+        if (f->polls++ == 0)
+            metrics_inc(METRICS_CLUSTER_LEASES_WAITED);
+        if (f->polls <= TAG_POLLS_MAX && evtimer_add(f->poll, &tv) == 0) {
+            f->refs++; /* the pause's */
+            break;
+        }
+        mfetch_start(f);
+        break;
+    case CLUSTER_ALONE:
+        mfetch_start(f);
+        break;
+    }
+    mfetch_unref(f); /* the question's */
+}
+
+/* A tag's re-check in a cluster: one node asks the upstream, the others wait for it. */
+static void mfetch_ask(struct mfetch *f)
+{
+    struct cluster *cl = f->px->cluster;
+    if (!f->poll)
+        f->poll = evtimer_new(f->px->base, on_tag_poll, f);
+    f->lease_op = f->poll ? cluster_tag_take(cl, f->name, f->ref, on_tag_lease, f) : NULL;
+    if (!f->lease_op) {
+        mfetch_start(f);
+        return;
+    }
+    f->refs++; /* the question's */
+}
+
 static void mfetch_go(struct slot *s)
 {
-    mfetch_start(PROXY_CONTAINER(s, struct mfetch, slot));
+    struct mfetch *f = PROXY_CONTAINER(s, struct mfetch, slot);
+    if (f->head && f->px->cluster)
+        mfetch_ask(f);
+    else
+        mfetch_start(f);
 }
 
 static void mfetch_expire(struct slot *s)

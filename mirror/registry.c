@@ -299,10 +299,9 @@ static void state_evict_oldest(struct registry *reg)
     reg->nstates--;
 }
 
-static struct upload_state *state_add(struct registry *reg, const char *name, const char *id)
+/* A hash state that has seen no bytes, for a session that holds none. */
+static struct upload_state *state_new(const char *name, const char *id)
 {
-    if (reg->nstates >= UPLOAD_STATES_MAX)
-        state_evict_oldest(reg);
     struct upload_state *s = calloc(1, sizeof(*s));
     if (!s)
         return NULL;
@@ -313,9 +312,6 @@ static struct upload_state *state_add(struct registry *reg, const char *name, co
         return NULL;
     }
     snprintf(s->id, sizeof(s->id), "%s", id);
-    s->next = reg->states;
-    reg->states = s;
-    reg->nstates++;
     return s;
 }
 
@@ -348,13 +344,9 @@ enum regerr registry_upload_start(struct registry *reg, const char *name, char i
         storage_put_content(reg->st, layout_upload_startedat(path, name, id), ts, strlen(ts));
     if (result != REG_OK)
         return result;
-    result = storage_put_content(reg->st, layout_upload_data(path, name, id), "", 0);
-    if (result != REG_OK)
-        return result;
-    pthread_mutex_lock(&reg->mu);
-    bool added = state_add(reg, name, id) != NULL;
-    pthread_mutex_unlock(&reg->mu);
-    return added ? REG_OK : REG_ERR_INTERNAL;
+    /* No hash state yet: the first open of the empty session makes one, on whichever node
+     * (of several on one storage) the client's next request reaches. */
+    return storage_put_content(reg->st, layout_upload_data(path, name, id), "", 0);
 }
 
 enum regerr registry_upload_size(struct registry *reg, const char *name, const char *id,
@@ -415,18 +407,26 @@ enum regerr registry_upload_open(struct registry *reg, const char *name, const c
     }
     up->reg = reg;
     snprintf(up->id, sizeof(up->id), "%s", id);
-    pthread_mutex_lock(&reg->mu);
-    up->state = state_find(reg, name, id, true);
-    pthread_mutex_unlock(&reg->mu);
-    /* A state that missed bytes (restart, eviction) is useless: commit re-hashes instead. */
-    if (up->state && up->state->hashed != st.size) {
-        state_free(up->state);
-        up->state = NULL;
-    }
     result = storage_open_writer(reg->st, path, true, &up->w);
     if (result != REG_OK) {
         upload_release(up);
         return result;
+    }
+    uint64_t size = storage_writer_size(up->w);
+    pthread_mutex_lock(&reg->mu);
+    up->state = state_find(reg, name, id, true);
+    pthread_mutex_unlock(&reg->mu);
+    /* A state that missed bytes (written by another node, or before a restart, or evicted)
+     * is useless: commit re-hashes what is stored instead. */
+    if (up->state && up->state->hashed != size) {
+        state_free(up->state);
+        up->state = NULL;
+    }
+    /* An empty session has no past to miss: every byte it gets is hashed as it is written,
+     * so a PUT with the whole blob is verified without reading it back, on any node. */
+    if (!up->state && size == 0 && !(up->state = state_new(name, id))) {
+        upload_release(up);
+        return REG_ERR_INTERNAL;
     }
     *out = up;
     return REG_OK;

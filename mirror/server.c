@@ -12,6 +12,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "status.h"
 #include "tls.h"
 #include "writepolicy.h"
 
@@ -20,9 +21,14 @@ struct server {
     struct http_server *http;
     struct http_server *debug;   /* http.debug.addr; NULL when unset */
     const struct health *health; /* for /healthz; NULL: always ok */
+    struct status *status;       /* for /status and /status.json; NULL: not served */
     struct auth *auth;           /* auth.htpasswd; NULL without client auth */
     struct tls_server *tls;      /* http.tls.certificate; NULL for plain HTTP */
     struct admin *admin;         /* /admin/cache on the debug listener; NULL without one */
+    /* server_drain: the HTTP servers still draining, and whom to tell when none is left */
+    int ndraining;
+    server_drained_cb on_drained;
+    void *drained_arg;
 };
 
 typedef void (*route_fn)(const struct api *api, struct http_req *req, const struct api_route *rt);
@@ -180,6 +186,28 @@ fail:
     return NULL;
 }
 
+static void on_http_drained(void *arg)
+{
+    struct server *srv = arg;
+    if (--srv->ndraining == 0)
+        srv->on_drained(srv->drained_arg);
+}
+
+void server_drain(struct server *srv, server_drained_cb done, void *arg)
+{
+    if (srv->on_drained)
+        return;
+    /* its listeners and handshakes: no connection reaches srv->http any more */
+    tls_server_free(srv->tls);
+    srv->tls = NULL;
+    srv->on_drained = done;
+    srv->drained_arg = arg;
+    srv->ndraining = srv->debug ? 2 : 1;
+    http_server_drain(srv->http, on_http_drained, srv);
+    if (srv->debug)
+        http_server_drain(srv->debug, on_http_drained, srv);
+}
+
 void server_close(struct server *srv)
 {
     if (!srv)
@@ -205,7 +233,7 @@ void server_free(struct server *srv)
     free(srv);
 }
 
-/* http.debug.addr: /debug/health and the Prometheus metrics. */
+/* http.debug.addr: /debug/health, the status page and the Prometheus metrics. */
 static void on_debug_request(struct http_req *req, void *arg)
 {
     struct server *srv = arg;
@@ -223,6 +251,10 @@ static void on_debug_request(struct http_req *req, void *arg)
         http_resp_no_body(req, -1);
     } else if (strcmp(path, "/debug/health") == 0) {
         health_serve_debug(srv->health, req);
+    } else if (srv->status && strcmp(path, "/status") == 0) {
+        status_serve_page(req);
+    } else if (srv->status && strcmp(path, "/status.json") == 0) {
+        status_serve_json(srv->status, req);
     } else if (cfg->http.debug.prometheus_enabled &&
                strcmp(path, cfg->http.debug.prometheus_path) == 0) {
         metrics_serve(req);
@@ -231,10 +263,12 @@ static void on_debug_request(struct http_req *req, void *arg)
     }
 }
 
-int server_observe(struct server *srv, struct event_base *base, const struct health *health)
+int server_observe(struct server *srv, struct event_base *base, const struct health *health,
+                   struct status *status)
 {
     const struct config *cfg = srv->api.cfg;
     srv->health = health;
+    srv->status = status;
     if (!cfg->http.debug.addr[0])
         return 0;
     struct http_server_handler handler = {.on_request = on_debug_request, .arg = srv};
@@ -249,7 +283,7 @@ int server_observe(struct server *srv, struct event_base *base, const struct hea
         log_error("cannot listen on http.debug.addr %s: %s", cfg->http.debug.addr, strerror(errno));
         return -1;
     }
-    log_info("debug server on %s: /debug/health, " ADMIN_PATH "%s%s", cfg->http.debug.addr,
+    log_info("debug server on %s: /debug/health, /status, " ADMIN_PATH "%s%s", cfg->http.debug.addr,
              cfg->http.debug.prometheus_enabled ? ", " : "",
              cfg->http.debug.prometheus_enabled ? cfg->http.debug.prometheus_path : "");
     return 0;

@@ -260,8 +260,9 @@ static void req_unref(struct upstream_req *r)
         req_dispose(r);
 }
 
-static void count_result(enum upstream_result res)
+static void count_result(struct upstream *up, enum upstream_result res, const char *msg)
 {
+    struct upstream_stats *st = &up->stats;
     switch (res) {
     case UPSTREAM_UNAVAILABLE:
         metrics_inc(METRICS_UPSTREAM_UNAVAILABLE);
@@ -275,9 +276,20 @@ static void count_result(enum upstream_result res)
     case UPSTREAM_TOOMANYREQUESTS: /* METRICS_UPSTREAM_429 counts the answers */
     case UPSTREAM_OK:
     case UPSTREAM_NOT_FOUND:
-    case UPSTREAM_ABORTED:
         break;
+    case UPSTREAM_ABORTED:
+        return;
     }
+    /* Any answer, a refusal too, shows the upstream reachable. */
+    st->failing = res == UPSTREAM_UNAVAILABLE;
+    if (!st->failing)
+        st->last_answer = time(NULL);
+    if (res == UPSTREAM_OK || res == UPSTREAM_NOT_FOUND)
+        return;
+    if (res != UPSTREAM_TOOMANYREQUESTS)
+        st->failures++;
+    st->last_error = time(NULL);
+    snprintf(st->last_message, sizeof(st->last_message), "%s", msg);
 }
 
 void upstream_finish(struct upstream_req *r, enum upstream_result res, long retry_after_s,
@@ -291,7 +303,7 @@ void upstream_finish(struct upstream_req *r, enum upstream_result res, long retr
 
     struct upstream_outcome o = {res, r->status, retry_after_s, msg};
     r->finished = true;
-    count_result(res);
+    count_result(r->up, res, msg);
     if (res != UPSTREAM_OK && res != UPSTREAM_ABORTED) {
         const char *fields[] = {"repo", r->repo, "result", upstream_result_name(res), NULL};
         log_kv(LOG_DEBUG, fields, "upstream %s: %s", r->up->host, msg);
@@ -375,6 +387,7 @@ static int on_att_headers(struct httpc_req *hr, void *ctx, long status,
         r->location = strdup(httpc_header_get(h, "Location"));
     } else if (status == 429) {
         metrics_inc(METRICS_UPSTREAM_429);
+        r->up->stats.rate_limited++;
         r->retry_after_s = upstream_parse_retry_after(httpc_header_get(h, "Retry-After"));
         log_ratelimit(r, h, LOG_WARN, "rate limit reached (429)");
     } else {
@@ -651,6 +664,16 @@ const char *upstream_credentials_rule(const struct upstream *up)
     return up->basic ? up->cred_rule : "";
 }
 
+const struct upstream_stats *upstream_stats(const struct upstream *up)
+{
+    return &up->stats;
+}
+
+const char *upstream_origin(const struct upstream *up)
+{
+    return up->origin;
+}
+
 const struct ratelimit *upstream_ratelimit(const struct upstream *up)
 {
     return &up->ratelimit;
@@ -756,6 +779,7 @@ struct upstream_req *upstream_fetch(struct upstream *up, const char *method, con
     up->reqs = r;
     metrics_inc(METRICS_UPSTREAM_REQUESTS);
     metrics_inc(METRICS_GAUGE_UPSTREAM_INFLIGHT);
+    up->stats.requests++;
 
     int rc;
     if (up->realm) {

@@ -37,6 +37,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "ratelimit.h"
 
@@ -89,6 +90,25 @@ bool upstream_is_docker_hub(const struct upstream *u);
  * fit in cap bytes (buf is then "").
  */
 int upstream_repo_name(const struct upstream *u, const char *name, char *buf, size_t cap);
+
+/*
+ * What the client's requests did since it was created, for the status page. Owned by u,
+ * valid as long as it. Times are wall clock, 0 for never.
+ */
+struct upstream_stats {
+    uint64_t requests;      /* registry requests started */
+    uint64_t token_fetches; /* requests sent to a token realm */
+    uint64_t rate_limited;  /* 429 answers, from the registry or its token realm */
+    uint64_t failures;      /* requests that ended unavailable, unauthorized or rejected */
+    time_t last_answer;     /* the last request the upstream answered (not unavailable) */
+    time_t last_error;      /* the last one that failed (a 429 included) */
+    bool failing;           /* the last request that ended found it unavailable */
+    char last_message[256]; /* its outcome's message (no secrets, see upstream_outcome) */
+};
+const struct upstream_stats *upstream_stats(const struct upstream *u);
+
+/* The remote's scheme://host:port; never carries credentials (upstream_new refuses them). */
+const char *upstream_origin(const struct upstream *u);
 
 /* The pull budget the upstream's answers announced; owned by u, valid as long as it. */
 const struct ratelimit *upstream_ratelimit(const struct upstream *u);

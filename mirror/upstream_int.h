@@ -46,6 +46,7 @@ struct upstream {
     struct ratelimit ratelimit;
     char *name;
     struct metrics_upstream metrics;
+    struct upstream_stats stats;
 };
 
 enum upstream_challenge { UPSTREAM_CH_NONE, UPSTREAM_CH_BEARER, UPSTREAM_CH_BASIC };

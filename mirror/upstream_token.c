@@ -313,8 +313,10 @@ static int on_tok_headers(struct httpc_req *hr, void *ctx, long status,
 {
     struct upstream_token_fetch *f = ctx;
     f->status = status;
-    if (status == 429)
+    if (status == 429) {
         metrics_inc(METRICS_UPSTREAM_429);
+        f->up->stats.rate_limited++;
+    }
     if (status == 429)
         f->retry_after_s = upstream_parse_retry_after(httpc_header_get(h, "Retry-After"));
     upstream_note_budget(f->up, status, h, status == 429 ? f->retry_after_s : -1);
@@ -484,6 +486,7 @@ static struct upstream_token_fetch *fetch_start(struct upstream *up, char *key, 
     buf_init(&f->body, TOKEN_BODY_MAX);
     f->req = httpc_start(up->http, &o, &token_cb, f);
     metrics_inc(METRICS_TOKEN_FETCHES);
+    up->stats.token_fetches++;
     if (!f->req)
         goto fail;
     free(esc_service);

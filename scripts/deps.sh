@@ -9,6 +9,7 @@ pkgs=(build-essential pkg-config clang libclang-rt-14-dev
       python3 python3-pytest python3-requests python3-cryptography
       docker-registry redis-server skopeo podman docker.io containerd runc
       nginx wrk apache2-utils iproute2 curl
+      chromium chromium-driver
       cppcheck clang-tidy clang-format
       debootstrap dpkg-dev debhelper lintian)
 

@@ -24,7 +24,7 @@ import pytest
 import helpers
 from helpers import Registry
 
-pytest_plugins = ["conftest_upstream"]
+pytest_plugins = ["conftest_upstream", "cluster"]
 
 
 # Tests that cannot run when the registries store on OSS, by node id (a prefix of it:

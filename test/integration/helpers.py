@@ -977,25 +977,36 @@ def pull_problems(reg, img, repo):
     return problems
 
 
+def blob_get(mirror, repo, digest):
+    """One GET of a blob: (status, bytes read, sha256 of them). A body cut short shows as
+    fewer bytes; a registry gone before it answered as (0, 0, None)."""
+    h = hashlib.sha256()
+    n = 0
+    conn = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=120)
+    try:
+        try:
+            conn.request("GET", "/v2/%s/blobs/%s" % (repo, digest))
+            resp = conn.getresponse()
+        except (http.client.HTTPException, ConnectionError):
+            return 0, 0, None
+        try:
+            while True:
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+        except (http.client.IncompleteRead, ConnectionError):
+            pass
+        return resp.status, n, "sha256:" + h.hexdigest()
+    finally:
+        conn.close()
+
+
 def herd_get(mirror, repo, digest, clients):
     """clients concurrent GETs of one blob: (status, bytes, sha256 digest) of each body."""
-    def one(_):
-        h = hashlib.sha256()
-        conn = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=120)
-        conn.request("GET", "/v2/%s/blobs/%s" % (repo, digest))
-        resp = conn.getresponse()
-        n = 0
-        while True:
-            chunk = resp.read(1 << 20)
-            if not chunk:
-                break
-            h.update(chunk)
-            n += len(chunk)
-        conn.close()
-        return resp.status, n, "sha256:" + h.hexdigest()
-
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(one, range(clients)))
+        return list(pool.map(lambda _: blob_get(mirror, repo, digest), range(clients)))
 
 
 # ---------------------------------------------------------------------------

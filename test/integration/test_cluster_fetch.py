@@ -1,87 +1,25 @@
 """Cluster: three regmirror nodes on one store (a shared filesystem root, or one OSS prefix in
-the OSS pass) and one redis-server, each with its own cluster.advertise. A cold blob costs the
-upstream one GET whichever nodes its clients ask; the nodes that do not hold the fetch lease
-read the holder's spool. Without Redis each node fetches on its own, never wrongly."""
+the OSS pass), one redis-server and nginx in front (cluster.py), each node with its own
+cluster.advertise. A cold blob costs the upstream one GET whichever nodes its clients ask; the
+nodes that do not hold the fetch lease read the holder's spool. Without Redis each node
+fetches on its own, never wrongly."""
 
 import concurrent.futures
-import hashlib
-import http.client
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 
 import pytest
 import requests
 
-from helpers import Registry, free_port, herd_get, wait_until
+from helpers import (blob_get, herd_get, make_image, pull_manifest, push_image, storage_kind,
+                     wait_until)
 
 pytestmark = pytest.mark.regmirror_only("cross-node fetch leases are regmirror's own")
 
-REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
-SECRET = "cluster-test-secret-4f9d"
-
-
-class RedisServer:
-    def __init__(self, workdir):
-        self.workdir = str(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.workdir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self._up, timeout=10)
-
-    def _up(self):
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    def kill(self):
-        if self.proc:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
-class Node(Registry):
-    """A regmirror whose cluster.advertise names its own port (known only at start)."""
-
-    def render(self):
-        return super().render() + "cluster:\n  advertise: http://127.0.0.1:%d\n" % self.port
-
 
 @pytest.fixture
-def redis_server(tmp_path):
-    if not os.access(REDIS, os.X_OK):
-        pytest.skip("redis-server is not installed")
-    r = RedisServer(tmp_path / "redis")
-    yield r
-    r.kill()
-
-
-@pytest.fixture
-def nodes(tmp_path, redis_server, upstream, _started):
-    root = tmp_path / "shared-root"
-    extra = (upstream.proxy_yaml(username="alice") +
-             "redis:\n  addr: 127.0.0.1:%d\n" % redis_server.port)
-    made = []
-    for i in range(3):
-        n = Node("regmirror", tmp_path / ("node%d" % i), rootdir=root, extra_yaml=extra,
-                 env={"REGISTRY_HTTP_SECRET": SECRET})
-        made.append(n)
-        _started.append(n)
-        n.start()
-    yield made
-    for n in made:
-        n.stop()
-        if n in _started:
-            _started.remove(n)
+def nodes(make_cluster):
+    """Three nodes on one store (OSS in the OSS pass, else a shared root), Redis, nginx."""
+    return make_cluster(storage=storage_kind()).nodes
 
 
 def herd_over(nodes, repo, digest, per_node):
@@ -89,31 +27,6 @@ def herd_over(nodes, repo, digest, per_node):
     with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
         parts = list(pool.map(lambda n: herd_get(n, repo, digest, per_node), nodes))
     return [r for part in parts for r in part]
-
-
-def get_digest(node, repo, digest):
-    """One GET: (status, bytes read, sha256 of them); a cut body shows as fewer bytes."""
-    h = hashlib.sha256()
-    n = 0
-    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=120)
-    try:
-        try:
-            conn.request("GET", "/v2/%s/blobs/%s" % (repo, digest))
-            resp = conn.getresponse()
-        except (http.client.HTTPException, ConnectionError):
-            return 0, 0, None  # the node went away before it answered
-        try:
-            while True:
-                chunk = resp.read(1 << 20)
-                if not chunk:
-                    break
-                h.update(chunk)
-                n += len(chunk)
-        except (http.client.IncompleteRead, ConnectionError):
-            pass
-        return resp.status, n, "sha256:" + h.hexdigest()
-    finally:
-        conn.close()
 
 
 def test_herd_over_three_nodes_costs_one_upstream_get(nodes, upstream, seeded):
@@ -130,9 +43,25 @@ def test_herd_over_three_nodes_costs_one_upstream_get(nodes, upstream, seeded):
     # Every node serves it from the store afterwards, with no upstream GET.
     upstream.proxy.reset()
     for n in nodes:
-        assert get_digest(n, img.repo, layer.digest) == (200, layer.size, layer.digest)
+        assert blob_get(n, img.repo, layer.digest) == (200, layer.size, layer.digest)
     upstream.proxy.wait_idle()
     assert upstream.proxy.blob_gets() == 0
+
+
+def test_herd_through_nginx_one_get_one_storage_write(make_cluster, upstream, seeded):
+    c = make_cluster(storage=storage_kind())
+    img = seeded.big
+    layer = img.layers[0]
+    upstream.proxy.reset()
+    upstream.proxy.throttle(20 * 1024 * 1024)
+    results = herd_get(c.front, img.repo, layer.digest, 30)
+    upstream.proxy.wait_idle()
+    for status, n, got in results:
+        assert (status, n, got) == (200, layer.size, layer.digest)
+    assert upstream.proxy.blob_gets(layer.digest) == 1
+    c.settle()
+    if c.storage == "oss":
+        assert c.blob_writes(layer.digest) == 1
 
 
 def test_holder_killed_mid_fetch(nodes, upstream, seeded):
@@ -143,31 +72,31 @@ def test_holder_killed_mid_fetch(nodes, upstream, seeded):
     upstream.proxy.throttle(8 * 1024 * 1024, count=1)  # the first fetch is slow, later ones not
     holder, others = nodes[0], nodes[1:]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        first = pool.submit(get_digest, holder, img.repo, layer.digest)
+        first = pool.submit(blob_get, holder, img.repo, layer.digest)
         wait_until(lambda: upstream.proxy.bytes(method="GET", kind="blob") > 0, timeout=20)
-        late = [pool.submit(get_digest, n, img.repo, layer.digest) for n in others for _ in (0, 1)]
+        late = [pool.submit(blob_get, n, img.repo, layer.digest) for n in others for _ in (0, 1)]
         wait_until(lambda: upstream.proxy.bytes(method="GET", kind="blob") > size * 0.3,
                    timeout=30, every=0.02)
-        holder.proc.send_signal(signal.SIGKILL)
-        holder.proc.wait()
+        holder.kill()
         cut = [f.result() for f in [first] + late]
     for status, n, got in cut:
         # A cut response is short (the client retries), never complete and wrong.
         assert n < size or got == layer.digest, (status, n, got)
     # The others take over: their clients now get the whole blob.
     for node in others:
-        assert get_digest(node, img.repo, layer.digest) == (200, size, layer.digest)
+        assert blob_get(node, img.repo, layer.digest) == (200, size, layer.digest)
     upstream.proxy.wait_idle()
     assert upstream.proxy.blob_gets(layer.digest) <= 2
-    holder.proc = None
     holder.start()
-    assert get_digest(holder, img.repo, layer.digest) == (200, size, layer.digest)
+    assert blob_get(holder, img.repo, layer.digest) == (200, size, layer.digest)
 
 
-def test_redis_down_each_node_fetches_alone(nodes, upstream, seeded, redis_server):
+def test_redis_down_each_node_fetches_alone(make_cluster, upstream, seeded):
+    c = make_cluster(storage=storage_kind())
+    nodes = c.nodes
     img = seeded.big
     layer = img.layers[0]
-    redis_server.kill()
+    c.redis.kill()
     upstream.proxy.reset()
     upstream.proxy.throttle(40 * 1024 * 1024)
     started = time.monotonic()
@@ -189,3 +118,61 @@ def test_peer_endpoint_refuses_strangers(nodes, seeded):
     assert r.status_code == 401, r.text
     r = requests.get(nodes[0].url("/_regmirror/spool/sha256:nothex"), timeout=10)
     assert r.status_code == 400, r.text
+
+
+def test_tag_pushed_on_one_node_is_seen_by_the_others_at_once(make_cluster, seeded):
+    # tagfreshness lets each node answer a fresh tag from memory; a push on one node makes
+    # the others forget it (the events channel), so the very next pull sees the new tag.
+    nodes = make_cluster(storage=storage_kind(),
+                         proxy_extra="  tagfreshness: 1h\n  push: true\n  shadow: true\n").nodes
+    img = seeded.alpine
+    for node in nodes:
+        for _ in range(2):
+            assert pull_manifest(node, img.repo, img.tag).content == img.manifest
+    local = make_image()
+    push_image(nodes[0], img.repo, local, img.tag)
+    for node in nodes[1:]:
+        assert pull_manifest(node, img.repo, img.tag).content == local.manifest
+    r = nodes[1].delete("/v2/%s/manifests/%s" % (img.repo, img.tag))
+    assert r.status_code == 202, r.text
+    for node in (nodes[0], nodes[2]):
+        assert pull_manifest(node, img.repo, img.tag).content == img.manifest
+
+
+def test_one_node_evicts_for_the_cluster(make_cluster):
+    nodes = make_cluster(storage=storage_kind(), proxy_extra="  maxsize: 1GB\n").nodes
+
+    def leaders():
+        return [n for n in nodes if n.alive() and
+                "this node runs the eviction" in n.log_tail(200000).split(
+                    "this node leaves the eviction")[-1]]
+    wait_until(lambda: len(leaders()) == 1, timeout=15)
+    time.sleep(3)  # the others keep waiting while it lives
+    assert len(leaders()) == 1
+    first = leaders()[0]
+    first.kill()
+    # Its key expires; another node takes the eviction over.
+    wait_until(lambda: len([n for n in leaders() if n is not first]) == 1, timeout=20)
+
+
+def test_tag_recheck_across_nodes_costs_one_head(make_cluster, upstream, seeded):
+    # Every node has the tag cached; with tagfreshness 0 each pull re-checks it. Pulls on
+    # all nodes at once share one upstream HEAD: one node asks, the others wait for it and
+    # answer from the store.
+    nodes = make_cluster(storage=storage_kind(), proxy_extra="").nodes
+    img = seeded.alpine
+    for node in nodes:
+        assert pull_manifest(node, img.repo, img.tag).content == img.manifest
+    upstream.proxy.wait_idle()
+    time.sleep(1.2)  # past the second in which a check stands for the others
+    upstream.proxy.reset()
+    upstream.proxy.stall(1.0, count=1, method="HEAD", kinds=["manifest"])
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda n: pull_manifest(n, img.repo, img.tag).content,
+                            nodes + nodes))
+    assert got == [img.manifest] * 6
+    upstream.proxy.wait_idle()
+    # (a node's first upstream request may be a 401 challenge: not counted)
+    assert upstream.proxy.count(kind="manifest", method="HEAD",
+                                status=lambda st: st != 401) == 1, upstream.proxy.summary()
+    assert upstream.proxy.count(kind="manifest", method="GET") == 0

@@ -183,6 +183,7 @@ static void test_default_values(void **state)
     assert_string_equal(cfg.http.host, "");
     assert_string_equal(cfg.http.secret, "");
     assert_false(cfg.http.relativeurls);
+    assert_int_equal(cfg.http.draintimeout_ms, 8000); /* fits docker stop's 10 s */
     assert_string_equal(cfg.http.tls.certificate, "");
     assert_string_equal(cfg.http.tls.minimumtls, "tls1.2");
     assert_int_equal(cfg.http.nheaders, 1);

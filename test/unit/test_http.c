@@ -1274,6 +1274,132 @@ static void t_timeouts(void **state)
     resp_clear(&resp);
 }
 
+/* ---- draining (a server of its own on a loop run by the test thread) ---- */
+
+static struct http_req *d_held;
+static int d_done;
+
+static void d_request(struct http_req *req, void *arg)
+{
+    if (strcmp(http_req_path(req), "/hold") == 0) {
+        d_held = req;
+        return;
+    }
+    http_resp_start(req, 200);
+    http_resp_body_mem(req, "ok", 2);
+}
+
+static void d_drained(void *arg)
+{
+    d_done++;
+}
+
+/* Runs b until out (NUL-terminated) holds until, or the server closed fd (true), or 2 s. */
+static bool d_recv(struct event_base *b, int fd, char *out, size_t max, const char *until)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    for (int i = 0; i < 2000; i++) {
+        event_base_loop(b, EVLOOP_NONBLOCK);
+        ssize_t k = recv(fd, out + n, max - 1 - n, MSG_DONTWAIT);
+        if (k == 0 || (k < 0 && errno == ECONNRESET))
+            return true;
+        if (k > 0) {
+            n += (size_t)k;
+            out[n] = '\0';
+            if (until && strstr(out, until))
+                return false;
+        }
+        usleep(1000);
+    }
+    return false;
+}
+
+static void d_run_until(struct event_base *b, const int *flag)
+{
+    for (int i = 0; i < 2000 && !*flag; i++) {
+        event_base_loop(b, EVLOOP_NONBLOCK);
+        usleep(1000);
+    }
+}
+
+static void t_drain(void **state)
+{
+    struct event_base *b = event_base_new();
+    struct http_server_handler h = {.on_request = d_request};
+    struct http_server *s = http_server_new(b, NULL, &h);
+    assert_non_null(s);
+    http_server_set_access_log(s, false);
+    assert_int_equal(http_server_listen(s, "127.0.0.1:0"), 0);
+    int p = http_server_port(s);
+    char out[1024];
+    d_held = NULL;
+    d_done = 0;
+
+    int idle = peer_connect(p), held = peer_connect(p), partial = peer_connect(p);
+    cl_sends(idle, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_false(d_recv(b, idle, out, sizeof(out), "\r\n\r\nok"));
+    assert_null(strstr(out, "Connection: close"));
+    cl_sends(held, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
+    cl_sends(partial, "GET /b HTTP/1.1\r\nHost: x\r\n");
+    for (int i = 0; i < 2000 && !d_held; i++) {
+        event_base_loop(b, EVLOOP_NONBLOCK);
+        usleep(1000);
+    }
+    assert_non_null(d_held);
+    for (int i = 0; i < 50; i++) { /* the loop takes the partial head */
+        event_base_loop(b, EVLOOP_NONBLOCK);
+        usleep(1000);
+    }
+
+    http_server_drain(s, d_drained, NULL);
+    http_server_drain(s, d_drained, NULL); /* a second call does nothing */
+    /* the listener is closed: connecting is refused */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), -1);
+    assert_int_equal(errno, ECONNREFUSED);
+    close(fd);
+    /* the idle connection is closed, the others wait for their answers */
+    assert_true(d_recv(b, idle, out, sizeof(out), NULL));
+    assert_string_equal(out, "");
+    assert_int_equal(d_done, 0);
+    /* a head that was still arriving is answered, with Connection: close */
+    cl_sends(partial, "\r\n");
+    assert_true(d_recv(b, partial, out, sizeof(out), NULL));
+    assert_non_null(strstr(out, "HTTP/1.1 200 "));
+    assert_non_null(strstr(out, "\r\nConnection: close\r\n"));
+    assert_int_equal(d_done, 0);
+    /* so is the request the application held */
+    http_resp_start(d_held, 200);
+    http_resp_body_mem(d_held, "late", 4);
+    assert_true(d_recv(b, held, out, sizeof(out), NULL));
+    assert_non_null(strstr(out, "\r\nConnection: close\r\n"));
+    assert_non_null(strstr(out, "\r\n\r\nlate"));
+    close(idle);
+    close(held);
+    close(partial);
+    d_run_until(b, &d_done);
+    assert_int_equal(d_done, 1);
+    /* no connection is adopted any more (the TLS seam) */
+    struct bufferevent *pair[2];
+    assert_int_equal(bufferevent_pair_new(b, BEV_OPT_CLOSE_ON_FREE, pair), 0);
+    assert_int_equal(http_server_adopt(s, pair[0], "test"), -1);
+    bufferevent_free(pair[1]);
+    http_server_free(s);
+
+    /* without connections the callback runs at once, from the loop */
+    s = http_server_new(b, NULL, &h);
+    d_done = 0;
+    http_server_drain(s, d_drained, NULL);
+    assert_int_equal(d_done, 0);
+    d_run_until(b, &d_done);
+    assert_int_equal(d_done, 1);
+    http_server_free(s);
+    event_base_free(b);
+}
+
 /* ---- setup ---- */
 
 static void *loop_main(void *arg)
@@ -1342,6 +1468,7 @@ int main(void)
         cmocka_unit_test(t_early),       cmocka_unit_test(t_cut),
         cmocka_unit_test(t_pause_stop),  cmocka_unit_test(t_timeouts),
         cmocka_unit_test(t_framing),     cmocka_unit_test(t_retract),
+        cmocka_unit_test(t_drain),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -132,6 +132,73 @@ static void test_upload_rewind(void **state)
     assert_int_equal(size, 4);
 }
 
+/* Writes data into an open session and closes it. */
+static void append(struct registry *reg, const char *name, const char *id, const char *data)
+{
+    struct registry_upload *up;
+    assert_int_equal(registry_upload_open(reg, name, id, &up), REG_OK);
+    assert_int_equal(registry_upload_write(up, data, strlen(data)), REG_OK);
+    assert_int_equal(registry_upload_close(up), REG_OK);
+}
+
+/* Opens the session, writes data (may be "") and commits against the digest of want. */
+static enum regerr put_with(struct registry *reg, const char *name, const char *id,
+                            const char *data, const char *want)
+{
+    struct registry_upload *up;
+    struct digest d;
+    assert_int_equal(digest_compute(DIGEST_SHA256, want, strlen(want), &d), 0);
+    assert_int_equal(registry_upload_open(reg, name, id, &up), REG_OK);
+    assert_int_equal(registry_upload_write(up, data, strlen(data)), REG_OK);
+    return registry_upload_commit(up, &d);
+}
+
+/*
+ * Two registries on one root, as the nodes of a cluster: each request of a session may reach
+ * either, and a restart forgets what was hashed. The digest covers every stored byte
+ * whichever node hashed which part.
+ */
+static void test_upload_on_any_node(void **state)
+{
+    struct fixture *f = *state;
+    struct registry_opts opts = {.delete_enabled = true};
+    struct registry *other = registry_new(f->st, &opts);
+    assert_non_null(other);
+    char id[37];
+    uint64_t size;
+    /* POST on one node, the whole blob in the PUT on the other */
+    assert_int_equal(registry_upload_start(f->reg, "n", id), REG_OK);
+    assert_int_equal(put_with(other, "n", id, "monolithic", "monolithic"), REG_OK);
+    /* PATCH on one node, PUT with the rest on the other: a digest of the PUT's bytes alone or
+     * of the stored part alone is refused, and the session stays */
+    assert_int_equal(registry_upload_start(f->reg, "n", id), REG_OK);
+    append(f->reg, "n", id, "stored ");
+    assert_int_equal(put_with(other, "n", id, "", "stored "), REG_OK);
+    assert_int_equal(registry_upload_start(f->reg, "n", id), REG_OK);
+    append(f->reg, "n", id, "stored ");
+    assert_int_equal(put_with(other, "n", id, "part", "part"), REG_ERR_DIGEST_INVALID);
+    assert_int_equal(registry_upload_size(f->reg, "n", id, &size), REG_OK);
+    assert_int_equal(size, 11);
+    assert_int_equal(put_with(other, "n", id, "", "stored "), REG_ERR_DIGEST_INVALID);
+    /* the node that hashed the first part has a state that missed "part": not used */
+    assert_int_equal(put_with(f->reg, "n", id, "!", "stored part!"), REG_OK);
+    /* chunks alternating between the nodes, the last one in the PUT */
+    assert_int_equal(registry_upload_start(other, "n", id), REG_OK);
+    append(f->reg, "n", id, "a");
+    append(other, "n", id, "b");
+    append(f->reg, "n", id, "c");
+    assert_int_equal(put_with(other, "n", id, "d", "abcd"), REG_OK);
+    /* a restart between the requests: the new instance has no state for the session */
+    assert_int_equal(registry_upload_start(f->reg, "n", id), REG_OK);
+    append(f->reg, "n", id, "before ");
+    registry_free(f->reg);
+    f->reg = registry_new(f->st, &opts);
+    assert_non_null(f->reg);
+    assert_int_equal(put_with(f->reg, "n", id, "after", "after"), REG_ERR_DIGEST_INVALID);
+    assert_int_equal(put_with(f->reg, "n", id, "", "before after"), REG_OK);
+    registry_free(other);
+}
+
 static void test_manifest_roundtrip(void **state)
 {
     struct fixture *f = *state;
@@ -206,6 +273,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_upload_and_blob, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upload_digest_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upload_rewind, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upload_on_any_node, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manifest_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manifest_missing_blob, setup, teardown),
     };
