@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "log.h"
 #include "notify.h"
 #include "offload.h"
@@ -118,6 +119,8 @@ static void get_done(void *arg, struct http_req *req)
         goto out;
     notify_manifest(api, req, NOTIFY_PULL, j->rt.name, j->rt.ref, &m->digest, m->media_type,
                     m->body, m->len);
+    if (http_req_method(req) == HTTP_GET)
+        admin_note_pull(j->rt.name, &m->digest);
     api_manifest_answer(api, req, m);
 out:
     registry_manifest_release(m);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -15,6 +16,7 @@
 #include "buf.h"
 #include "layout.h"
 #include "log.h"
+#include "progress.h"
 #include "registry.h"
 
 /* Link files hold "algo:hex"; anything longer is not a link. */
@@ -304,6 +306,7 @@ struct gc {
     char **repos;
     size_t nrepos, caprepos;
     struct gc_result *res;
+    struct progress bar; /* drawn only when out is a terminal */
 };
 
 enum regerr gc_read_link(struct storage *st, const char *path, struct digest *out)
@@ -395,12 +398,14 @@ static enum regerr mark_from(struct gc *g, const char *name, struct gc_set *seen
         struct gc_refs r;
         result = gc_manifest_refs(g->st, &d, &r);
         if (result == REG_ERR_NOT_FOUND) {
+            progress_end(&g->bar);
             fprintf(g->out, "%s: manifest %s is referenced but not stored\n", name,
                     digest_str(&d, ds));
             result = REG_OK;
             continue;
         }
         if (result != REG_OK) {
+            progress_end(&g->bar);
             fprintf(stderr,
                     "garbage-collect: %s: manifest %s cannot be read as a manifest; its "
                     "references are unknown, so nothing is deleted\n",
@@ -594,11 +599,20 @@ static enum regerr unlink_gone(struct gc *g, const char *name, const struct gc_s
     return result;
 }
 
+/* A terminal's sweep line: steps are revisions, then repositories (links), then blobs. */
+static void sweep_progress(struct gc *g, size_t step, size_t steps, const char *now)
+{
+    char note[64];
+    snprintf(note, sizeof(note), "removing %s", now);
+    progress_draw(&g->bar, "sweep", step, steps, "steps", 0, note, step == steps);
+}
+
 static enum regerr sweep(struct gc *g)
 {
     char ds[DIGEST_STR_MAX], hb[32], path[LAYOUT_PATH_MAX];
     struct gc_set gone = {0};
     enum regerr result = find_unmarked(g, &gone);
+    progress_end(&g->bar);
     if (result != REG_OK)
         goto out;
     for (size_t i = 0; i < g->ndels; i++)
@@ -625,14 +639,22 @@ static enum regerr sweep(struct gc *g)
     }
     /* Links before what they point at: tag histories and revisions, then the blobs' links in
      * every repository, then the blobs. */
-    for (size_t i = 0; i < g->ndels && result == REG_OK; i++)
+    size_t steps = g->ndels + g->nrepos + gone.n, step = 0;
+    for (size_t i = 0; i < g->ndels && result == REG_OK; i++) {
         result = delete_manifest(g, g->dels[i].repo, &g->dels[i].d);
-    for (size_t i = 0; i < g->nrepos && result == REG_OK; i++)
-        result = unlink_gone(g, g->repos[i], &gone);
-    for (size_t i = 0; i < gone.cap && result == REG_OK; i++) {
-        if (gone.v[i].used)
-            result = remove_path(g->st, layout_blob_dir(path, &gone.v[i].d));
+        sweep_progress(g, ++step, steps, "manifests");
     }
+    for (size_t i = 0; i < g->nrepos && result == REG_OK; i++) {
+        result = unlink_gone(g, g->repos[i], &gone);
+        sweep_progress(g, ++step, steps, "links");
+    }
+    for (size_t i = 0; i < gone.cap && result == REG_OK; i++) {
+        if (!gone.v[i].used)
+            continue;
+        result = remove_path(g->st, layout_blob_dir(path, &gone.v[i].d));
+        sweep_progress(g, ++step, steps, "blobs");
+    }
+    progress_end(&g->bar);
     if (result == REG_OK)
         fprintf(g->out, "deleted %zu manifests and %zu blobs, freed %" PRIu64 " bytes (%s)\n",
                 g->ndels, gone.n, g->res->bytes_freed, human(g->res->bytes_freed, hb));
@@ -670,19 +692,54 @@ static enum regerr collect_repos(struct gc *g)
     return result;
 }
 
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* On a terminal, what the run did in one block at the end (the lines above scroll away). */
+static void print_summary(const struct gc *g, enum regerr result, int64_t took_us)
+{
+    char hb[32];
+    const struct gc_result *r = g->res;
+    fprintf(g->out, "\nsummary%s: %zu repositories, %zu manifests and %zu blobs marked\n",
+            g->opts->dry_run ? " (dry run)" : "", r->repositories, r->manifests_marked,
+            r->blobs_marked);
+    if (result != REG_OK) {
+        fprintf(g->out, "  stopped: %s; nothing more was deleted\n", regerr_message(result));
+        return;
+    }
+    fprintf(g->out, "  %s %zu manifests and %zu blobs, %s\n",
+            g->opts->dry_run ? "would delete" : "deleted", r->manifests_deleted, r->blobs_deleted,
+            human(r->bytes_freed, hb));
+    fprintf(g->out, "  took %.1f s\n", (double)took_us / 1e6);
+}
+
 enum regerr gc_run(struct storage *st, const struct gc_opts *opts, FILE *out, struct gc_result *res)
 {
     struct gc g = {.st = st, .opts = opts, .out = out, .res = res};
     memset(res, 0, sizeof(*res));
+    progress_init(&g.bar, out);
+    int64_t t0 = mono_us();
     enum regerr result = collect_repos(&g);
     if (result != REG_OK)
         fprintf(stderr, "garbage-collect: listing the repositories failed\n");
-    for (size_t i = 0; i < g.nrepos && result == REG_OK; i++)
+    for (size_t i = 0; i < g.nrepos && result == REG_OK; i++) {
         result = mark_repo(&g, g.repos[i]);
+        char note[96];
+        snprintf(note, sizeof(note), "%zu manifests, %zu blobs marked", res->manifests_marked,
+                 g.marked.n);
+        progress_draw(&g.bar, "mark", i + 1, g.nrepos, "repositories", 0, note, i + 1 == g.nrepos);
+    }
     res->repositories = g.nrepos;
     /* Nothing is deleted unless the whole mark finished. */
     if (result == REG_OK)
         result = sweep(&g);
+    progress_end(&g.bar);
+    if (g.bar.tty)
+        print_summary(&g, result, mono_us() - t0);
     for (size_t i = 0; i < g.ndels; i++)
         free(g.dels[i].repo);
     free(g.dels);

@@ -1,4 +1,4 @@
-/* regmirror: serve | garbage-collect | check-config | version. */
+/* regmirror: serve | garbage-collect | cache | check-config | version. */
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -9,6 +9,7 @@
 #include <event2/event.h>
 
 #include "cache.h"
+#include "cli_cache.h"
 #include "cluster.h"
 #include "config.h"
 #include "httpc.h"
@@ -39,6 +40,7 @@ static void usage(FILE *f)
                "       regmirror check-config [CONFIG]\n"
                "       regmirror garbage-collect [--dry-run] [--delete-untagged] [--force] "
                "CONFIG\n"
+               "       regmirror cache ls|rm|verify|warm CONFIG ...   (regmirror cache help)\n"
                "       regmirror version\n"
                "\n"
                "CONFIG is a registry config.yml; without it the embedded default is used.\n"
@@ -367,6 +369,10 @@ int main(int argc, char **argv)
     const char *path = argc > 2 ? argv[2] : NULL;
     if (strcmp(cmd, "garbage-collect") == 0)
         return garbage_collect(argc - 2, argv + 2);
+    if (strcmp(cmd, "cache") == 0) {
+        const struct cli_cache_env env = {load_config, open_storage};
+        return cli_cache_main(argc - 2, argv + 2, &env);
+    }
     if (argc > 3) {
         usage(stderr);
         return 2;

@@ -153,6 +153,11 @@ bool registry_is_local(const struct registry *reg)
     return storage_is_local(reg->st);
 }
 
+struct storage *registry_storage(struct registry *reg)
+{
+    return reg->st;
+}
+
 /* ---- links ---- */
 
 static enum regerr read_link(struct registry *reg, const char *path, struct digest *out)

@@ -52,6 +52,8 @@ void registry_free(struct registry *reg);
 bool registry_delete_enabled(const struct registry *reg);
 /* Whether the store is this host's filesystem (storage_is_local): its blobs can be opened. */
 bool registry_is_local(const struct registry *reg);
+/* The store under the registry (borrowed), for the cache inventory (inventory.h). */
+struct storage *registry_storage(struct registry *reg);
 
 /* ---- blobs ---- */
 /* Size of a blob linked into repository name; BLOB_UNKNOWN when not linked or absent. */

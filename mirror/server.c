@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "api.h"
 #include "health.h"
 #include "auth.h"
@@ -23,6 +24,7 @@ struct server {
     struct status *status;       /* for /status and /status.json; NULL: not served */
     struct auth *auth;           /* auth.htpasswd; NULL without client auth */
     struct tls_server *tls;      /* http.tls.certificate; NULL for plain HTTP */
+    struct admin *admin;         /* /admin/cache on the debug listener; NULL without one */
     /* server_drain: the HTTP servers still draining, and whom to tell when none is left */
     int ndraining;
     server_drained_cb on_drained;
@@ -218,6 +220,8 @@ void server_close(struct server *srv)
     if (srv->debug)
         http_server_free(srv->debug);
     srv->debug = NULL;
+    admin_free(srv->admin); /* after its listener: no new job; before the proxy it pulls from */
+    srv->admin = NULL;
 }
 
 void server_free(struct server *srv)
@@ -236,6 +240,11 @@ static void on_debug_request(struct http_req *req, void *arg)
     const struct config *cfg = srv->api.cfg;
     const char *path = http_req_path(req);
     enum http_method m = http_req_method(req);
+    if (srv->admin && strncmp(path, ADMIN_PATH, sizeof(ADMIN_PATH) - 1) == 0 &&
+        (path[sizeof(ADMIN_PATH) - 1] == '\0' || path[sizeof(ADMIN_PATH) - 1] == '/')) {
+        admin_serve(srv->admin, req);
+        return;
+    }
     if (m != HTTP_GET && m != HTTP_HEAD) {
         http_resp_start(req, 405);
         http_resp_header(req, "Allow", "GET, HEAD");
@@ -267,11 +276,14 @@ int server_observe(struct server *srv, struct event_base *base, const struct hea
     if (!srv->debug)
         return -1;
     http_server_set_access_log(srv->debug, false);
+    srv->admin = admin_new(base, &srv->api, srv->auth, registry_storage(srv->api.reg));
+    if (!srv->admin)
+        return -1;
     if (http_server_listen(srv->debug, cfg->http.debug.addr) != 0) {
         log_error("cannot listen on http.debug.addr %s: %s", cfg->http.debug.addr, strerror(errno));
         return -1;
     }
-    log_info("debug server on %s: /debug/health, /status%s%s", cfg->http.debug.addr,
+    log_info("debug server on %s: /debug/health, /status, " ADMIN_PATH "%s%s", cfg->http.debug.addr,
              cfg->http.debug.prometheus_enabled ? ", " : "",
              cfg->http.debug.prometheus_enabled ? cfg->http.debug.prometheus_path : "");
     return 0;
