@@ -377,7 +377,8 @@ struct config {
     /* regmirror keys: several nodes on one store and one Redis act as one mirror. */
     struct {
         /* The URL other nodes reach this one at (its fetches in flight are read through it);
-         * empty: no cross-node fetch sharing. Needs redis.addr and http.secret. */
+         * empty: no cross-node fetch sharing. Needs redis.addr (or redis.sentinel) and
+         * http.secret. */
         char *advertise;
     } cluster;
 

@@ -165,7 +165,9 @@ static void on_event(redisAsyncContext *ac, void *r, void *privdata);
 static void on_role(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct link *l = ac->data;
-    if (!l || !r || redis_sentinel_role_is_master(r))
+    const redisReply *reply = r;
+    /* an error (ROLE not allowed, say) proves nothing: the writes will tell */
+    if (!l || !reply || reply->type != REDIS_REPLY_ARRAY || redis_sentinel_role_is_master(reply))
         return;
     log_warn("cluster: redis %s:%d is not the master; asking the sentinels again", l->c->host,
              l->c->port);
@@ -498,7 +500,7 @@ static redisContext *sync_connect(const struct cluster *c)
         ok = sync_ok(redisCommand(rc, "AUTH %s", c->password));
     if (ok && c->sentinel) {
         redisReply *role = redisCommand(rc, "ROLE");
-        ok = redis_sentinel_role_is_master(role);
+        ok = role && (role->type != REDIS_REPLY_ARRAY || redis_sentinel_role_is_master(role));
         freeReplyObject(role);
     }
     if (!ok && rc) {

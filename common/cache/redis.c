@@ -11,6 +11,9 @@
  * connection, dialled on first use. A digest always maps to the same slot, so the commands
  * about one digest (put, forget, get) reach Redis in the order they were issued. A slot is
  *   IDLE -> (RESOLVING) -> CONNECTING -> READY -> ... -> BACKOFF -> IDLE
+ * RESOLVING is the DNS lookup of a host name, or asking the sentinels where the master is
+ * (redis.sentinel): then the handshake ends with ROLE, and a server that is not the master, or
+ * a READONLY, LOADING or MASTERDOWN answer, fails the slot so that it asks again.
  * The handshake ([AUTH] [SELECT] PING) is pipelined right after connect, and user commands
  * may follow it at once. Requests in flight sit in a FIFO with monotonic deadlines; one
  * timer per slot watches the head. A missed deadline, a failed handshake or a broken
