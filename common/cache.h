@@ -47,6 +47,7 @@
 #include <stdint.h>
 
 #include "digest.h"
+#include "redis_sentinel.h"
 
 struct event_base;
 struct config;
@@ -98,7 +99,10 @@ struct cache_op {
 struct cache *cache_inmemory_new(size_t max_entries);
 
 struct cache_redis_config {
-    const char *addr;     /* "host:port", "[v6addr]:port"; a host name is resolved with evdns */
+    const char *addr; /* "host:port", "[v6addr]:port"; a host name is resolved with evdns */
+    /* With a mastername, addr is unused: every connection asks these sentinels for the
+     * master, and asks again after it drops or finds a server that is not the master. */
+    struct redis_sentinel_config sentinel;
     const char *username; /* AUTH username (Redis 6 ACL); NULL or "" for none */
     const char *password; /* NULL or "" for no AUTH */
     int db;               /* SELECT db when not 0 */

@@ -567,6 +567,53 @@ static void finish_validation(struct ctx *c, struct node *root, const struct con
     }
 }
 
+/* One Redis server (redis.addr, or the first of redis.addrs), or the sentinels that know the
+ * master: redis.sentinel.*, or distribution 3's redis.mastername with redis.addrs. */
+static void finish_redis(struct ctx *c, struct node *root, struct config *cfg)
+{
+    struct node *name = config_tree_at(root, "redis.sentinel.mastername");
+    const char *key = name ? "redis.sentinel.mastername" : "redis.mastername";
+    char got[128];
+
+    if (!name)
+        name = config_tree_at(root, "redis.mastername");
+    if (!cfg->redis.sentinel.mastername[0]) {
+        if (cfg->redis.sentinel.naddrs)
+            ERR(c, config_tree_at(root, "redis.sentinel.addrs"),
+                "redis.sentinel.addrs: needs redis.sentinel.mastername (the name the sentinels "
+                "monitor the master by)");
+        if (!cfg->redis.addr[0] && cfg->redis.naddrs)
+            config_set_string(c, &cfg->redis.addr, cfg->redis.addrs[0]);
+        if (cfg->redis.addr[0] && !has_port(cfg->redis.addr, true))
+            ERR(c, config_tree_at(root, "redis.addr"),
+                "redis.addr: expected a string like \"localhost:6379\", got %s",
+                config_quote_msg(cfg->redis.addr, got, sizeof(got)));
+        return;
+    }
+    /* distribution 3's form: the addrs are the sentinels */
+    const char *list = "redis.sentinel.addrs";
+    if (!cfg->redis.sentinel.naddrs) {
+        list = "redis.addrs";
+        cfg->redis.sentinel.addrs = cfg->redis.addrs;
+        cfg->redis.sentinel.naddrs = cfg->redis.naddrs;
+        cfg->redis.addrs = NULL;
+        cfg->redis.naddrs = 0;
+    }
+    if (!cfg->redis.sentinel.naddrs)
+        ERR(c, name,
+            "%s: needs the sentinels (redis.sentinel.addrs, or redis.addrs with "
+            "redis.mastername)",
+            key);
+    else if (cfg->redis.addr[0])
+        ERR(c, config_tree_at(root, "redis.addr"),
+            "redis.addr: not with %s (the sentinels name the master)", key);
+    for (size_t i = 0; i < cfg->redis.sentinel.naddrs; i++)
+        if (!has_port(cfg->redis.sentinel.addrs[i], true))
+            ERR(c, config_tree_at(root, list),
+                "%s[%zu]: expected a sentinel like \"localhost:26379\", got %s", list, i,
+                config_quote_msg(cfg->redis.sentinel.addrs[i], got, sizeof(got)));
+}
+
 static void finish(struct ctx *c, struct node *root, struct config *cfg)
 {
     struct node *v = config_tree_at(root, "version");
@@ -581,15 +628,11 @@ static void finish(struct ctx *c, struct node *root, struct config *cfg)
     finish_http(c, root, cfg);
     finish_lists(c, root, cfg);
     finish_validation(c, root, cfg);
-    if (!cfg->redis.addr[0] && cfg->redis.naddrs)
-        config_set_string(c, &cfg->redis.addr, cfg->redis.addrs[0]);
-    if (cfg->redis.addr[0] && !has_port(cfg->redis.addr, true))
-        ERR(c, config_tree_at(root, "redis.addr"),
-            "redis.addr: expected a string like \"localhost:6379\", got %s",
-            config_quote_msg(cfg->redis.addr, got, sizeof(got)));
-    if (cfg->storage.cache.blobdescriptor == CONFIG_CACHE_REDIS && !cfg->redis.addr[0])
+    finish_redis(c, root, cfg);
+    if (cfg->storage.cache.blobdescriptor == CONFIG_CACHE_REDIS && !cfg->redis.addr[0] &&
+        !cfg->redis.sentinel.mastername[0])
         ERR(c, config_tree_at(root, "storage.cache.blobdescriptor"),
-            "storage.cache.blobdescriptor: redis needs redis.addr");
+            "storage.cache.blobdescriptor: redis needs redis.addr (or redis.sentinel)");
     if (cfg->proxy.remoteurl[0] && !is_http_url(cfg->proxy.remoteurl))
         ERR(c, config_tree_at(root, "proxy.remoteurl"),
             "proxy.remoteurl: expected a URL like \"https://registry-1.docker.io\", got %s",
@@ -598,7 +641,8 @@ static void finish(struct ctx *c, struct node *root, struct config *cfg)
         ERR(c, config_tree_at(root, "cluster.advertise"),
             "cluster.advertise: expected a URL like \"http://10.0.0.5:5000\", got %s",
             config_quote_msg(cfg->cluster.advertise, got, sizeof(got)));
-    else if (cfg->cluster.advertise[0] && (!cfg->redis.addr[0] || !cfg->http.secret[0]))
+    else if (cfg->cluster.advertise[0] &&
+             ((!cfg->redis.addr[0] && !cfg->redis.sentinel.mastername[0]) || !cfg->http.secret[0]))
         ERR(c, config_tree_at(root, "cluster.advertise"),
             "cluster.advertise: needs redis.addr (the nodes meet there) and http.secret (they "
             "prove themselves to each other with it)");

@@ -291,7 +291,7 @@ struct config {
     } notifications;
 
     struct {
-        char *addr; /* redis.addr, else the first of redis.addrs */
+        char *addr; /* redis.addr, else the first of redis.addrs (without a sentinel) */
         char **addrs;
         size_t naddrs;
         char *username, *password;
@@ -307,6 +307,15 @@ struct config {
             char **rootcas;
             size_t nrootcas;
         } tls;
+        /* redis.sentinel.*, or distribution 3's redis.mastername with redis.addrs as the
+         * sentinels (and redis.sentinelusername/sentinelpassword): set, the master is asked
+         * of these sentinels and redis.addr stays empty. */
+        struct {
+            char *mastername;
+            char **addrs;
+            size_t naddrs;
+            char *username, *password;
+        } sentinel;
     } redis;
 
     struct {
@@ -368,7 +377,8 @@ struct config {
     /* regmirror keys: several nodes on one store and one Redis act as one mirror. */
     struct {
         /* The URL other nodes reach this one at (its fetches in flight are read through it);
-         * empty: no cross-node fetch sharing. Needs redis.addr and http.secret. */
+         * empty: no cross-node fetch sharing. Needs redis.addr (or redis.sentinel) and
+         * http.secret. */
         char *advertise;
     } cluster;
 

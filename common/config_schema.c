@@ -138,7 +138,12 @@ static bool on_notifications(const void *b)
 }
 static bool on_redis(const void *b)
 {
-    return ((const struct config *)b)->redis.addr[0] != '\0';
+    const struct config *c = b;
+    return c->redis.addr[0] || c->redis.sentinel.mastername[0];
+}
+static bool on_sentinel(const void *b)
+{
+    return ((const struct config *)b)->redis.sentinel.mastername[0] != '\0';
 }
 static bool on_storagedriver(const void *b)
 {
@@ -467,6 +472,13 @@ static const struct field redis_tls_fields[] = {
     LIST("rootcas", C(redis.tls.rootcas), C(redis.tls.nrootcas)),
 };
 SCHEMA(redis_tls_schema, redis_tls_fields, 0, 0, NULL, NULL);
+static const struct field redis_sentinel_fields[] = {
+    STR("mastername", C(redis.sentinel.mastername)),
+    LIST("addrs", C(redis.sentinel.addrs), C(redis.sentinel.naddrs)),
+    STR("username", C(redis.sentinel.username)),
+    STR("password", C(redis.sentinel.password), .flags = F_SECRET),
+};
+SCHEMA(redis_sentinel_schema, redis_sentinel_fields, 0, 0, on_sentinel, NULL);
 static const struct field redis_fields[] = {
     STR("addr", C(redis.addr), .hint = "a string like \"localhost:6379\""),
     LIST("addrs", C(redis.addrs), C(redis.naddrs)),
@@ -482,6 +494,11 @@ static const struct field redis_fields[] = {
     DUR("connmaxidletime", C(redis.pool.idletimeout_ms), .flags = F_ALIAS, .hint = "300s"),
     SECTION("pool", pool_schema),
     SECTION("tls", redis_tls_schema),
+    /* distribution 3's flat names of the sentinel settings (redis.addrs are the sentinels) */
+    STR("mastername", C(redis.sentinel.mastername), .flags = F_ALIAS),
+    STR("sentinelusername", C(redis.sentinel.username), .flags = F_ALIAS),
+    STR("sentinelpassword", C(redis.sentinel.password), .flags = F_ALIAS | F_SECRET),
+    SECTION("sentinel", redis_sentinel_schema),
 };
 SCHEMA(redis_schema, redis_fields, 0, 0, on_redis, NULL);
 

@@ -21,6 +21,7 @@
 #include "buf.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis_sentinel.h"
 
 #define LEASE_TTL_MS 6000
 #define RENEW_EVERY_MS 2000
@@ -73,12 +74,14 @@ struct link {
     redisAsyncContext *ac;
     bool connected;
     struct event *reconnect;
+    struct redis_sentinel_ask *ask; /* asking the sentinels where the master is */
 };
 
 struct cluster {
     struct event_base *base;
-    char host[256];
+    char host[256]; /* with a sentinel: the master it last named (the loop's copy) */
     int port;
+    struct redis_sentinel *sentinel; /* NULL: host and port are redis.addr */
     char *username, *password;
     int db;
     char value[512]; /* "<advertise> <nonce>": what our leases hold */
@@ -172,10 +175,38 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 
 static void on_event(redisAsyncContext *ac, void *r, void *privdata);
 
-static void link_connect(struct link *l)
+/* With a sentinel, a server that is not (or no longer) the master is dropped: the link
+ * reconnects and asks the sentinels again. */
+static void on_role(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct link *l = ac->data;
+    const redisReply *reply = r;
+    /* an error (ROLE not allowed, say) proves nothing: the writes will tell */
+    if (!l || !reply || reply->type != REDIS_REPLY_ARRAY || redis_sentinel_role_is_master(reply))
+        return;
+    log_warn("cluster: redis %s:%d is not the master; asking the sentinels again", l->c->host,
+             l->c->port);
+    redisAsyncFree(ac); /* after this callback; on_disconnect then schedules the reconnect */
+}
+
+/* Whether reply says the server was demoted (READONLY, LOADING, MASTERDOWN); then the link
+ * is dropped as in on_role. */
+static bool link_stale(redisAsyncContext *ac, const redisReply *reply)
+{
+    struct link *l = ac->data;
+    if (!l || !l->c->sentinel || !reply || reply->type != REDIS_REPLY_ERROR ||
+        !redis_sentinel_stale_error(reply->str, reply->len))
+        return false;
+    log_warn("cluster: redis %s:%d: %s; asking the sentinels again", l->c->host, l->c->port,
+             reply->str);
+    redisAsyncFree(ac);
+    return true;
+}
+
+static void link_dial(struct link *l, const char *host, int port)
 {
     struct cluster *c = l->c;
-    redisAsyncContext *ac = redisAsyncConnect(c->host, c->port);
+    redisAsyncContext *ac = redisAsyncConnect(host, port);
     if (!ac || ac->err || redisLibeventAttach(ac, c->base) != REDIS_OK) {
         char why[160];
         snprintf(why, sizeof(why), "%s", ac && ac->err ? ac->errstr : "cannot connect");
@@ -195,8 +226,40 @@ static void link_connect(struct link *l)
         redisAsyncCommand(ac, NULL, NULL, "AUTH %s", c->password);
     if (c->db && !l->sub)
         redisAsyncCommand(ac, NULL, NULL, "SELECT %d", c->db);
+    if (c->sentinel)
+        redisAsyncCommand(ac, on_role, NULL, "ROLE");
     if (l->sub)
         redisAsyncCommand(ac, on_event, c, "SUBSCRIBE %s", CHANNEL);
+}
+
+static void on_master(void *ctx, const char *host, int port)
+{
+    struct link *l = ctx;
+    struct cluster *c = l->c;
+    l->ask = NULL;
+    if (!host) {
+        connection_lost(l, "no sentinel named the master");
+        return;
+    }
+    if (strcmp(c->host, host) != 0 || c->port != port) {
+        log_info("cluster: the sentinels name %s:%d the master of %s", host, port,
+                 redis_sentinel_mastername(c->sentinel));
+        snprintf(c->host, sizeof(c->host), "%s", host);
+        c->port = port;
+    }
+    link_dial(l, c->host, c->port);
+}
+
+static void link_connect(struct link *l)
+{
+    struct cluster *c = l->c;
+    if (!c->sentinel) {
+        link_dial(l, c->host, c->port);
+        return;
+    }
+    l->ask = redis_sentinel_ask(c->sentinel, on_master, l);
+    if (!l->ask)
+        connection_lost(l, "out of memory");
 }
 
 /* Sends a script; fn gets privdata back. false: not connected or hiredis refused. */
@@ -234,7 +297,7 @@ static void on_led(redisAsyncContext *ac, void *r, void *privdata)
 {
     const redisReply *reply = r;
     struct link *l = ac->data;
-    if (!l)
+    if (!l || link_stale(ac, reply))
         return;
     bool lead = reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
     if (lead != l->c->leader)
@@ -459,15 +522,26 @@ static bool sync_ok(void *reply)
     return ok;
 }
 
+/* From any thread: with a sentinel it asks for the master itself (c->host is the loop's). */
 static redisContext *sync_connect(const struct cluster *c)
 {
     struct timeval tv = {0, ANSWER_MS * 1000};
-    redisContext *rc = redisConnectWithTimeout(c->host, c->port, tv);
+    char host[REDIS_SENTINEL_HOST_MAX];
+    int port = c->port;
+    snprintf(host, sizeof(host), "%s", c->host);
+    if (c->sentinel && !redis_sentinel_ask_sync(c->sentinel, host, sizeof(host), &port))
+        return NULL;
+    redisContext *rc = redisConnectWithTimeout(host, port, tv);
     bool ok = rc && !rc->err && redisSetTimeout(rc, tv) == REDIS_OK;
     if (ok && c->password[0] && c->username[0])
         ok = sync_ok(redisCommand(rc, "AUTH %s %s", c->username, c->password));
     else if (ok && c->password[0])
         ok = sync_ok(redisCommand(rc, "AUTH %s", c->password));
+    if (ok && c->sentinel) {
+        redisReply *role = redisCommand(rc, "ROLE");
+        ok = role && (role->type != REDIS_REPLY_ARRAY || redis_sentinel_role_is_master(role));
+        freeReplyObject(role);
+    }
     if (!ok && rc) {
         redisFree(rc);
         rc = NULL;
@@ -532,7 +606,16 @@ struct cluster *cluster_new(struct event_base *base, const struct config *cfg)
     c->password = cfg->redis.password;
     c->db = cfg->redis.db;
     unsigned char nonce[8];
-    if (!parse_addr(cfg->redis.addr, c->host, sizeof(c->host), &c->port) ||
+    struct redis_sentinel_config sc;
+    redis_sentinel_config_from(&sc, cfg);
+    if (sc.timeout_ms <= 0 || sc.timeout_ms > ANSWER_MS)
+        sc.timeout_ms = ANSWER_MS;
+    if (sc.mastername[0]) {
+        c->sentinel = redis_sentinel_new(base, &sc);
+        snprintf(c->host, sizeof(c->host), "%s", sc.mastername); /* until the sentinels answer */
+    }
+    if ((sc.mastername[0] ? !c->sentinel
+                          : !parse_addr(cfg->redis.addr, c->host, sizeof(c->host), &c->port)) ||
         RAND_bytes(nonce, sizeof(nonce)) != 1) {
         log_error("cluster: cannot use redis.addr %s", cfg->redis.addr);
         cluster_free(c);
@@ -554,8 +637,12 @@ struct cluster *cluster_new(struct event_base *base, const struct config *cfg)
     evtimer_add(c->renew, &tv);
     link_connect(&c->cmd);
     link_connect(&c->events);
-    log_info("cluster: this node is %s; fetch leases in redis %s:%d", cfg->cluster.advertise,
-             c->host, c->port);
+    if (c->sentinel)
+        log_info("cluster: this node is %s; fetch leases in the redis master %s (sentinel)",
+                 cfg->cluster.advertise, c->host);
+    else
+        log_info("cluster: this node is %s; fetch leases in redis %s:%d", cfg->cluster.advertise,
+                 c->host, c->port);
     return c;
 }
 
@@ -575,11 +662,13 @@ void cluster_free(struct cluster *c)
         }
         if (l->reconnect)
             event_free(l->reconnect);
+        redis_sentinel_cancel(l->ask);
     }
     if (c->renew)
         event_free(c->renew);
     if (c->sync)
         redisFree(c->sync);
+    redis_sentinel_free(c->sentinel);
     pthread_mutex_destroy(&c->sync_mu);
     free(c->held);
     free(c);

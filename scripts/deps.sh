@@ -7,7 +7,7 @@ pkgs=(build-essential pkg-config clang libclang-rt-14-dev
       libevent-dev libhttp-parser-dev libcurl4-openssl-dev libssl-dev libyaml-dev
       libhiredis-dev libjansson-dev libcrypt-dev libcmocka-dev libpsl-dev publicsuffix
       python3 python3-pytest python3-requests python3-cryptography
-      docker-registry redis-server skopeo podman docker.io containerd runc
+      docker-registry redis-server redis-sentinel skopeo podman docker.io containerd runc
       nginx wrk apache2-utils iproute2 curl
       chromium chromium-driver
       cppcheck clang-tidy clang-format

@@ -11,6 +11,9 @@
  * connection, dialled on first use. A digest always maps to the same slot, so the commands
  * about one digest (put, forget, get) reach Redis in the order they were issued. A slot is
  *   IDLE -> (RESOLVING) -> CONNECTING -> READY -> ... -> BACKOFF -> IDLE
+ * RESOLVING is the DNS lookup of a host name, or asking the sentinels where the master is
+ * (redis.sentinel): then the handshake ends with ROLE, and a server that is not the master, or
+ * a READONLY, LOADING or MASTERDOWN answer, fails the slot so that it asks again.
  * The handshake ([AUTH] [SELECT] PING) is pipelined right after connect, and user commands
  * may follow it at once. Requests in flight sit in a FIFO with monotonic deadlines; one
  * timer per slot watches the head. A missed deadline, a failed handshake or a broken
@@ -116,6 +119,7 @@ struct slot {
     struct event *timer; /* RESOLVING: dial deadline; CONNECTING/READY: FIFO head; BACKOFF */
     struct resolve *resolve;
     struct evdns_getaddrinfo_request *dnsreq;
+    struct redis_sentinel_ask *ask; /* RESOLVING with a sentinel: where the master is */
     struct req *head, *tail;
     size_t inflight;
     struct forget_item *retry_head, *retry_tail;
@@ -126,7 +130,8 @@ struct slot {
 struct rcache {
     struct cache base;
     struct event_base *evb;
-    struct dns_holder *dnsh; /* NULL for a numeric address */
+    struct dns_holder *dnsh;         /* NULL for a numeric address */
+    struct redis_sentinel *sentinel; /* set: the sentinels name host and port */
     char *host;
     int port;
     char *username, *password;
@@ -146,7 +151,7 @@ struct rcache {
 };
 
 static void slot_fail(struct slot *s, const char *why);
-static void slot_dial(struct slot *s, const char *ip);
+static void slot_dial(struct slot *s, const char *ip, int port);
 static void forget_send(struct slot *s, struct forget_item *fi);
 
 static int64_t now_ms(void)
@@ -419,6 +424,8 @@ static void slot_cancel_resolve(struct slot *s)
     s->dnsreq = NULL;
     if (q)
         evdns_getaddrinfo_cancel(q);
+    redis_sentinel_cancel(s->ask);
+    s->ask = NULL;
 }
 
 /* Detaches the slot's context and frees it unless hiredis is already doing so (then we are
@@ -486,7 +493,7 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
         evutil_freeaddrinfo(res);
     if (s) {
         if (ip[0])
-            slot_dial(s, ip);
+            slot_dial(s, ip, s->c->port);
         else
             slot_fail(s, result ? evutil_gai_strerror(result) : "no address");
     }
@@ -494,6 +501,32 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
         struct timeval zero = {0, 0};
         event_base_once(h->evb, -1, EV_TIMEOUT, dns_holder_free_cb, h, &zero);
     }
+}
+
+static void sentinel_cb(void *ctx, const char *host, int port)
+{
+    struct slot *s = ctx;
+    struct rcache *c = s->c;
+
+    s->ask = NULL;
+    if (!host) {
+        slot_fail(s, "no sentinel named the master");
+        return;
+    }
+    if (strcmp(c->host, host) != 0 || c->port != port) {
+        char *h = strdup(host);
+        if (!h) {
+            slot_fail(s, "out of memory");
+            return;
+        }
+        log_info("redis cache: the sentinels name %s:%d the master of %s", host, port,
+                 redis_sentinel_mastername(c->sentinel));
+        free(c->host);
+        c->host = h;
+        c->port = port;
+    }
+    s->dial_start = now_ms();
+    slot_dial(s, c->host, c->port);
 }
 
 static void slot_connect(struct slot *s)
@@ -504,8 +537,18 @@ static void slot_connect(struct slot *s)
     struct evdns_getaddrinfo_request *q;
 
     s->dial_start = now_ms();
+    if (c->sentinel) {
+        s->ask = redis_sentinel_ask(c->sentinel, sentinel_cb, s);
+        if (!s->ask) {
+            slot_fail(s, "out of memory");
+            return;
+        }
+        s->state = SLOT_RESOLVING;
+        timer_in(s->timer, c->dial_ms);
+        return;
+    }
     if (!c->dnsh) {
-        slot_dial(s, c->host);
+        slot_dial(s, c->host, c->port);
         return;
     }
     r = calloc(1, sizeof(*r));
@@ -556,10 +599,10 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
     slot_fail(s, why);
 }
 
-static void slot_dial(struct slot *s, const char *ip)
+static void slot_dial(struct slot *s, const char *ip, int port)
 {
     struct rcache *c = s->c;
-    redisAsyncContext *ac = redisAsyncConnect(ip, c->port);
+    redisAsyncContext *ac = redisAsyncConnect(ip, port);
     struct req *r;
     char why[160];
 
@@ -603,6 +646,11 @@ static void slot_dial(struct slot *s, const char *ip)
     }
     {
         const char *argv[] = {"PING"};
+        req_send(r, 1, argv);
+    }
+    if (c->sentinel) {
+        /* a sentinel's answer may be a moment old: a replica must not take our writes */
+        const char *argv[] = {"ROLE"};
         req_send(r, 1, argv);
     }
     if (!req_commit(r, s->dial_start + c->dial_ms))
@@ -842,10 +890,22 @@ static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
 
     if (!rep) {
         r->lost = true;
+    } else if (rep->type == REDIS_REPLY_ERROR && r->slot->c->sentinel &&
+               redis_sentinel_stale_error(rep->str, rep->len)) {
+        /* a failover demoted this server: as if the connection dropped (a forget is sent
+         * again), and the sentinels are asked anew */
+        char why[160];
+        snprintf(why, sizeof(why), "%.*s", (int)rep->len, rep->str);
+        r->lost = true;
+        slot_fail(r->slot, why);
     } else if (rep->type == REDIS_REPLY_ERROR) {
         r->failed = true;
         if (!r->errmsg[0])
             snprintf(r->errmsg, sizeof(r->errmsg), "%.*s", (int)rep->len, rep->str);
+    } else if (r->kind == REQ_HANDSHAKE && rep->type == REDIS_REPLY_ARRAY &&
+               !redis_sentinel_role_is_master(rep)) {
+        r->failed = true;
+        snprintf(r->errmsg, sizeof(r->errmsg), "not the master");
     } else if (r->kind == REQ_GET) {
         parse_get(r, idx, rep);
     }
@@ -1078,6 +1138,7 @@ static void r_free(struct cache *cache)
             free(c->dnsh);
         }
     }
+    redis_sentinel_free(c->sentinel);
     free(c->host);
     free(c->username);
     free(c->password);
@@ -1149,12 +1210,13 @@ struct cache *cache_redis_new(struct event_base *base, const struct cache_redis_
 {
     struct rcache *c = calloc(1, sizeof(*c));
     bool oom = false;
+    bool sentinel = cfg->sentinel.mastername && cfg->sentinel.mastername[0];
 
     if (!c)
         return NULL;
     c->base.ops = &redis_ops;
     c->evb = base;
-    if (!split_addr(cfg->addr, &c->host, &c->port)) {
+    if (!sentinel && !split_addr(cfg->addr, &c->host, &c->port)) {
         log_error("redis cache: redis.addr: expected \"host:port\", got \"%s\"",
                   cfg->addr ? cfg->addr : "");
         free(c);
@@ -1184,6 +1246,15 @@ struct cache *cache_redis_new(struct event_base *base, const struct cache_redis_
     c->max_pending = cfg->max_pending ? cfg->max_pending : DEFAULT_MAX_PENDING;
     c->done_ev = event_new(base, -1, 0, done_cb, c);
     c->idle_ev = evtimer_new(base, idle_cb, c);
+    if (sentinel) {
+        struct redis_sentinel_config sc = cfg->sentinel;
+        if (sc.timeout_ms <= 0)
+            sc.timeout_ms = c->dial_ms / 2;
+        c->sentinel = redis_sentinel_new(base, &sc);
+        c->host = strdup(cfg->sentinel.mastername); /* until the sentinels name the master */
+        if (!c->sentinel || !c->host)
+            goto fail;
+    }
     if (oom || !c->prefix || !c->done_ev || !c->idle_ev)
         goto fail;
     for (int i = 0; i < c->nslots; i++) {
@@ -1192,7 +1263,7 @@ struct cache *cache_redis_new(struct event_base *base, const struct cache_redis_
         if (!c->slots[i].timer)
             goto fail;
     }
-    if (!is_numeric(c->host)) {
+    if (!c->sentinel && !is_numeric(c->host)) {
         c->dnsh = calloc(1, sizeof(*c->dnsh));
         if (!c->dnsh)
             goto fail;
@@ -1222,6 +1293,7 @@ void cache_redis_config_from(struct cache_redis_config *out, const struct config
 {
     memset(out, 0, sizeof(*out));
     out->addr = cfg->redis.addr;
+    redis_sentinel_config_from(&out->sentinel, cfg);
     out->username = cfg->redis.username;
     out->password = cfg->redis.password;
     out->db = cfg->redis.db;

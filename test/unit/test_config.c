@@ -860,6 +860,78 @@ static void test_storage_forms(void **state)
                "storage.oss.chunksize: expected an integer of at least 5242880");
 }
 
+/* Redis Sentinel: distribution 3's redis.addrs + redis.mastername, or redis.sentinel.*. */
+static void test_redis_sentinel(void **state)
+{
+    struct config cfg, again;
+    struct config_diag d;
+    char *printed, *reprinted;
+    char *env[] = {"REGISTRY_REDIS_MASTERNAME=fromenv", NULL};
+
+    (void)state;
+    load_ok(MIN_YAML "  cache:\n    blobdescriptor: redis\nredis:\n  addrs: [s1:26379, "
+                     "\"[::1]:26380\"]\n  mastername: mymaster\n  sentinelusername: su\n"
+                     "  sentinelpassword: sp\n  password: rp\n",
+            NULL, &cfg, &d);
+    assert_string_equal(cfg.redis.addr, "");
+    assert_int_equal(cfg.redis.naddrs, 0);
+    assert_string_equal(cfg.redis.sentinel.mastername, "mymaster");
+    assert_int_equal(cfg.redis.sentinel.naddrs, 2);
+    assert_string_equal(cfg.redis.sentinel.addrs[0], "s1:26379");
+    assert_string_equal(cfg.redis.sentinel.addrs[1], "[::1]:26380");
+    assert_string_equal(cfg.redis.sentinel.username, "su");
+    assert_string_equal(cfg.redis.sentinel.password, "sp");
+    assert_string_equal(cfg.redis.password, "rp");
+    /* check-config prints the sentinel section, masked, and it loads back the same */
+    printed = print_to_string(&cfg);
+    assert_non_null(strstr(printed, "  sentinel:\n    mastername: mymaster\n"));
+    assert_null(strstr(printed, "sp"));
+    assert_int_equal(config_load_string(printed, strlen(printed), "p.yml", NULL, &again, &d), 0);
+    reprinted = print_to_string(&again);
+    assert_string_equal(printed, reprinted);
+    free(printed);
+    free(reprinted);
+    config_free(&again);
+    config_free(&cfg);
+    config_diag_free(&d);
+
+    load_ok(MIN_YAML "redis:\n  sentinel:\n    mastername: m\n    addrs: [a:1, b:2, c:3]\n"
+                     "    password: x\nhttp:\n  secret: s\ncluster:\n  advertise: http://n:5000\n",
+            NULL, &cfg, &d);
+    assert_string_equal(cfg.redis.sentinel.mastername, "m");
+    assert_int_equal(cfg.redis.sentinel.naddrs, 3);
+    assert_string_equal(cfg.redis.sentinel.addrs[2], "c:3");
+    assert_string_equal(cfg.redis.sentinel.password, "x");
+    assert_string_equal(cfg.redis.sentinel.username, "");
+    config_free(&cfg);
+    config_diag_free(&d);
+
+    load_ok(MIN_YAML "redis:\n  addrs: [a:1]\n", env, &cfg, &d);
+    assert_string_equal(cfg.redis.sentinel.mastername, "fromenv");
+    assert_string_equal(cfg.redis.sentinel.addrs[0], "a:1");
+    config_free(&cfg);
+    config_diag_free(&d);
+
+    /* without a master name redis.addrs stays the plain server list */
+    load_ok(MIN_YAML "redis:\n  addrs: [a:1, b:2]\n", NULL, &cfg, &d);
+    assert_string_equal(cfg.redis.addr, "a:1");
+    assert_int_equal(cfg.redis.sentinel.naddrs, 0);
+    config_free(&cfg);
+    config_diag_free(&d);
+
+    load_fails(MIN_YAML "redis:\n  mastername: m\n", NULL, "redis.mastername: needs the sentinels");
+    load_fails(MIN_YAML "redis:\n  sentinel:\n    mastername: m\n", NULL,
+               "redis.sentinel.mastername: needs the sentinels");
+    load_fails(MIN_YAML "redis:\n  sentinel:\n    addrs: [a:1]\n", NULL,
+               "redis.sentinel.addrs: needs redis.sentinel.mastername");
+    load_fails(MIN_YAML "redis:\n  addr: r:6379\n  mastername: m\n  addrs: [a:1]\n", NULL,
+               "redis.addr: not with redis.mastername");
+    load_fails(MIN_YAML "redis:\n  mastername: m\n  addrs: [a:1, nope]\n", NULL,
+               "redis.addrs[1]: expected a sentinel like \"localhost:26379\", got \"nope\"");
+    load_fails(MIN_YAML "redis:\n  sentinel:\n    mastername: m\n    addrs: [\"a b:1\"]\n", NULL,
+               "redis.sentinel.addrs[0]: expected a sentinel");
+}
+
 static void test_durations(void **state)
 {
     static const struct {
@@ -1282,6 +1354,7 @@ int main(void)
         cmocka_unit_test(test_default_values),
         cmocka_unit_test(test_fixtures_load),
         cmocka_unit_test(test_print_roundtrip),
+        cmocka_unit_test(test_redis_sentinel),
         cmocka_unit_test(test_fixture_values),
         cmocka_unit_test(test_env_filesystem_addr),
         cmocka_unit_test(test_env_oss),
