@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from helpers import (blob_get, herd_get, make_image, pull_manifest, push_image, storage_kind,
+from helpers import (blob_files, blob_get, herd_get, make_image, pull_manifest, push_image, storage_kind,
                      wait_until)
 
 pytestmark = pytest.mark.regmirror_only("cross-node fetch leases are regmirror's own")
@@ -91,21 +91,56 @@ def test_holder_killed_mid_fetch(nodes, upstream, seeded):
     assert blob_get(holder, img.repo, layer.digest) == (200, size, layer.digest)
 
 
-def test_redis_down_each_node_fetches_alone(make_cluster, upstream, seeded):
+def test_redis_killed_during_a_herd(make_cluster, upstream, seeded):
+    # The herd started with leases; Redis dies while it runs: every client still gets the
+    # right bytes (nodes may fetch on their own), and pulls after it work without Redis.
     c = make_cluster(storage=storage_kind())
     nodes = c.nodes
     img = seeded.big
     layer = img.layers[0]
-    c.redis.kill()
     upstream.proxy.reset()
-    upstream.proxy.throttle(40 * 1024 * 1024)
+    upstream.proxy.throttle(20 * 1024 * 1024)
     started = time.monotonic()
-    results = herd_over(nodes, img.repo, layer.digest, 4)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        herd = pool.submit(herd_over, nodes, img.repo, layer.digest, 4)
+        wait_until(lambda: upstream.proxy.bytes(method="GET", kind="blob") > layer.size * 0.2,
+                   timeout=30, every=0.02)
+        c.redis.kill()
+        results = herd.result()
     for status, n, got in results:
         assert (status, n, got) == (200, layer.size, layer.digest)
     upstream.proxy.wait_idle()
     assert 1 <= upstream.proxy.blob_gets(layer.digest) <= 3
+    for node in nodes:
+        assert blob_get(node, img.repo, layer.digest) == (200, layer.size, layer.digest)
     assert time.monotonic() - started < 60
+
+
+def test_eviction_under_pulls_on_every_node(make_cluster, upstream, seeded):
+    # maxsize below what the pulls bring: the one evicting node keeps the store under it
+    # while every node pulls, and no pull fails (what is in flight anywhere stays).
+    c = make_cluster(storage=storage_kind(), proxy_extra="  maxsize: 20MB\n")
+    imgs = [seeded.alpine, seeded.big]
+    upstream.proxy.throttle(30 * 1024 * 1024)
+    deadline = time.monotonic() + 20
+    rounds = 0
+    while time.monotonic() < deadline:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            asked = [(node, img) for node in c.nodes for img in imgs]
+            jobs = [pool.submit(blob_get, node, img.repo, img.layers[0].digest)
+                    for node, img in asked]
+            for (_, img), f in zip(asked, jobs):
+                status, n, got = f.result()
+                assert status == 200 and got == img.layers[0].digest, (img.repo, status, n)
+        rounds += 1
+    assert rounds >= 2
+    # The 50 MB layer alone passes maxsize: once nothing pulls it, a pass removes it.
+    big = seeded.big.layers[0].digest
+
+    def evicted():
+        c.settle()
+        return big not in blob_files(c.nodes[0].rootdir)
+    wait_until(evicted, timeout=60, every=1.0)
 
 
 def test_peer_endpoint_refuses_strangers(nodes, seeded):
