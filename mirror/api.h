@@ -120,7 +120,7 @@ enum api_fill_state {
     API_FILL_GROWING, /* the blob's bytes [base, have) can be read at fd; more are coming */
     API_FILL_DONE,    /* all the bytes are in: [base, have) */
     API_FILL_FAILED,  /* the rest will not come: err, retry_after, why */
-    API_FILL_STORED,  /* nothing here, but the store has the blob now: answer from there */
+    API_FILL_STORED,  /* nothing here, but the store has the blob now: look there again */
 };
 struct api_fill {
     enum api_fill_state state;

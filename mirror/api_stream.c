@@ -11,6 +11,7 @@
 
 #include "log.h"
 #include "notify.h"
+#include "proxy.h"
 
 /* A stream queues at most this much of the source in its connection's output at a time. */
 #define STREAM_QUEUE_HIGH (1024 * 1024)
@@ -110,7 +111,10 @@ void api_stream_wake(struct api_stream *s)
             struct api_route rt = s->rt;
             http_req_on_abort(req, NULL, NULL);
             stream_close(s);
-            api_blob_serve(api, req, &rt, -1, -1);
+            if (api->proxy)
+                proxy_blob_again(api->proxy, api, req, &rt);
+            else
+                api_blob_serve(api, req, &rt, -1, -1);
             return;
         }
         if (fl.state == API_FILL_FAILED) {

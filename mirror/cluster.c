@@ -96,6 +96,11 @@ struct cluster {
         struct digest d;
         time_t seen;
     } busy[BUSY_SLOTS];
+    /* What this node announced last, per slot (cluster_announce_busy). */
+    struct {
+        struct digest d;
+        time_t at;
+    } announced[BUSY_SLOTS];
     void (*on_tags)(void *ctx);
     void *tags_ctx;
     /* cluster_announce_tags, from any thread */
@@ -285,12 +290,29 @@ static void on_renewed(redisAsyncContext *ac, void *r, void *privdata)
                  "may fetch the same blob");
 }
 
+static size_t busy_slot(const struct digest *d);
+
 /* Tells the other nodes that d is in use here (a fetch they must not evict under). */
 static void announce_busy(struct cluster *c, const struct digest *d)
 {
     char ds[DIGEST_STR_MAX];
     if (c->cmd.ac)
         redisAsyncCommand(c->cmd.ac, NULL, NULL, "PUBLISH %s busy:%s", CHANNEL, digest_str(d, ds));
+}
+
+void cluster_announce_busy(struct cluster *c, const struct digest *d)
+{
+    if (!c)
+        return;
+    /* At most once per half the window per digest: a busy blob costs one message in 5 s. */
+    size_t k = busy_slot(d);
+    time_t now = time(NULL);
+    if (c->announced[k].at && now - c->announced[k].at < BUSY_S / 2 &&
+        digest_equal(&c->announced[k].d, d))
+        return;
+    c->announced[k].d = *d;
+    c->announced[k].at = now;
+    announce_busy(c, d);
 }
 
 static void on_led(redisAsyncContext *ac, void *r, void *privdata)

@@ -68,6 +68,9 @@ void cluster_tag_drop(struct cluster *c, const char *name, const char *tag, bool
 void cluster_on_tags(struct cluster *c, void (*fn)(void *ctx), void *ctx);
 void cluster_announce_tags(struct cluster *c);
 bool cluster_busy(const struct cluster *c, const struct digest *d);
+/* This node serves or links d now (a read from the store, a link of a blob stored for
+ * another repository): the evicting node keeps it for a while. Takes NULL. */
+void cluster_announce_busy(struct cluster *c, const struct digest *d);
 /* Whether this node runs eviction: one node of the cluster does, the one holding the leader
  * key in Redis (renewed with the leases); true without a cluster. While Redis is away no
  * node evicts. */

@@ -106,6 +106,10 @@ void proxy_manifest(struct proxy *px, const struct api *api, struct http_req *re
  * linked (api_blob_serve), from the spool of the fetch in flight, or from an upstream HEAD. */
 void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
                 const struct api_route *rt);
+/* The same for a request whose fetch's lease said "stored": a lease that says so again is
+ * not trusted (the blob may be evicted since), the blob is fetched. */
+void proxy_blob_again(struct proxy *px, const struct api *api, struct http_req *req,
+                      const struct api_route *rt);
 /* Where the other nodes read a fetch in flight here: PROXY_PEER_PATH<digest>, with the
  * X-Regmirror-Peer header (cluster_peer_token). */
 #define PROXY_PEER_PATH "/_regmirror/spool/"

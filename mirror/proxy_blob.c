@@ -38,7 +38,7 @@ struct bhead {
 };
 
 static void blob_fetch(struct proxy *px, const struct target *t, struct client *c,
-                       const struct digest *d);
+                       const struct digest *d, bool again);
 static void bhead_work(void *arg);
 static void bhead_done(void *arg, struct http_req *req);
 
@@ -134,7 +134,7 @@ static void bhead_done(void *arg, struct http_req *req)
     }
     if (http_req_method(c.req) == HTTP_GET) {
         http_req_on_abort(c.req, NULL, NULL);
-        blob_fetch(px, &t, &c, &d);
+        blob_fetch(px, &t, &c, &d, false);
         return;
     }
     if (size < 0) {
@@ -240,6 +240,7 @@ struct bfetch {
     struct event *retry;
     int peer_misses;
     bool leased;
+    bool again;     /* its first reader came back after a "stored" lease: fetch, do not trust it */
     bool listed;    /* in px->bfetches: new requests join it */
     bool importing; /* the verified spool is being stored (remote store); readers go on */
     /* The upstream's answer was refused (502), not lost. */
@@ -698,7 +699,13 @@ static void on_lease(void *ctx, enum cluster_lease r, const char *holder)
         bfetch_peer(f, holder);
         break;
     case CLUSTER_STORED:
-        /* Readers are answered from the store; nothing was fetched here. */
+        if (f->again) {
+            /* The store did not have it after all (evicted since): fetch on our own. */
+            bfetch_upstream(f);
+            break;
+        }
+        /* Readers are answered from the store (through the proxy again: proxy_blob_again);
+         * nothing was fetched here. */
         if (f->up)
             registry_upload_close(f->up);
         f->up = NULL;
@@ -1007,7 +1014,7 @@ static struct breader *reader_new(struct bfetch *f, struct client *c, const stru
 }
 
 static void blob_fetch(struct proxy *px, const struct target *t, struct client *c,
-                       const struct digest *d)
+                       const struct digest *d, bool again)
 {
     struct bfetch *f;
     for (f = px->bfetches; f; f = f->next) {
@@ -1036,6 +1043,7 @@ static void blob_fetch(struct proxy *px, const struct target *t, struct client *
     f->fd = -1;
     f->total = -1;
     f->state = B_QUEUED;
+    f->again = again;
     snprintf(f->name, sizeof(f->name), "%s", t->rt.name);
     struct breader *rd = reader_new(f, c, d, API_STREAM_PULL);
     if (!rd) {
@@ -1099,6 +1107,7 @@ struct blookup {
     uint64_t size;
     int fd;      /* a local GET's open data when linked, else -1 */
     bool stored; /* a GET's blob not linked here but stored for another repository */
+    bool again;  /* asked again after a lease said "stored" (proxy_blob_again) */
 };
 
 static void blookup_work(void *arg)
@@ -1137,6 +1146,7 @@ static bool blookup_finish(struct blookup *l)
             cache_put(api->cache, l->t.rt.name, &cd);
         }
         proxy_blob_hit(px, l->t.rt.name, &l->d);
+        cluster_announce_busy(px->cluster, &l->d);
         proxy_client_serve_looked_up(&l->c, NULL, (int64_t)l->size, l->fd);
         l->fd = -1;
         return true;
@@ -1145,10 +1155,12 @@ static bool blookup_finish(struct blookup *l)
         !bfetch_running(px, l->t.rm, &l->d))
         return false;
     metrics_inc(METRICS_CACHE_MISS_BLOB);
+    if (l->stored)
+        cluster_announce_busy(px->cluster, &l->d); /* about to be linked here */
     if (l->head || l->stored)
         blob_head(px, &l->t, &l->c, &l->d);
     else
-        blob_fetch(px, &l->t, &l->c, &l->d);
+        blob_fetch(px, &l->t, &l->c, &l->d, l->again);
     return true;
 }
 
@@ -1179,8 +1191,8 @@ static void blookup_queue(struct blookup *l)
     offload_req(l->px->offload, l->c.req, blookup_work, blookup_done, l);
 }
 
-void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
-                const struct api_route *rt)
+static void blob_lookup(struct proxy *px, const struct api *api, struct http_req *req,
+                        const struct api_route *rt, bool again)
 {
     /* The filesystem answers at once: look up on the stack, with no job. */
     bool now = offload_inline(px->offload);
@@ -1199,6 +1211,7 @@ void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
     l->head = http_req_method(req) == HTTP_HEAD;
     l->tries = 0;
     l->fd = -1;
+    l->again = again;
     if (now) {
         l->seq = px->bseq;
         blookup_work(l);
@@ -1206,6 +1219,18 @@ void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
         return;
     }
     blookup_queue(l);
+}
+
+void proxy_blob(struct proxy *px, const struct api *api, struct http_req *req,
+                const struct api_route *rt)
+{
+    blob_lookup(px, api, req, rt, false);
+}
+
+void proxy_blob_again(struct proxy *px, const struct api *api, struct http_req *req,
+                      const struct api_route *rt)
+{
+    blob_lookup(px, api, req, rt, true);
 }
 
 void proxy_blob_hit(struct proxy *px, const char *name, const struct digest *d)
