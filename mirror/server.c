@@ -279,6 +279,8 @@ int server_observe(struct server *srv, struct event_base *base, const struct hea
     srv->admin = admin_new(base, &srv->api, srv->auth, registry_storage(srv->api.reg));
     if (!srv->admin)
         return -1;
+    if (status)
+        status_set_admin(status, srv->admin);
     if (http_server_listen(srv->debug, cfg->http.debug.addr) != 0) {
         log_error("cannot listen on http.debug.addr %s: %s", cfg->http.debug.addr, strerror(errno));
         return -1;

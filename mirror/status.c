@@ -6,6 +6,7 @@
 
 #include <event2/event.h>
 
+#include "admin.h"
 #include "config.h"
 #include "digest.h"
 #include "http.h"
@@ -44,6 +45,7 @@ struct status {
     const struct config *cfg;
     const struct proxy *px;
     const struct notify *nt;
+    struct admin *admin; /* NULL: no admin (no debug listener) */
     struct event *timer;
     time_t started;
     int64_t started_ms;
@@ -334,6 +336,31 @@ static void add_queue(const struct notify_queue_view *v, void *ctx)
     json_array_append_new(ctx, o);
 }
 
+void status_set_admin(struct status *s, struct admin *adm)
+{
+    s->admin = adm;
+}
+
+/* A warm or verify run of the cache admin: what it did so far, or null before any. */
+static json_t *progress_json(const struct admin_progress *p)
+{
+    if (!p->started)
+        return json_null();
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    put(o, "running", json_boolean(p->running));
+    put(o, "started", wall_time(p->started));
+    put(o, "finished", p->finished ? wall_time(p->finished) : json_null());
+    put(o, "done", count(p->done));
+    put(o, "total", count(p->total));
+    put(o, "bytes", count(p->bytes));
+    put(o, "errors", count(p->errors));
+    if (p->current[0])
+        put(o, "current", json_string(p->current));
+    return o;
+}
+
 json_t *status_json(struct status *s, time_t now, int64_t mono_ms)
 {
     int64_t mono_s = mono_ms / 1000;
@@ -361,6 +388,13 @@ json_t *status_json(struct status *s, time_t now, int64_t mono_ms)
     put(o, "storage", storage_json(s));
     put(o, "top_repositories", top_json());
     put(o, "notifications", queues);
+    if (s->admin) {
+        struct admin_progress warm, verify;
+        admin_warm_progress(s->admin, &warm);
+        admin_verify_progress(s->admin, &verify);
+        put(o, "warm", progress_json(&warm));
+        put(o, "verify", progress_json(&verify));
+    }
     return o;
 }
 

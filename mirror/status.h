@@ -34,6 +34,7 @@
 
 #include <jansson.h>
 
+struct admin;
 struct config;
 struct event_base;
 struct http_req;
@@ -47,6 +48,9 @@ struct status;
 /* Starts the sampling timer (the first sample marks the start). NULL when out of memory. */
 struct status *status_new(struct event_base *base, const char *version, const struct config *cfg,
                           const struct proxy *px, const struct notify *nt);
+/* The cache admin whose warm and verify runs the JSON shows (borrowed; it outlives s's
+ * answers: both belong to the debug listener). */
+void status_set_admin(struct status *s, struct admin *adm);
 /* Stops the timer and frees s. Takes NULL. */
 void status_free(struct status *s);
 

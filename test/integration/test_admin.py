@@ -207,6 +207,11 @@ def test_warm_fetches_each_blob_once(mirror, upstream, seeded):
         assert upstream.proxy.blob_gets(d) == 1, d
     pull_from_cache(mirror, upstream, multi)
     assert requests.get(mirror.admin + "/warm", timeout=10).json()["done"] == len(multi.blobs)
+    # the status page's data shows the same run
+    status = requests.get(mirror.admin.split("/admin/")[0] + "/status.json", timeout=10).json()
+    assert status["warm"]["done"] == len(multi.blobs) and not status["warm"]["running"], status
+    assert status["warm"]["bytes"] == sum(len(b) for b in multi.blobs.values())
+    assert status["verify"] is None
     # warm again: the manifests are checked, the blobs are cached already
     upstream.proxy.reset()
     r = requests.post(mirror.admin + "/warm", json=[multi.repo + ":" + multi.tag], timeout=120)
