@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helpers import raw_get
+from helpers import raw_get, wait_until
 
 pytestmark = pytest.mark.regmirror_only("ranged side fetches of a pull-through cache are "
                                         "regmirror's behaviour")
@@ -50,6 +50,9 @@ def test_range_at_the_end_of_a_cold_blob_comes_at_once(mirror, upstream, seeded)
     assert body == layer.data[-MB:]
     assert took < 2.0 < full_s
     # The full download goes on and is stored; it was the one full GET, plus the one range.
+    # The full download goes on after the Range's answer; between its token challenge and
+    # its retry the upstream may look idle, so wait for the GET itself.
+    wait_until(lambda: len(blob_gets(upstream, layer, ranged=False)) == 1, timeout=60)
     assert upstream.proxy.wait_idle(timeout=60)
     assert len(blob_gets(upstream, layer, ranged=False)) == 1
     assert [r["range"] for r in blob_gets(upstream, layer, ranged=True)] == ["bytes=-%d" % MB]
@@ -91,6 +94,9 @@ def test_scattered_ranges_of_a_cold_blob(mirror, upstream, seeded):
           % ", ".join("%.2f" % took for _, took in results))
     # None waits for the full download (5 s): not even the one it brings first.
     assert max(took for _, took in results) < 2.5
+    # The full download goes on after the Range's answer; between its token challenge and
+    # its retry the upstream may look idle, so wait for the GET itself.
+    wait_until(lambda: len(blob_gets(upstream, layer, ranged=False)) == 1, timeout=60)
     assert upstream.proxy.wait_idle(timeout=60)
     assert len(blob_gets(upstream, layer, ranged=False)) == 1
     asked = ["bytes=%d-%d" % rg for rg in ranges]
