@@ -594,27 +594,6 @@ void cluster_announce_tags(struct cluster *c)
 
 /* ---- life cycle ---- */
 
-static bool parse_addr(const char *addr, char *host, size_t hostlen, int *port)
-{
-    const char *colon = strrchr(addr, ':');
-    if (!colon || colon == addr)
-        return false;
-    const char *h = addr;
-    size_t n = (size_t)(colon - addr);
-    if (h[0] == '[' && n >= 2 && h[n - 1] == ']') {
-        h++;
-        n -= 2;
-    }
-    char *end;
-    long p = strtol(colon + 1, &end, 10);
-    if (n == 0 || n >= hostlen || *end || p <= 0 || p > 65535)
-        return false;
-    memcpy(host, h, n);
-    host[n] = '\0';
-    *port = (int)p;
-    return true;
-}
-
 struct cluster *cluster_new(struct event_base *base, const struct config *cfg)
 {
     if (!cfg->cluster.advertise[0])
@@ -636,8 +615,9 @@ struct cluster *cluster_new(struct event_base *base, const struct config *cfg)
         c->sentinel = redis_sentinel_new(base, &sc);
         snprintf(c->host, sizeof(c->host), "%s", sc.mastername); /* until the sentinels answer */
     }
-    if ((sc.mastername[0] ? !c->sentinel
-                          : !parse_addr(cfg->redis.addr, c->host, sizeof(c->host), &c->port)) ||
+    if ((sc.mastername[0]
+             ? !c->sentinel
+             : !redis_sentinel_split_addr(cfg->redis.addr, c->host, sizeof(c->host), &c->port)) ||
         RAND_bytes(nonce, sizeof(nonce)) != 1) {
         log_error("cluster: cannot use redis.addr %s", cfg->redis.addr);
         cluster_free(c);
